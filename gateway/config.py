@@ -1,0 +1,209 @@
+"""The admin configuration: one YAML or TOML file, validated before anything starts.
+
+Every error names the key (dotted path) and what is wrong with it, so an administrator
+can fix the file without reading code. Unknown keys are errors too: a misspelt option
+silently ignored is how PHI leaks.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.deid.profile import OPTIONS, Profile
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ae_title(value: str) -> str:
+    if not value or len(value) > 16 or not value.isascii() or "\\" in value or value != value.strip():
+        raise ValueError("an AE title is 1 to 16 ASCII characters, no backslash, no leading/trailing spaces")
+    return value
+
+
+class Listener(_Strict):
+    ae_title: str = "GATEWAY"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(16, ge=1)
+    max_pdu: int = Field(131072, ge=4096)
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class Sender(_Strict):
+    """A modality allowed to send; ``host`` (an IP address) is checked where given."""
+
+    ae_title: str
+    host: str | None = None
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class Orthanc(_Strict):
+    url: str
+    username: str
+    password: str | None = None
+    password_file: Path | None = None
+    timeout_seconds: float = Field(30, gt=0)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Orthanc:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("give exactly one of 'password' or 'password_file'")
+        return self
+
+    def secret(self) -> str:
+        if self.password is not None:
+            return self.password
+        assert self.password_file is not None
+        return self.password_file.read_text().strip()
+
+
+class Spool(_Strict):
+    path: Path
+    retention_hours: float = Field(0, ge=0)
+
+
+class Scheduler(_Strict):
+    settle_seconds: float = Field(10, ge=0)
+    poll_seconds: float = Field(1, gt=0)
+    retry_initial_seconds: float = Field(1, gt=0)
+    retry_max_seconds: float = Field(300, gt=0)
+
+
+class PrivateKeep(_Strict):
+    group: int = Field(ge=0x0009, le=0xFFFF)
+    creator: str
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _hex(cls, value: Any) -> Any:
+        return int(value, 16) if isinstance(value, str) else value
+
+    @field_validator("group")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("private groups are odd")
+        return value
+
+
+class ProfileConfig(_Strict):
+    options: list[str] = []
+    keep_private: list[PrivateKeep] = []
+
+    @field_validator("options")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [o for o in value if o not in OPTIONS]
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown}; known: {sorted(OPTIONS)}")
+        Profile(frozenset(value))  # the options must also fit together
+        return value
+
+
+class Match(_Strict):
+    """All given fields must match; an empty match takes everything."""
+
+    calling_ae: list[str] | None = None
+    modality: list[str] | None = None
+    sop_class_uid: list[str] | None = None
+
+    def accepts(self, calling_ae: str, modality: str, sop_class_uid: str) -> bool:
+        return all(
+            allowed is None or value in allowed
+            for allowed, value in (
+                (self.calling_ae, calling_ae),
+                (self.modality, modality),
+                (self.sop_class_uid, sop_class_uid),
+            )
+        )
+
+
+class Route(_Strict):
+    name: str
+    match: Match = Match()
+    profile: str = "default"
+    plugin: str = "none"
+    plugin_settings: dict[str, Any] = {}
+    redaction: dict[str, Any] | None = None
+
+
+class Config(_Strict):
+    listener: Listener = Listener()
+    senders: list[Sender] = Field(min_length=1)
+    orthanc: Orthanc
+    keyring: Path
+    spool: Spool
+    scheduler: Scheduler = Scheduler()
+    profiles: dict[str, ProfileConfig] = {"default": ProfileConfig()}
+    routes: list[Route] = Field(min_length=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _routes_refer(self) -> Config:
+        for i, route in enumerate(self.routes):
+            if route.profile not in self.profiles:
+                raise ValueError(f"routes[{i}].profile: no profile named {route.profile!r}; defined: {sorted(self.profiles)}")
+        return self
+
+    def route_for(self, calling_ae: str, modality: str, sop_class_uid: str) -> Route | None:
+        """The first route whose match accepts the object."""
+        return next((r for r in self.routes if r.match.accepts(calling_ae, modality, sop_class_uid)), None)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate; raise ConfigError with every problem listed."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base = path.parent
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid configuration:\n" + _describe(exc)) from None
+    return _resolve_paths(config, base)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {where}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Relative paths in the file are relative to the file, not to the working directory."""
+    def fix(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    orthanc = config.orthanc
+    if orthanc.password_file is not None:
+        orthanc = orthanc.model_copy(update={"password_file": fix(orthanc.password_file)})
+    return config.model_copy(
+        update={
+            "keyring": fix(config.keyring),
+            "spool": config.spool.model_copy(update={"path": fix(config.spool.path)}),
+            "orthanc": orthanc,
+        }
+    )

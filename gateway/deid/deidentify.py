@@ -1,0 +1,244 @@
+"""Header de-identification: PS3.15 Annex E actions applied to a whole dataset.
+
+Works on a copy; the original is kept byte for byte in the recovery envelope, so
+nothing here needs to be reversible. Besides the new dataset it returns the original
+values it removed or replaced: the PHI gate scans the outgoing object for them.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.multival import MultiValue
+
+from gateway.deid.profile import Profile
+from gateway.pseudonym import Pseudonymizer, shift_da, shift_dt
+
+GATEWAY_NAME = "privacy-gateway"
+# Identity that a plugin (OCR matching, coverless) may need, from the top level.
+IDENTITY_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "AccessionNumber", "InstitutionName", "ReferringPhysicianName", "OtherPatientIDs",
+    "StudyDate",
+)
+# Dummy values for action D, by VR; UIs get keyed UIDs, sequences are cleaned item by item.
+_DUMMY = {
+    "PN": "ANONYMIZED", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANONYMIZED",
+    "ST": "ANONYMIZED", "UT": "ANONYMIZED", "UC": "ANONYMIZED", "CS": "ANONYMIZED",
+    "AE": "ANONYMIZED", "DA": "19000101", "TM": "000000.00", "DT": "19000101000000",
+    "AS": "000Y", "IS": "0", "DS": "0", "UR": "",
+}
+_NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
+_STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+
+
+@dataclass
+class DeidResult:
+    """The de-identified dataset and what was taken out of it."""
+
+    dataset: Dataset
+    removed_values: set[str] = field(default_factory=set)
+    removed_names: set[str] = field(default_factory=set)
+    identity: dict[str, str] = field(default_factory=dict)
+
+
+class Deidentifier:
+    """Applies one profile with one pseudonym secret."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        pseudonyms: Pseudonymizer,
+        keep_private: tuple[tuple[int, str], ...] = (),
+    ) -> None:
+        self.profile = profile
+        self.pseudonyms = pseudonyms
+        # (group, private creator) blocks a site chose to keep.
+        self.keep_private = {(g, c.strip().upper()) for g, c in keep_private}
+
+    def run(self, original: Dataset) -> DeidResult:
+        ds = copy.deepcopy(original)
+        identity = {k: str(original.get(k, "") or "") for k in IDENTITY_KEYWORDS if original.get(k)}
+        result = DeidResult(dataset=ds, identity=identity)
+        tokens = _scrub_tokens(original, self.profile)
+        walk = _Walk(self, result, str(original.get("PatientID", "") or ""), tokens)
+        walk.dataset(ds)
+        self._mark(ds)
+        if hasattr(ds, "file_meta") and "SOPInstanceUID" in ds:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        return result
+
+    def _mark(self, ds: Dataset) -> None:
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = f"{GATEWAY_NAME} PS3.15 E.1-1 {len(self.profile.options)} options"
+        codes = Sequence()
+        for value, meaning in self.profile.method_codes():
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            codes.append(item)
+        ds.DeidentificationMethodCodeSequence = codes
+        if "retain_longitudinal_modified_dates" in self.profile.options:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        elif "retain_longitudinal_full_dates" in self.profile.options:
+            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        else:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+
+class _Walk:
+    """One pass over a dataset and its sequences."""
+
+    def __init__(self, owner: Deidentifier, result: DeidResult, patient_id: str, tokens: list[str]) -> None:
+        self.owner = owner
+        self.result = result
+        self.shift = owner.pseudonyms.date_shift_days(patient_id)
+        self.patient_pseudonym = owner.pseudonyms.patient_id(patient_id)
+        self.tokens = tokens
+
+    def dataset(self, ds: Dataset) -> None:
+        creators_kept: set[int] = set()
+        for elem in list(ds):
+            if elem.tag.is_private:
+                if self._private_kept(ds, elem, creators_kept):
+                    continue
+                self._remember(elem)
+                del ds[elem.tag]
+                continue
+            action = self.owner.profile.action(elem.tag)
+            if action is None:
+                action = "Z" if elem.VR == "PN" else "K"
+            self._apply(ds, elem, action)
+
+    def _private_kept(self, ds: Dataset, elem: DataElement, kept: set[int]) -> bool:
+        group = elem.tag.group
+        if elem.tag.element < 0x0100:  # a private creator element itself
+            creator = str(elem.value).strip().upper()
+            return (group, creator) in self.owner.keep_private
+        creator_tag = (group << 16) | (elem.tag.element >> 8)
+        creator = ds.get(creator_tag)
+        return creator is not None and (group, str(creator.value).strip().upper()) in self.owner.keep_private
+
+    def _apply(self, ds: Dataset, elem: DataElement, action: str) -> None:
+        if elem.VR == "SQ":
+            self._sequence(ds, elem, action)
+            return
+        if action == "K":
+            return
+        if action != "C" or elem.VR in ("DA", "DT"):  # cleaned text stays, by design
+            self._remember(elem)
+        if action == "X":
+            del ds[elem.tag]
+        elif action == "Z":
+            elem.value = self._pseudonym(elem) if elem.keyword in ("PatientID", "PatientName", "AccessionNumber") else None
+            if elem.value is None:
+                elem.value = b"" if elem.VR in ("OB", "OW", "UN") else ""
+        elif action == "D":
+            elem.value = self._dummy(elem)
+        elif action in ("U", "U*"):
+            elem.value = self._uids(elem.value)
+        elif action == "C":
+            elem.value = self._clean(elem)
+
+    def _sequence(self, ds: Dataset, elem: DataElement, action: str) -> None:
+        if action == "X":
+            self._remember(elem)
+            del ds[elem.tag]
+        elif action == "Z":
+            self._remember(elem)
+            elem.value = Sequence()
+        else:  # K, D, U*, C: keep the structure, de-identify every item
+            for item in elem.value:
+                self.dataset(item)
+
+    def _pseudonym(self, elem: DataElement) -> str | None:
+        text = str(elem.value or "")
+        if not text:
+            return None
+        if elem.keyword == "AccessionNumber":
+            return self.owner.pseudonyms.accession(text)
+        return self.patient_pseudonym
+
+    def _dummy(self, elem: DataElement) -> object:
+        if elem.keyword == "PatientID":
+            return self.patient_pseudonym
+        if elem.VR == "UI":
+            return self._uids(elem.value)
+        if elem.VR in _NUMERIC_VRS:
+            return 0
+        if elem.VR in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+            return b""
+        dummy = _DUMMY.get(elem.VR, "")
+        return dummy if elem.VM <= 1 else [dummy]
+
+    def _uids(self, value: object) -> object:
+        if isinstance(value, (list, MultiValue)):
+            return [self.owner.pseudonyms.uid(str(v)) for v in value]
+        return self.owner.pseudonyms.uid(str(value)) if value else value
+
+    def _clean(self, elem: DataElement) -> object:
+        """``C``: shift dates, keep times, scrub this patient's identity out of text."""
+        if elem.VR == "DA":
+            return _map(elem.value, lambda v: shift_da(v, self.shift))
+        if elem.VR == "DT":
+            return _map(elem.value, lambda v: shift_dt(v, self.shift))
+        if elem.VR == "TM":
+            return elem.value
+        if elem.VR in ("LO", "SH", "LT", "ST", "UT", "UC", "CS", "PN"):
+            return _map(elem.value, self._scrub)
+        return self._dummy(elem)
+
+    def _scrub(self, text: str) -> str:
+        for token in self.tokens:
+            text = re.sub(re.escape(token), "*", text, flags=re.IGNORECASE)
+        return text
+
+    def _remember(self, elem: DataElement) -> None:
+        if elem.VR not in _STRING_VRS or elem.value in (None, ""):
+            return
+        if elem.VR == "TM":
+            return
+        values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+        for v in values:
+            text = str(v).strip()
+            if text:
+                (self.result.removed_names if elem.VR == "PN" else self.result.removed_values).add(text)
+
+
+def _map(value: object, fn) -> object:  # type: ignore[no-untyped-def]
+    if isinstance(value, (list, MultiValue)):
+        return [fn(str(v)) for v in value]
+    return fn(str(value)) if value not in (None, "") else value
+
+
+def _scrub_tokens(ds: Dataset, profile: Profile) -> list[str]:
+    """What ``C`` scrubs out of kept text: every value the profile takes out elsewhere in
+    the object, and each part of every person name, longest first."""
+    tokens: set[str] = set()
+
+    def visit(item: Dataset) -> None:
+        for elem in item:
+            if elem.VR == "SQ":
+                for sub in elem.value:
+                    visit(sub)
+                continue
+            if elem.VR not in _STRING_VRS or elem.VR == "TM" or elem.value in (None, ""):
+                continue
+            action = profile.action(elem.tag)
+            if elem.VR != "PN" and action in (None, "K", "C"):
+                continue
+            values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+            for value in map(str, values):
+                if len(value.strip()) >= 3:
+                    tokens.add(value.strip())
+                if elem.VR == "PN":
+                    tokens.update(w for w in re.split(r"[\^ =,]+", value) if len(w) >= 3)
+
+    visit(ds)
+    return sorted(tokens, key=len, reverse=True)
