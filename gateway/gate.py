@@ -3,14 +3,16 @@
 It searches every string element (sequences, private blocks and file meta included) and
 the raw encoded bytes for each identifying value the de-identification took out of the
 original. Any hit stops the whole series. The gate is deliberately independent of the
-profile code it checks: a bug there (or an identifier in an unexpected attribute) is
+profile code it checks: a bug there, or identity typed into an unexpected attribute, is
 caught here.
 
-Matching: whole values of 4 characters or more as case-insensitive substrings of the
-text; values made of digits only, and each part of a person name (3 characters or
-more), as whole words, so that a 5-digit MRN does not match inside a measurement;
-whole values of 6 bytes or more also in the raw bytes (pixel data, binary private
-values), where a chance match in random data is about one in 2^48 per position.
+Matching works on words (letters, digits and ``_``; case and punctuation ignored): a
+value hits where its words appear in a row, and each part of a patient's name (3
+characters or more) hits on its own in free text (not in coded values, where a
+patient called Head would stop every head scan). Word matching keeps a 5-digit MRN from matching
+inside a measurement. Values of 6 bytes or more are also searched in the raw bytes
+(pixel data, binary private values), where a chance match in random data is about one
+in 2^48 per position.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from pydicom.multival import MultiValue
 from gateway.envelope import GROUP as ENVELOPE_GROUP
 
 _STRING_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "UC", "UI", "UR", "UT"}
-_WORD = re.compile(r"[^0-9A-Z]+")
-# Words too common to mean identity on their own.
-_COMMON = {"THE", "AND", "FOR", "MR", "MRS", "MS", "DR", "JR", "SR", "MD", "PHD"}
+# Where a single part of a name is looked for: free text, not coded values (CS) or UIDs.
+_FREE_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
+_NON_WORD = re.compile(r"[^0-9A-Z_]+")
+# Name parts too common to mean identity on their own.
+_COMMON = {"THE", "AND", "FOR", "MRS", "PHD"}
 
 
 @dataclass(frozen=True)
@@ -37,27 +41,37 @@ class Hit:
     kind: str
 
 
+def words(text: str) -> str:
+    """``text`` as upper-case words separated by single spaces, padded with spaces."""
+    return " " + " ".join(w for w in _NON_WORD.split(str(text).upper()) if w) + " "
+
+
 class Needles:
     """The identifying values of one series, prepared for matching."""
 
-    def __init__(self, values: set[str], names: set[str]) -> None:
-        self.substrings: set[str] = set()
-        self.words: set[str] = set()
-        self.raw: set[bytes] = set()
-        for value in values | names:
-            norm = _norm(value)
-            if norm.isdigit():
-                if len(norm) >= 4:
-                    self.words.add(norm)
-            elif len(norm) >= 4:
-                self.substrings.add(norm)
+    def __init__(self, identifiers: set[str], patient_names: set[str]) -> None:
+        self.phrases: set[str] = set()
+        self.name_parts: set[str] = set()
+        raw: set[bytes] = set()
+        for value in identifiers | patient_names:
+            phrase = words(value)
+            if len(phrase.strip()) >= 3:
+                self.phrases.add(phrase)
             if len(value.strip()) >= 6:
-                self.raw.add(value.strip().encode("utf-8", "ignore"))
-        for name in names:
-            self.words.update(w for w in _WORD.split(_norm(name)) if len(w) >= 3 and w not in _COMMON)
+                raw.add(value.strip().encode("utf-8", "ignore"))
+        for name in patient_names:
+            self.name_parts.update(f" {w} " for w in words(name).split() if len(w) >= 3 and w not in _COMMON)
+        self.raw = (
+            re.compile(rb"(?<![A-Za-z0-9_])(?:" + b"|".join(map(re.escape, sorted(raw))) + rb")(?![A-Za-z0-9_])")
+            if raw
+            else None
+        )
 
-    def __bool__(self) -> bool:
-        return bool(self.substrings or self.words or self.raw)
+    def match(self, text: str, vr: str) -> bool:
+        padded = words(text)
+        if any(p in padded for p in self.phrases):
+            return True
+        return vr in _FREE_TEXT_VRS and any(p in padded for p in self.name_parts)
 
 
 def scan(ds: Dataset, encoded: bytes, needles: Needles) -> list[Hit]:
@@ -66,10 +80,8 @@ def scan(ds: Dataset, encoded: bytes, needles: Needles) -> list[Hit]:
     if getattr(ds, "file_meta", None) is not None:
         _scan_dataset(ds.file_meta, needles, hits, "meta")
     _scan_dataset(ds, needles, hits, "")
-    for needle in needles.raw:
-        if needle in encoded:
-            hits.append(Hit(where="encoded bytes", kind="raw"))
-            break
+    if needles.raw is not None and needles.raw.search(encoded):
+        hits.append(Hit(where="encoded bytes", kind="raw"))
     return hits
 
 
@@ -82,10 +94,9 @@ def _scan_dataset(ds: Dataset, needles: Needles, hits: list[Hit], path: str) -> 
             continue
         if elem.tag.group == ENVELOPE_GROUP and elem.VR == "OB":
             continue  # ciphertext: covered by the raw scan only
-        for text in _texts(elem.value, elem.VR, elem.tag.is_private):
-            kind = _match(_norm(text), needles)
-            if kind:
-                hits.append(Hit(where=where, kind=kind))
+        vr = "LT" if elem.tag.is_private else elem.VR
+        if any(needles.match(text, vr) for text in _texts(elem.value, elem.VR, elem.tag.is_private)):
+            hits.append(Hit(where=where, kind="text"))
 
 
 def _texts(value: object, vr: str, private: bool) -> list[str]:
@@ -95,15 +106,3 @@ def _texts(value: object, vr: str, private: bool) -> list[str]:
     if private and isinstance(value, bytes):  # UN private data may well be text
         return [value.decode("latin-1")]
     return []
-
-
-def _match(text: str, needles: Needles) -> str | None:
-    if any(s in text for s in needles.substrings):
-        return "value"
-    if needles.words and needles.words.intersection(_WORD.split(text)):
-        return "word"
-    return None
-
-
-def _norm(text: str) -> str:
-    return " ".join(str(text).upper().replace("^", " ").split())

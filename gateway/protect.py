@@ -30,6 +30,9 @@ from gateway.pseudonym import Pseudonymizer
 from gateway.stages import build_stages
 
 log = logging.getLogger("gateway.protect")
+# This gateway's own implementation identity in the file meta of what it writes.
+IMPLEMENTATION_CLASS_UID = "2.25.97826132071593946327811049785634521019"
+IMPLEMENTATION_VERSION = "PRIVACYGW_01"
 
 
 class Quarantine(Exception):
@@ -116,8 +119,8 @@ def protect_series(raws: list[bytes], route: RouteSpec, keyring: Keyring, keys: 
             slot.append((stage.name, record))
 
     needles = gate.Needles(
-        set().union(*(r.removed_values for r in results)),
-        set().union(*(r.removed_names for r in results)),
+        set().union(*(r.identifiers for r in results)),
+        set().union(*(r.patient_names for r in results)),
     )
     out = []
     for raw, original, ds, recs in zip(raws, originals, series, records, strict=True):
@@ -149,6 +152,8 @@ def _normalise_transfer_syntax(ds: Dataset) -> None:
 
 
 def _encode(ds: Dataset) -> bytes:
+    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

@@ -33,6 +33,7 @@ _DUMMY = {
     "AE": "ANONYMIZED", "DA": "19000101", "TM": "000000.00", "DT": "19000101000000",
     "AS": "000Y", "IS": "0", "DS": "0", "UR": "",
 }
+_DUMMY_TEXTS = {v for v in _DUMMY.values() if v} | {"ANONYMOUS", "ANONYMISED"}
 _NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
 _STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 
@@ -42,8 +43,8 @@ class DeidResult:
     """The de-identified dataset and what was taken out of it."""
 
     dataset: Dataset
-    removed_values: set[str] = field(default_factory=set)
-    removed_names: set[str] = field(default_factory=set)
+    identifiers: set[str] = field(default_factory=set)
+    patient_names: set[str] = field(default_factory=set)
     identity: dict[str, str] = field(default_factory=dict)
 
 
@@ -207,8 +208,29 @@ class _Walk:
         values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
         for v in values:
             text = str(v).strip()
-            if text:
-                (self.result.removed_names if elem.VR == "PN" else self.result.removed_values).add(text)
+            if text and _identifying(elem, text):
+                self.result.identifiers.add(text)
+                if elem.keyword in ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName"):
+                    self.result.patient_names.add(text)
+
+
+def _identifying(elem: DataElement, text: str) -> bool:
+    """Whether a removed value is identity the PHI gate must never see again.
+
+    Descriptions, codes and device names are removed by the profile too, but their
+    values (``WHOLE BODY``, ``TOSHIBA``) legitimately recur in kept attributes, so the
+    gate looks for people, patients, institutions, addresses, identifiers, dates and UIDs.
+    """
+    keyword = elem.keyword
+    if elem.VR in ("IS", "DS", "AS", "TM") or text.upper() in _DUMMY_TEXTS:
+        return False
+    if elem.VR == "PN":
+        return keyword.startswith(("Patient", "OtherPatient")) or len([p for p in re.split(r"[\^=]", text) if p.strip()]) >= 2
+    if elem.VR in ("UI", "DA", "DT"):
+        return True
+    return keyword.startswith(("Patient", "OtherPatient", "Issuer")) or keyword.endswith(("ID", "IDs", "Number")) or any(
+        part in keyword for part in ("Address", "Telephone", "Telecom", "Institution", "Department", "Accession")
+    )
 
 
 def _map(value: object, fn) -> object:  # type: ignore[no-untyped-def]
