@@ -1,0 +1,237 @@
+"""The ``gateway`` command: serve, offline protect/restore, status, keys.
+
+Errors an administrator can fix (a bad config, a missing keyring, a too-open keyring
+file) end with a one-paragraph message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from tqdm import tqdm
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.deid.profile import OPTIONS
+from gateway.keyring import Keyring, KeyringError
+from gateway.plugin import available
+from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
+from gateway.restore import restore_series
+
+log = logging.getLogger("gateway")
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, KeyringError, UsageError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Privacy-preserving DICOM gateway in front of Orthanc.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the DICOM listener and the protect/forward workers")
+    s.add_argument("--config", type=Path, required=True)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("check-config", help="validate a configuration file and exit")
+    s.add_argument("--config", type=Path, required=True)
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("status", help="queue depths, quarantine and failures (no PHI)")
+    s.add_argument("--config", type=Path, required=True)
+    s.set_defaults(func=cmd_status)
+
+    for name, fn, text in (
+        ("protect", cmd_protect, "protect DICOM files offline (file or folder)"),
+        ("restore", cmd_restore, "restore protected DICOM files offline (file or folder)"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("input", type=Path)
+        s.add_argument("output", type=Path)
+        s.add_argument("--keyring", type=Path, required=True)
+        if name == "protect":
+            s.add_argument("--option", action="append", default=[], choices=sorted(OPTIONS),
+                           help="a PS3.15 option (repeatable)")
+            s.add_argument("--plugin", default="none", help="privacy transform (installed: %(default)s, ...)")
+        s.set_defaults(func=fn)
+
+    keys = sub.add_parser("keys", help="manage the keyring").add_subparsers(required=True, metavar="ACTION")
+    for name, fn, text in (
+        ("init", cmd_keys_init, "create a keyring (mode 0600)"),
+        ("rotate", cmd_keys_rotate, "add a new active key-encryption key"),
+        ("list", cmd_keys_list, "list key ids (never the keys)"),
+    ):
+        s = keys.add_parser(name, help=text)
+        s.add_argument("--keyring", type=Path, required=True)
+        s.set_defaults(func=fn)
+    return p
+
+
+# -- service --------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    Keyring.load(config.keyring)
+    _check_plugins(config)
+    print(f"{args.config}: OK ({len(config.routes)} route(s), {len(config.senders)} sender(s))")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.service import Service
+
+    config = load_config(args.config)
+    logging.getLogger().setLevel(config.log_level)
+    _check_plugins(config)
+    service = Service(config, Keyring.load(config.keyring))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    stop.wait()
+    service.stop()
+    return 0
+
+
+def _check_plugins(config: Config) -> None:
+    installed = available()
+    for i, route in enumerate(config.routes):
+        if route.plugin not in installed:
+            raise ConfigError(f"routes[{i}].plugin: no plugin named {route.plugin!r} is installed; installed: {installed}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.spool import Spool
+
+    config = load_config(args.config)
+    if not config.spool.path.exists():
+        raise UsageError(f"spool {config.spool.path} does not exist yet: the gateway has not run with this config")
+    spool = Spool(config.spool.path)
+    counts = spool.counts()
+    print("objects by state:")
+    for state in ("received", "protected", "forwarded", "done", "quarantined", "failed", "superseded"):
+        print(f"  {state:12} {counts.get(state, 0)}")
+    problems = spool.problem_series()
+    print(f"series needing attention: {len(problems)}")
+    for token, state, reason, when in problems:
+        stamp = datetime.fromtimestamp(when).isoformat(timespec="seconds")
+        print(f"  {stamp} {state:11} series {token}: {reason}")
+    spool.close()
+    return 0
+
+
+# -- offline --------------------------------------------------------------------------
+
+
+def _dicom_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UsageError(f"{path} is neither a file nor a folder")
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def _by_series(files: list[Path]) -> dict[str, list[Path]]:
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for f in files:
+        try:
+            head = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[0x0020000E])
+            groups[str(head.SeriesInstanceUID)].append(f)
+        except (InvalidDicomError, AttributeError, OSError, ValueError):
+            log.warning("skipped %s: not a DICOM object with a Series Instance UID", f.name)
+    return groups
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    ring = Keyring.load(args.keyring)
+    if args.plugin not in available():
+        raise UsageError(f"no plugin named {args.plugin!r}; installed: {available()}")
+    route = RouteSpec(options=frozenset(args.option), plugin=args.plugin)
+    files = _dicom_files(args.input)
+    single = args.input.is_file() and args.output.suffix.lower() == ".dcm"
+    if not single:
+        args.output.mkdir(parents=True, exist_ok=True)
+    keys = MemoryDataKeys()
+    failed = 0
+    groups = _by_series(files)
+    with tqdm(total=sum(len(g) for g in groups.values()), unit="obj", desc="protect") as bar:
+        for members in groups.values():
+            try:
+                outputs = protect_series([m.read_bytes() for m in members], route, ring, keys)
+            except Quarantine as exc:
+                failed += len(members)
+                log.error("a series of %d object(s) was not protected: %s", len(members), exc)
+            else:
+                for out in outputs:
+                    (args.output if single else args.output / f"{out.sop_uid}.dcm").write_bytes(out.data)
+            bar.update(len(members))
+    print(f"protected {sum(len(g) for g in groups.values()) - failed} object(s), refused {failed}")
+    return 1 if failed else 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    ring = Keyring.load(args.keyring)
+    files = _dicom_files(args.input)
+    single = args.input.is_file() and args.output.suffix.lower() == ".dcm"
+    if not single:
+        args.output.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    groups = _by_series(files)
+    with tqdm(total=sum(len(g) for g in groups.values()), unit="obj", desc="restore") as bar:
+        for members in groups.values():
+            for member, outcome in zip(members, restore_series([m.read_bytes() for m in members], ring), strict=True):
+                if outcome.data is None:
+                    failed += 1
+                    log.error("%s was not restored: %s", member.name, outcome.error)
+                else:
+                    (args.output if single else args.output / member.name).write_bytes(outcome.data)
+            bar.update(len(members))
+    print(f"restored {sum(len(g) for g in groups.values()) - failed} object(s), failed {failed}")
+    return 1 if failed else 0
+
+
+# -- keys -----------------------------------------------------------------------------
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    ring = Keyring.create(args.keyring)
+    print(f"created {args.keyring} (mode 0600) with active key {ring.active}")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    ring = Keyring.load(args.keyring)
+    new = ring.rotate()
+    print(f"added key {new}; it seals new envelopes; {len(ring.keks) - 1} older key(s) kept for opening")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    ring = Keyring.load(args.keyring)
+    for key_id in ring.keks:
+        print(f"{key_id}  created {ring.created.get(key_id, '?')}{'  (active)' if key_id == ring.active else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Forwarding protected objects to Orthanc over its REST API.
+
+Uses the Orthanc team's client (``orthanc-api-client``). An object counts as forwarded
+only when Orthanc answers that it stored it (``Success``) or already holds it
+(``AlreadyStored``: the protected UIDs are deterministic, so a resend after a crash is
+recognised and stored once). Connection problems are retried with exponential backoff;
+a refusal (Orthanc's filter plugin, a bad file) is permanent and shown in status.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from orthanc_api_client import OrthancApiClient
+from orthanc_api_client.exceptions import ConnectionError as OrthancConnectionError
+from orthanc_api_client.exceptions import HttpError
+from orthanc_api_client.exceptions import TimeoutError as OrthancTimeout
+
+from gateway.config import Orthanc
+
+log = logging.getLogger("gateway.forward")
+
+
+class Unreachable(Exception):
+    """Orthanc could not be reached or answered with a server error: try again later."""
+
+
+class Refused(Exception):
+    """Orthanc refused the object: retrying will not help."""
+
+
+class Forwarder:
+    """Uploads protected objects to one Orthanc."""
+
+    def __init__(self, settings: Orthanc) -> None:
+        self._client = OrthancApiClient(settings.url, user=settings.username, pwd=settings.secret())
+        self._timeout = settings.timeout_seconds
+
+    def send(self, data: bytes) -> str:
+        """Upload one object; return Orthanc's instance id once it is stored."""
+        try:
+            response = self._client.post("instances", data=data, timeout=self._timeout)
+        except HttpError as exc:
+            status = exc.http_status_code or 0
+            if status >= 500 or status in (401, 403, 408, 429):
+                raise Unreachable(f"Orthanc answered HTTP {status}") from None
+            raise Refused(f"Orthanc refused the object (HTTP {status})") from None
+        except (OrthancConnectionError, OrthancTimeout) as exc:
+            raise Unreachable(f"Orthanc is not reachable ({type(exc).__name__})") from None
+        body = response.json()
+        if isinstance(body, list):  # one object sent, one answer expected
+            body = body[0] if body else {}
+        if body.get("Status") not in ("Success", "AlreadyStored"):
+            raise Refused(f"Orthanc did not store the object (status {body.get('Status')!r})")
+        return str(body["ID"])

@@ -1,0 +1,215 @@
+"""A real Orthanc and a real gateway on loopback, for the demo, the tests and benchmarks.
+
+Orthanc is the Debian package, started with this repository's ``orthanc/`` settings
+(filter plugin included) but its own ports and a temporary storage folder. The gateway
+runs as a separate process (``gateway serve``), so tests can kill -9 it like an admin's
+worst day would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+ORTHANC_DIR = REPO / "orthanc"
+ORTHANC_USER = "gateway"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@dataclass
+class OrthancServer:
+    """One Orthanc process with its own folder and ports."""
+
+    folder: Path
+    gateway_aet: str = "GATEWAY"
+    gateway_port: int = 11112
+    extra_modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
+    http_port: int = field(default_factory=free_port)
+    dicom_port: int = field(default_factory=free_port)
+    password: str = "orthanc-test-secret"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def write_config(self) -> Path:
+        config = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
+        storage = self.folder / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        config.update(
+            StorageDirectory=str(storage),
+            IndexDirectory=str(storage),
+            HttpPort=self.http_port,
+            DicomPort=self.dicom_port,
+            RemoteAccessAllowed=False,
+            RegisteredUsers={ORTHANC_USER: self.password},
+            PythonScript=str(ORTHANC_DIR / "accept_protected.py"),
+        )
+        modalities = {"gateway": {"AET": self.gateway_aet, "Host": "127.0.0.1", "Port": self.gateway_port,
+                                  "AllowStore": True, "AllowEcho": True, "AllowFind": True,
+                                  "AllowMove": True, "AllowGet": True}}
+        modalities.update(self.extra_modalities)
+        config["DicomModalities"] = modalities
+        path = self.folder / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    def start(self) -> OrthancServer:
+        config = self.write_config()
+        log = open(self.folder / "orthanc.log", "ab")
+        env = dict(os.environ, TCP_NODELAY="1")
+        self.process = subprocess.Popen(["Orthanc", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited at start; see {self.folder / 'orthanc.log'}")
+            try:
+                if requests.get(f"{self.url}/system", auth=(ORTHANC_USER, self.password), timeout=1).ok:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("Orthanc did not answer on REST within 30 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def get(self, path: str) -> Any:
+        r = requests.get(f"{self.url}/{path.lstrip('/')}", auth=(ORTHANC_USER, self.password), timeout=30)
+        r.raise_for_status()
+        return r.json() if "json" in r.headers.get("content-type", "") else r.content
+
+
+@dataclass
+class GatewayProcess:
+    """``gateway serve`` as a child process, with a generated config."""
+
+    folder: Path
+    orthanc: OrthancServer
+    senders: list[dict[str, Any]] = field(default_factory=lambda: [{"ae_title": "MODALITY"}])
+    routes: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "default", "plugin": "none"}])
+    profiles: dict[str, Any] = field(default_factory=lambda: {"default": {"options": []}})
+    settle_seconds: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    port: int = 0
+    ae_title: str = "GATEWAY"
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.port = self.port or self.orthanc.gateway_port
+
+    @property
+    def keyring(self) -> Path:
+        return self.folder / "keyring.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.folder / "gateway.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "gateway.log"
+
+    def write_config(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.keyring.exists():
+            run_cli("keys", "init", "--keyring", str(self.keyring))
+        config = {
+            "listener": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port},
+            "senders": self.senders,
+            "orthanc": {"url": self.orthanc.url, "username": ORTHANC_USER, "password": self.orthanc.password},
+            "keyring": str(self.keyring),
+            "spool": {"path": str(self.folder / "spool"), "retention_hours": 0},
+            "scheduler": {"settle_seconds": self.settle_seconds, "poll_seconds": 0.2,
+                          "retry_initial_seconds": 0.5, "retry_max_seconds": 2},
+            "profiles": self.profiles,
+            "routes": self.routes,
+            "log_level": "INFO",
+        }
+        config.update(self.extra)
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return self.config_path
+
+    def start(self) -> GatewayProcess:
+        self.write_config()
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        wait_port(self.port)
+        return self
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def status(self) -> str:
+        return run_cli("status", "--config", str(self.config_path)).stdout
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          check=True)
+
+
+def storescu(port: int, files: list[Path] | Path, calling: str = "MODALITY", called: str = "GATEWAY",
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+    """dcmtk's storescu, the modality of the tests and the demo."""
+    targets = [str(f) for f in (files if isinstance(files, list) else [files])]
+    return subprocess.run(
+        ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *targets, "+sd", "-R"],
+        capture_output=True, text=True, check=check, timeout=600,
+    )
+
+
+def have_tools() -> bool:
+    return all(shutil.which(t) for t in ("Orthanc", "storescu"))

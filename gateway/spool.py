@@ -1,0 +1,316 @@
+"""The durable spool: received originals, protected copies, and their states.
+
+A C-STORE is acknowledged only after ``accept`` returns: the object's bytes are written
+to a new file and fsynced, the file is renamed into place and its folder fsynced, and
+its row is committed to SQLite (WAL, synchronous=FULL). After a kill -9 at any point,
+every acknowledged object is on disk with its row; an object whose row never committed
+was never acknowledged and the modality sends it again.
+
+Rows carry pseudonymous tokens (the protected UIDs), never identity, so ``gateway
+status`` and logs can name objects safely. This module is the one to swap for a shared
+broker and object store when the gateway runs on several nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import envelope
+from gateway.keyring import Keyring
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    series_token TEXT NOT NULL,
+    sop_token TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'received',
+    out_path TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    forwarded_at REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS instances_state ON instances(state, series_token);
+CREATE TABLE IF NOT EXISTS series (
+    series_token TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    last_received REAL NOT NULL,
+    route TEXT,
+    reason TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_keys (
+    study_uid TEXT PRIMARY KEY,
+    kek_id TEXT NOT NULL,
+    wrapped BLOB NOT NULL
+);
+"""
+
+
+class SpoolError(Exception):
+    """The spool cannot take or give an object (disk full, permissions, corruption)."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One received object's row."""
+
+    id: int
+    path: Path
+    calling_ae: str
+    sop_token: str
+    modality: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One protected object waiting to be forwarded."""
+
+    id: int
+    out_path: Path
+    series_token: str
+    attempts: int
+
+
+class Spool:
+    """Files under ``root`` and their index in ``root/spool.sqlite3``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.outbox = root / "outbox"
+        self.quarantine_dir = root / "quarantine"
+        for d in (self.incoming, self.outbox, self.quarantine_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(root / "spool.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- intake ---------------------------------------------------------------------
+
+    def accept(self, data: bytes, calling_ae: str, series_token: str, sop_token: str,
+               modality: str, sop_class_uid: str) -> int:
+        """Make one received object durable; only then may the C-STORE say Success."""
+        path = self.incoming / f"{uuid.uuid4().hex}.dcm"
+        _write_durably(path, data)
+        now = time.time()
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                cur = self._db.execute(
+                    "INSERT INTO instances (path, calling_ae, series_token, sop_token, modality, sop_class_uid,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (path.name, calling_ae, series_token, sop_token, modality, sop_class_uid, now),
+                )
+                self._db.execute(
+                    "INSERT INTO series (series_token, state, last_received, updated_at) VALUES (?, 'receiving', ?, ?)"
+                    " ON CONFLICT(series_token) DO UPDATE SET state='receiving', last_received=excluded.last_received,"
+                    " updated_at=excluded.updated_at",
+                    (series_token, now, now),
+                )
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            path.unlink(missing_ok=True)
+            raise SpoolError(f"spool index write failed: {exc}") from exc
+        return int(cur.lastrowid or 0)
+
+    # -- settle and protect ------------------------------------------------------------
+
+    def settled_series(self, settle_seconds: float) -> list[str]:
+        """Series that got no new object for ``settle_seconds``."""
+        cutoff = time.time() - settle_seconds
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_token FROM series WHERE state='receiving' AND last_received <= ? ORDER BY last_received",
+                (cutoff,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def received(self, series_token: str) -> list[Incoming]:
+        """The series' objects not yet protected, in the order received; a resent
+        object (same SOP Instance UID) counts once, the newest copy wins."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, path, calling_ae, sop_token, modality, sop_class_uid FROM instances"
+                " WHERE series_token=? AND state='received' ORDER BY id",
+                (series_token,),
+            ).fetchall()
+        latest: dict[str, Incoming] = {}
+        for r in rows:
+            latest.pop(r[3], None)
+            latest[r[3]] = Incoming(r[0], self.incoming / r[1], r[2], r[3], r[4], r[5])
+        superseded = [r[0] for r in rows if latest[r[3]].id != r[0]]
+        if superseded:
+            self._set_state(superseded, "superseded")
+        return list(latest.values())
+
+    def protected(self, series_token: str, route: str, outputs: list[tuple[int, bytes]]) -> None:
+        """Store the protected copies durably, then mark the series ready to forward."""
+        names = []
+        for row_id, data in outputs:
+            path = self.outbox / f"{row_id}.dcm"
+            _write_durably(path, data)
+            names.append((path.name, row_id))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE instances SET state='protected', out_path=?, next_attempt=0 WHERE id=?", names
+            )
+            self._finish_series(series_token, "protected", route, None)
+            self._db.execute("COMMIT")
+
+    def quarantine(self, series_token: str, route: str | None, reason: str, row_ids: list[int]) -> None:
+        """Keep the originals aside (never forwarded) with the reason, for an admin to look at."""
+        folder = self.quarantine_dir / series_token
+        folder.mkdir(exist_ok=True)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for row_id in row_ids:
+                (name,) = self._db.execute("SELECT path FROM instances WHERE id=?", (row_id,)).fetchone()
+                src = self.incoming / name
+                if src.exists():
+                    os.replace(src, folder / name)
+                self._db.execute(
+                    "UPDATE instances SET state='quarantined', error=? WHERE id=?", (reason, row_id)
+                )
+            self._finish_series(series_token, "quarantined", route, reason)
+            self._db.execute("COMMIT")
+
+    def _finish_series(self, series_token: str, state: str, route: str | None, reason: str | None) -> None:
+        # A series that received more objects meanwhile stays 'receiving' for the next pass.
+        self._db.execute(
+            "UPDATE series SET state=CASE WHEN EXISTS (SELECT 1 FROM instances WHERE series_token=?"
+            " AND state='received') THEN 'receiving' ELSE ? END, route=?, reason=?, updated_at=? WHERE series_token=?",
+            (series_token, state, route, reason, time.time(), series_token),
+        )
+
+    # -- forward -------------------------------------------------------------------------
+
+    def due(self, limit: int = 64) -> list[Outgoing]:
+        """Protected objects whose next forwarding attempt is due."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, out_path, series_token, attempts FROM instances"
+                " WHERE state='protected' AND next_attempt <= ? ORDER BY id LIMIT ?",
+                (time.time(), limit),
+            ).fetchall()
+        return [Outgoing(r[0], self.outbox / r[1], r[2], r[3]) for r in rows]
+
+    def forwarded(self, row_id: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE instances SET state='forwarded', forwarded_at=?, error=NULL WHERE id=?",
+                (time.time(), row_id),
+            )
+        (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
+
+    def retry_later(self, row_id: int, delay: float, error: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE instances SET attempts=attempts+1, next_attempt=?, error=? WHERE id=?",
+                (time.time() + delay, error, row_id),
+            )
+
+    def failed(self, row_id: int, error: str) -> None:
+        """Orthanc refused the object for good; it stays in the outbox for an admin."""
+        self._set_state([row_id], "failed", error)
+
+    def purge_originals(self, retention_hours: float) -> int:
+        """Delete originals forwarded more than ``retention_hours`` ago; returns how many."""
+        cutoff = time.time() - retention_hours * 3600
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, path FROM instances i WHERE state='forwarded' AND forwarded_at <= ?", (cutoff,)
+            ).fetchall()
+        for row_id, name in rows:
+            (self.incoming / name).unlink(missing_ok=True)
+        self._set_state([r[0] for r in rows], "done")
+        return len(rows)
+
+    # -- study keys and status -------------------------------------------------------------
+
+    def for_study(self, study_uid: str, keyring: Keyring) -> tuple[str, bytes, bytes]:
+        """The study's data key: created once, reused by every later series of the study."""
+        with self._lock:
+            row = self._db.execute("SELECT kek_id, wrapped FROM study_keys WHERE study_uid=?", (study_uid,)).fetchone()
+            if row is None:
+                key = envelope.new_data_key()
+                kek_id, wrapped = envelope.wrap(keyring, key)
+                self._db.execute(
+                    "INSERT INTO study_keys (study_uid, kek_id, wrapped) VALUES (?, ?, ?)", (study_uid, kek_id, wrapped)
+                )
+                return kek_id, wrapped, key
+        return row[0], row[1], envelope.unwrap(keyring, row[0], row[1])
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM instances GROUP BY state").fetchall()
+        return {state: n for state, n in rows}
+
+    def problem_series(self, limit: int = 20) -> list[tuple[str, str, str | None, float]]:
+        """Quarantined or failing series: (token, state, reason, updated_at), newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.series_token, s.state, COALESCE(s.reason, (SELECT error FROM instances i WHERE"
+                " i.series_token=s.series_token AND i.error IS NOT NULL LIMIT 1)), s.updated_at FROM series s"
+                " WHERE s.state='quarantined' OR EXISTS (SELECT 1 FROM instances i WHERE"
+                " i.series_token=s.series_token AND i.state IN ('failed', 'protected') AND i.error IS NOT NULL)"
+                " ORDER BY s.updated_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def _set_state(self, row_ids: list[int], state: str, error: str | None = None) -> None:
+        with self._lock:
+            self._db.executemany(
+                "UPDATE instances SET state=?, error=COALESCE(?, error) WHERE id=?",
+                [(state, error, i) for i in row_ids],
+            )
+
+    def _rollback(self) -> None:
+        try:
+            with self._lock:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".part")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SpoolError(f"spool file write failed: {exc.strerror}") from exc

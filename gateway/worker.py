@@ -1,0 +1,129 @@
+"""Background jobs: protect settled series, forward protected objects, purge originals.
+
+apscheduler runs three interval jobs, each never overlapping itself. A job that meets
+an unexpected error logs it (without PHI) and runs again at its next interval: the spool
+keeps every state, so nothing is lost between runs or across a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from gateway.config import Config
+from gateway.forwarder import Forwarder, Refused, Unreachable
+from gateway.keyring import Keyring
+from gateway.plugin import PluginError
+from gateway.protect import Quarantine, RouteSpec, protect_series
+from gateway.spool import Spool, SpoolError
+
+log = logging.getLogger("gateway.worker")
+
+
+def route_spec(config: Config, route_name: str) -> RouteSpec:
+    route = next(r for r in config.routes if r.name == route_name)
+    profile = config.profiles[route.profile]
+    return RouteSpec(
+        options=frozenset(profile.options),
+        keep_private=tuple((k.group, k.creator) for k in profile.keep_private),
+        plugin=route.plugin,
+        plugin_settings=dict(route.plugin_settings),
+        redaction=dict(route.redaction) if route.redaction is not None else None,
+    )
+
+
+class Worker:
+    """The jobs of one gateway process."""
+
+    def __init__(self, config: Config, keyring: Keyring, spool: Spool, forwarder: Forwarder) -> None:
+        self.config = config
+        self.keyring = keyring
+        self.spool = spool
+        self.forwarder = forwarder
+        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        every = self.config.scheduler.poll_seconds
+        self._scheduler.add_job(self._guard(self.process_settled), "interval", seconds=every, id="protect")
+        self._scheduler.add_job(self._guard(self.forward_due), "interval", seconds=every, id="forward")
+        self._scheduler.add_job(self._guard(self.purge), "interval", seconds=max(every, 60), id="purge")
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._scheduler.shutdown(wait=True)
+
+    def _guard(self, job):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                job()
+            except Exception:  # a job must never die; the spool keeps the state
+                log.exception("background job %s failed; it runs again at its next interval", job.__name__)
+
+        return run
+
+    # -- protect ------------------------------------------------------------------------
+
+    def process_settled(self) -> None:
+        for token in self.spool.settled_series(self.config.scheduler.settle_seconds):
+            if self._stop.is_set():
+                return
+            self.process_series(token)
+
+    def process_series(self, token: str) -> None:
+        items = self.spool.received(token)
+        if not items:
+            return
+        first = items[0]
+        route = self.config.route_for(first.calling_ae, first.modality, first.sop_class_uid)
+        ids = [i.id for i in items]
+        if route is None:
+            self._quarantine(token, None, "no route matches this series", ids)
+            return
+        try:
+            raws = [i.path.read_bytes() for i in items]
+            outputs = protect_series(raws, route_spec(self.config, route.name), self.keyring, self.spool)
+        except (Quarantine, PluginError) as exc:
+            self._quarantine(token, route.name, str(exc), ids)
+            return
+        self.spool.protected(token, route.name, [(i, o.data) for i, o in zip(ids, outputs, strict=True)])
+        log.info("series %s: %d objects protected by route %s", token, len(ids), route.name)
+
+    def _quarantine(self, token: str, route: str | None, reason: str, ids: list[int]) -> None:
+        self.spool.quarantine(token, route, reason, ids)
+        log.warning("series %s quarantined (%d objects): %s", token, len(ids), reason)
+
+    # -- forward ------------------------------------------------------------------------
+
+    def forward_due(self) -> None:
+        while not self._stop.is_set():
+            batch = self.spool.due()
+            if not batch:
+                return
+            for item in batch:
+                if not self._forward_one(item):
+                    return  # Orthanc is down: the rest waits for the backoff too
+
+    def _forward_one(self, item) -> bool:  # type: ignore[no-untyped-def]
+        sched = self.config.scheduler
+        try:
+            self.forwarder.send(item.out_path.read_bytes())
+        except Unreachable as exc:
+            delay = min(sched.retry_initial_seconds * 2 ** min(item.attempts, 20), sched.retry_max_seconds)
+            self.spool.retry_later(item.id, delay, str(exc))
+            log.warning("series %s: forward deferred %.0f s: %s", item.series_token, delay, exc)
+            return False
+        except (Refused, OSError, SpoolError) as exc:
+            self.spool.failed(item.id, str(exc))
+            log.error("series %s: forward failed for good: %s", item.series_token, exc)
+            return True
+        self.spool.forwarded(item.id)
+        return True
+
+    def purge(self) -> None:
+        n = self.spool.purge_originals(self.config.spool.retention_hours)
+        if n:
+            log.info("purged %d forwarded originals past retention", n)
