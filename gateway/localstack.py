@@ -207,7 +207,7 @@ def storescu(port: int, files: list[Path] | Path, calling: str = "MODALITY", cal
     targets = [str(f) for f in (files if isinstance(files, list) else [files])]
     return subprocess.run(
         ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *targets, "+sd", "-R"],
-        capture_output=True, text=True, check=check, timeout=600,
+        capture_output=True, text=True, check=check, timeout=600, env=dict(os.environ, TCP_NODELAY="1"),
     )
 
 

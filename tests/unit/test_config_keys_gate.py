@@ -1,0 +1,117 @@
+"""Config validation messages, keyring checks, the PHI gate and the spool's intake."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from gateway import gate
+from gateway.config import ConfigError, load_config
+from gateway.keyring import Keyring, KeyringError
+from gateway.spool import Spool, SpoolError
+
+GOOD = """
+senders: [{ae_title: CT1, host: 127.0.0.1}]
+orthanc: {url: "http://127.0.0.1:8042", username: gw, password: pw}
+keyring: keys.json
+spool: {path: spool}
+profiles: {default: {options: [retain_longitudinal_modified_dates]}}
+routes: [{name: all, plugin: none}]
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "gw.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_good_config_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, GOOD))
+    assert config.keyring == tmp_path / "keys.json" and config.spool.path == tmp_path / "spool"
+    assert config.route_for("CT1", "CT", "1.2").name == "all"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("ae_title: CT1", "ae_title: THIS-TITLE-IS-TOO-LONG"), "senders.0.ae_title"),
+        (("options: [retain_longitudinal_modified_dates]", "options: [keep_names]"), "profiles.default.options"),
+        (("username: gw", "usrname: gw"), "orthanc.usrname"),
+        (("routes: [{name: all, plugin: none}]", "routes: [{name: all, profile: strict}]"), "routes[0].profile"),
+        (("password: pw", "password: pw, password_file: /x"), "orthanc"),
+    ],
+)
+def test_a_bad_config_names_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, GOOD.replace(*change)))
+    assert message in str(info.value)
+
+
+def test_toml_works_and_broken_syntax_is_reported(tmp_path: Path) -> None:
+    toml = _write(tmp_path, """
+keyring = "k.json"
+senders = [{ae_title = "CT1"}]
+routes = [{name = "all"}]
+[orthanc]
+url = "http://127.0.0.1:8042"
+username = "gw"
+password = "pw"
+[spool]
+path = "spool"
+""", "gw.toml")
+    assert load_config(toml).senders[0].ae_title == "CT1"
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "senders: [unclosed"))
+
+
+def test_keyring_mode_is_checked(tmp_path: Path) -> None:
+    ring = Keyring.create(tmp_path / "k.json")
+    assert (os.stat(ring.path).st_mode & 0o777) == 0o600
+    os.chmod(ring.path, 0o640)
+    with pytest.raises(KeyringError, match="chmod 600"):
+        Keyring.load(ring.path)
+    with pytest.raises(KeyringError, match="exists already"):
+        Keyring.create(ring.path)
+
+
+def test_the_gate_finds_identity_in_sequences_private_data_and_raw_bytes() -> None:
+    needles = gate.Needles({"PID-4711-0815", "Saint Example General Hospital"}, {"DOE^JANE"})
+    clean = Dataset()
+    clean.BodyPartExamined = "DOE"  # a coded value: a name part alone does not count there
+    clean.StudyDescription = "Chest"
+    assert gate.scan(clean, b"", needles) == []
+
+    nested = Dataset()
+    item = Dataset()
+    item.TextValue = "seen by dr x for doe, jane"
+    nested.ContentSequence = Sequence([item])
+    assert gate.scan(nested, b"", needles)[0].where.startswith("(0040,A730)[0]")
+
+    private = Dataset()
+    private.add_new(0x00291010, "UN", b"MRN PID-4711-0815\x00")
+    assert gate.scan(private, b"", needles)
+    assert gate.scan(Dataset(), b"\x00\x01PID-4711-0815\x00", needles)[0].kind == "raw"
+    assert gate.scan(Dataset(), b"XPID-4711-08150", needles) == []  # inside a longer token
+
+
+def test_spool_intake_is_durable_and_failures_are_errors(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    row = spool.accept(b"DICM-bytes", "CT1", "2.25.1", "2.25.2", "CT", "1.2")
+    assert spool.counts() == {"received": 1}
+    assert (tmp_path / "spool/incoming").iterdir().__next__().read_bytes() == b"DICM-bytes"
+    assert [i.id for i in spool.received("2.25.1")] == [row]
+    spool.close()
+    reopened = Spool(tmp_path / "spool")  # as after a kill -9: the row is there
+    assert reopened.counts() == {"received": 1}
+    for f in (tmp_path / "spool/incoming").iterdir():
+        f.unlink()
+    (tmp_path / "spool/incoming").rmdir()
+    (tmp_path / "spool/incoming").write_text("not a folder")  # the disk refuses every write
+    with pytest.raises(SpoolError, match="spool file write failed"):
+        reopened.accept(b"x", "CT1", "2.25.1", "2.25.3", "CT", "1.2")
+    assert reopened.counts() == {"received": 1}
