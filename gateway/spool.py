@@ -13,6 +13,7 @@ broker and object store when the gateway runs on several nodes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -312,5 +313,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise SpoolError(f"spool file write failed: {exc.strerror}") from exc
