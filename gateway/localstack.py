@@ -203,10 +203,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def storescu(port: int, files: list[Path] | Path, calling: str = "MODALITY", called: str = "GATEWAY",
              check: bool = True) -> subprocess.CompletedProcess[str]:
-    """dcmtk's storescu, the modality of the tests and the demo."""
+    """dcmtk's storescu (verbose, so each response status is printed), the modality of the
+    tests and the demo."""
     targets = [str(f) for f in (files if isinstance(files, list) else [files])]
     return subprocess.run(
-        ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *targets, "+sd", "-R"],
+        ["storescu", "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *targets, "+sd", "-R"],
         capture_output=True, text=True, check=check, timeout=600, env=dict(os.environ, TCP_NODELAY="1"),
     )
 

@@ -1,0 +1,42 @@
+"""Real Orthanc (Debian package) and the gateway as a process, on free loopback ports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.localstack import GatewayProcess, OrthancServer, free_port, have_tools
+
+pytestmark = pytest.mark.integration
+
+if not have_tools():  # .ci/run installs both; a developer machine may not have them
+    pytest.skip("Orthanc and dcmtk are not installed (apt-get install orthanc orthanc-python dcmtk)",
+                allow_module_level=True)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    server = OrthancServer(tmp_path / "orthanc", gateway_port=free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, orthanc: OrthancServer) -> Iterator[GatewayProcess]:
+    proc = GatewayProcess(tmp_path / "gateway", orthanc).start()
+    yield proc
+    proc.stop()
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):  # type: ignore[no-untyped-def]
+    """Poll until ``predicate()`` is truthy; return its value or fail the test."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s")
