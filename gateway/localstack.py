@@ -115,6 +115,10 @@ class OrthancServer:
         r.raise_for_status()
         return r.json() if "json" in r.headers.get("content-type", "") else r.content
 
+    def delete(self, path: str) -> None:
+        r = requests.delete(f"{self.url}/{path.lstrip('/')}", auth=(ORTHANC_USER, self.password), timeout=60)
+        r.raise_for_status()
+
 
 @dataclass
 class GatewayProcess:

@@ -62,3 +62,13 @@ def cut(raw: bytes, ds: Dataset) -> Cut:
             if raw[begin : begin + len(value)] == value:
                 return Cut(raw[:begin], raw[begin + len(value) :], tag, digest)
     return Cut(prefix=raw, suffix=b"", pixel_tag=None, digest=digest)
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    """The encoded dataset after a file's meta group: what a modality sends over DICOM.
+
+    The gateway's copy of a received object carries pynetdicom's file meta; comparing
+    with a modality's file means comparing what follows the meta.
+    """
+    meta_length = int.from_bytes(data[140:144], "little")  # (0002,0000) group length, UL
+    return data[144 + meta_length :]

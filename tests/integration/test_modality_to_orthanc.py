@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from gateway import synthetic
+from gateway.original import dataset_bytes
 from gateway.localstack import REPO, GatewayProcess, OrthancServer, run_cli, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
@@ -57,12 +58,6 @@ def test_a_study_arrives_protected_with_its_structure(tmp_path: Path, orthanc: O
     restored = sorted(dataset_bytes(p.read_bytes()) for p in (tmp_path / "back").iterdir())
     assert restored == sorted(dataset_bytes(p.read_bytes()) for p in files)
     assert "forwarded    7" in gateway.status()
-
-
-def dataset_bytes(data: bytes) -> bytes:
-    """The encoded dataset after the file meta: what a modality sends over the network."""
-    meta_length = int.from_bytes(data[140:144], "little")  # (0002,0000) UL value
-    return data[144 + meta_length :]
 
 
 def test_kill_9_after_acknowledgement_loses_nothing(tmp_path: Path, orthanc: OrthancServer) -> None:

@@ -1,0 +1,89 @@
+"""Intake and protect-and-forward throughput, next to Orthanc's own C-STORE intake.
+
+Prints one JSON object. Same machine, same run, same 512x512 16-bit CT instances:
+- gateway_intake: storescu -> gateway, acknowledged (durable in the spool), no processing
+  running alongside (settle time longer than the send);
+- orthanc_intake: storescu -> Orthanc directly (protected copies, which its filter plugin
+  accepts; the same size as the originals to within the envelope's few KB);
+- protect_and_forward: from the first byte sent until the last protected object is stored
+  in Orthanc, with the gateway's default pipeline (PS3.15 + envelope + gate, plugin none).
+
+    python bench/ingest.py [--instances 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from gateway import synthetic
+from gateway.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu
+
+
+def _wait(predicate, timeout: float = 900.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError("benchmark condition not met")
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=300)
+    args = parser.parse_args()
+    n = args.instances
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        root = Path(tmp)
+        study = root / "study"
+        study.mkdir()
+        for i, ds in enumerate(synthetic.ct_series(n, size=512)):
+            ds.save_as(study / f"{i:04d}.dcm", enforce_file_format=True)
+        size = sum(p.stat().st_size for p in study.iterdir()) / n
+
+        orthanc = OrthancServer(root / "orthanc", gateway_port=free_port()).start()
+        try:
+            # 1. gateway intake only
+            gw = GatewayProcess(root / "gw1", orthanc, settle_seconds=3600).start()
+            t = time.perf_counter()
+            storescu(gw.port, study)
+            intake = time.perf_counter() - t
+            gw.stop()
+
+            # 2. Orthanc's own intake of the same objects (protected, so its filter keeps them)
+            protected = root / "protected"
+            run_cli("protect", str(study), str(protected), "--keyring", str(gw.keyring))
+            t = time.perf_counter()
+            storescu(orthanc.dicom_port, protected, calling="GATEWAY", called="ORTHANC")
+            direct = time.perf_counter() - t
+            _wait(lambda: len(orthanc.get("instances")) == n)
+            for study_id in orthanc.get("studies"):
+                orthanc.delete(f"studies/{study_id}")
+
+            # 3. sustained protect and forward
+            gw = GatewayProcess(root / "gw2", orthanc, settle_seconds=1).start()
+            t = time.perf_counter()
+            storescu(gw.port, study)
+            _wait(lambda: len(orthanc.get("instances")) == n)
+            pipeline = time.perf_counter() - t
+            gw.stop()
+        finally:
+            orthanc.stop()
+
+    print(json.dumps({
+        "instances": n,
+        "bytes_per_instance": round(size),
+        "gateway_intake_per_s": round(n / intake, 1),
+        "orthanc_intake_per_s": round(n / direct, 1),
+        "intake_ratio_gateway_over_orthanc": round(direct / intake, 2),
+        "protect_and_forward_per_s": round(n / pipeline, 1),
+        "protect_and_forward_seconds": round(pipeline, 2),
+        "settle_seconds": 1,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
