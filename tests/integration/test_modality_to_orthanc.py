@@ -149,3 +149,30 @@ def test_offline_protect_and_restore_round_trip(tmp_path: Path) -> None:
     assert sorted(p.read_bytes() for p in (tmp_path / "restored").iterdir()) == sorted(p.read_bytes() for p in files)
     ds = pydicom.dcmread(io.BytesIO(protected[0].read_bytes()))
     assert ds.PatientIdentityRemoved == "YES"
+
+
+def test_identity_in_an_unexpected_place_quarantines_the_series(tmp_path: Path, orthanc: OrthancServer,
+                                                                  gateway: GatewayProcess) -> None:
+    study = tmp_path / "study"
+    study.mkdir()
+    for i, ds in enumerate(synthetic.ct_series(3, size=64)):
+        ds.ManufacturerModelName = f"set up for {IDENTITY.patient_id}"  # a kept attribute, by the profile
+        ds.save_as(study / f"{i}.dcm", enforce_file_format=True)
+    storescu(gateway.port, study)
+    wait_for(lambda: "quarantined  3" in gateway.status())
+    status = gateway.status()
+    assert "PHI gate" in status and IDENTITY.patient_id not in status
+    assert _orthanc_instances(orthanc) == []
+    assert len(list((gateway.folder / "spool" / "quarantine").rglob("*.dcm"))) == 3
+
+
+def test_the_gateway_log_carries_no_identity(tmp_path: Path, orthanc: OrthancServer,
+                                             gateway: GatewayProcess) -> None:
+    write_study(tmp_path / "study", (2,), size=64)
+    storescu(gateway.port, tmp_path / "study")
+    storescu(gateway.port, tmp_path / "study", calling="INTRUDER", check=False)
+    wait_for(lambda: len(_orthanc_instances(orthanc)) == 2)
+    log = gateway.log_path.read_text().upper()
+    original = pydicom.dcmread(next((tmp_path / "study").iterdir()))
+    for value in PHI + [original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID]:
+        assert value.upper() not in log
