@@ -61,11 +61,19 @@ class Needles:
                 raw.add(value.strip().encode("utf-8", "ignore"))
         for name in patient_names:
             self.name_parts.update(f" {w} " for w in words(name).split() if len(w) >= 3 and w not in _COMMON)
-        self.raw = (
-            re.compile(rb"(?<![A-Za-z0-9_])(?:" + b"|".join(map(re.escape, sorted(raw))) + rb")(?![A-Za-z0-9_])")
-            if raw
-            else None
-        )
+        self.raw = sorted(raw)
+
+    def in_bytes(self, data: bytes) -> bool:
+        """A whole-word occurrence of a value in ``data`` (``bytes.find`` first: a regex
+        with look-arounds over half a megabyte of pixels costs 80 ms, this about 1 ms)."""
+        for needle in self.raw:
+            start = data.find(needle)
+            while start != -1:
+                end = start + len(needle)
+                if not _word_byte(data, start - 1) and not _word_byte(data, end):
+                    return True
+                start = data.find(needle, start + 1)
+        return False
 
     def match(self, text: str, vr: str) -> bool:
         padded = words(text)
@@ -80,7 +88,7 @@ def scan(ds: Dataset, encoded: bytes, needles: Needles) -> list[Hit]:
     if getattr(ds, "file_meta", None) is not None:
         _scan_dataset(ds.file_meta, needles, hits, "meta")
     _scan_dataset(ds, needles, hits, "")
-    if needles.raw is not None and needles.raw.search(encoded):
+    if needles.in_bytes(encoded):
         hits.append(Hit(where="encoded bytes", kind="raw"))
     return hits
 
@@ -97,6 +105,10 @@ def _scan_dataset(ds: Dataset, needles: Needles, hits: list[Hit], path: str) -> 
         vr = "LT" if elem.tag.is_private else elem.VR
         if any(needles.match(text, vr) for text in _texts(elem.value, elem.VR, elem.tag.is_private)):
             hits.append(Hit(where=where, kind="text"))
+
+
+def _word_byte(data: bytes, index: int) -> bool:
+    return 0 <= index < len(data) and (chr(data[index]).isalnum() and data[index] < 128 or data[index] == 0x5F)
 
 
 def _texts(value: object, vr: str, private: bool) -> list[str]:
