@@ -101,13 +101,7 @@ class OrthancServer:
         raise TimeoutError("Orthanc did not answer on REST within 30 s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, 15)
         self.process = None
 
     def get(self, path: str) -> Any:
@@ -187,17 +181,23 @@ class GatewayProcess:
         self.process = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, 20)
         self.process = None
 
     def status(self) -> str:
         return run_cli("status", "--config", str(self.config_path)).stdout
+
+
+def _terminate(process: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
