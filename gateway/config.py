@@ -36,7 +36,7 @@ class Listener(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
     max_associations: int = Field(16, ge=1)
-    max_pdu: int = Field(131072, ge=4096)
+    max_pdu: int = Field(131072, ge=0)  # 0: unlimited
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
