@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=Path, required=True)
     s.set_defaults(func=cmd_status)
 
+    s = sub.add_parser("audit", help="print the audit log (who, from where, what, outcome)")
+    s.add_argument("--config", type=Path, required=True)
+    s.set_defaults(func=cmd_audit)
+
+    s = sub.add_parser("reindex", help="rebuild the retrieval index from what Orthanc holds")
+    s.add_argument("--config", type=Path, required=True)
+    s.set_defaults(func=cmd_reindex)
+
     for name, fn, text in (
         ("protect", cmd_protect, "protect DICOM files offline (file or folder)"),
         ("restore", cmd_restore, "restore protected DICOM files offline (file or folder)"),
@@ -139,6 +147,37 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {stamp} {state:11} series {token}: {reason}")
     spool.close()
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from gateway.audit import AuditLog
+
+    config = load_config(args.config)
+    for line in AuditLog(config.spool.path / "audit.jsonl").lines():
+        what = ", ".join(f"{k}={v}" for k, v in line.items() if k not in ("time", "ae_title", "address", "action", "outcome"))
+        print(f"{line['time']} {line['ae_title']:16} {line['address']:15} {line['action']:9} {line['outcome']:9} {what}")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from gateway.index import Index
+    from gateway.pacs_reader import PacsReader
+
+    config = load_config(args.config)
+    ring = Keyring.load(config.keyring)
+    reader = PacsReader(config.orthanc)
+    index = Index(config.spool.path / "index.sqlite3")
+    ids = reader.instances("STUDY", {"StudyInstanceUID": "*"})
+    failed = 0
+    for instance_id in tqdm(ids, unit="obj", desc="reindex"):
+        try:
+            index.add_protected(reader.file(instance_id), ring)
+        except Exception as exc:  # noqa: BLE001 - one bad object must not stop the rebuild
+            failed += 1
+            log.error("object %s not indexed: %s", instance_id, type(exc).__name__)
+    index.close()
+    print(f"indexed {len(ids) - failed} object(s) from Orthanc, {failed} failed")
+    return 1 if failed else 0
 
 
 # -- offline --------------------------------------------------------------------------

@@ -140,6 +140,41 @@ class Route(_Strict):
     redaction: dict[str, Any] | None = None
 
 
+class Workstation(_Strict):
+    """A querying AE title and what it may see: originals, the protected data, or nothing."""
+
+    ae_title: str
+    host: str | None = None
+    policy: Literal["restore", "pseudonymized", "deny"]
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class Destination(_Strict):
+    """Where C-MOVE may send: registered AE title, host and port."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class Retrieval(_Strict):
+    workstations: list[Workstation] = []
+    destinations: list[Destination] = []
+
+    def policy(self, ae_title: str, address: str) -> str | None:
+        """The policy of a calling AE title from ``address``; None when it is unknown."""
+        for ws in self.workstations:
+            if ws.ae_title == ae_title and ws.host in (None, address):
+                return ws.policy
+        return None
+
+    def destination(self, ae_title: str) -> Destination | None:
+        return next((d for d in self.destinations if d.ae_title == ae_title), None)
+
+
 class Config(_Strict):
     listener: Listener = Listener()
     senders: list[Sender] = Field(min_length=1)
@@ -149,6 +184,7 @@ class Config(_Strict):
     scheduler: Scheduler = Scheduler()
     profiles: dict[str, ProfileConfig] = {"default": ProfileConfig()}
     routes: list[Route] = Field(min_length=1)
+    retrieval: Retrieval = Retrieval()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -148,6 +148,15 @@ def open_envelope(ds: Dataset, keyring: Keyring) -> Opened:
     return Opened(payload=Payload.decode(plain), data_key=data_key, key_id=key_id)
 
 
+def wrapped_key(ds: Dataset) -> tuple[str, bytes]:
+    """(KEK id, wrapped data key) of the envelope of ``ds``."""
+    try:
+        block = ds.private_block(GROUP, CREATOR)
+        return _text(block[0x02].value), bytes(block[0x03].value)
+    except KeyError:
+        raise EnvelopeError("no recovery envelope in this object") from None
+
+
 def _aad(key_id: str, sop_instance_uid: str) -> bytes:
     return f"PGW-ENVELOPE-1|{key_id}|{sop_instance_uid}".encode()
 

@@ -15,14 +15,25 @@ import socket
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts, build_context
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
+from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.pseudonym import Pseudonymizer
+from gateway.query_retrieve import QueryRetrieve
 from gateway.spool import Spool, SpoolError
 
 log = logging.getLogger("gateway.listener")
@@ -30,22 +41,40 @@ log = logging.getLogger("gateway.listener")
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 SUCCESS = 0x0000
+NOT_AUTHORIZED = 0x0124
+# Every transfer syntax pydicom knows, explicit VR first: a modality's object is taken as it
+# comes (JPEG and all), and where both are offered explicit VR keeps private VRs intact.
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian] + [ts for ts in AllTransferSyntaxes if ts != ExplicitVRLittleEndian]
+QR_MODELS = (
+    PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet,
+)
 _INTAKE_TAGS = [0x00080016, 0x00080018, 0x00080060, 0x0020000E]
 
 
 class Listener:
-    """A pynetdicom storage SCP in front of the spool."""
+    """A pynetdicom SCP: storage in front of the spool, Q/R in front of Orthanc."""
 
-    def __init__(self, config: Config, spool: Spool, pseudonyms: Pseudonymizer) -> None:
+    def __init__(self, config: Config, spool: Spool, pseudonyms: Pseudonymizer, qr: QueryRetrieve,
+                 audit: AuditLog) -> None:
         self.config = config
         self.spool = spool
         self.pseudonyms = pseudonyms
-        self._allowed = {(s.ae_title, s.host) for s in config.senders}
+        self.qr = qr
+        self.audit = audit
+        self._senders = {(s.ae_title, s.host) for s in config.senders}
         ae = AE(ae_title=config.listener.ae_title)
         ae.maximum_associations = config.listener.max_associations
         ae.maximum_pdu_size = config.listener.max_pdu
-        ae.supported_contexts = AllStoragePresentationContexts
+        ae.supported_contexts = [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+                                 for cx in AllStoragePresentationContexts]
+        for cx in ae.supported_contexts:  # C-GET sends over the workstation's association
+            cx.scp_role, cx.scu_role = True, False
         ae.add_supported_context(Verification)
+        for model in QR_MODELS:
+            ae.add_supported_context(model)
+        ae.requested_contexts = StoragePresentationContexts  # C-MOVE to a destination
         self.ae = ae
         self._server: ThreadedAssociationServer | None = None
 
@@ -53,6 +82,9 @@ class Listener:
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_FIND, self.qr.on_find),
+            (evt.EVT_C_MOVE, self.qr.on_move),
+            (evt.EVT_C_GET, self.qr.on_get),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_CONN_OPEN, _no_delay),
         ]
@@ -64,20 +96,29 @@ class Listener:
         if self._server is not None:
             self._server.shutdown()
 
+    def _is_sender(self, calling: str, address: str) -> bool:
+        return (calling, None) in self._senders or (calling, address) in self._senders
+
     def _on_requested(self, event: Event) -> None:
-        """Reject a known AE title that calls from an address it is not configured for."""
+        """Accept configured senders and workstations whose policy is not deny, from their
+        configured address; reject (and audit) everyone else."""
         assoc = event.assoc
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
         address = assoc.requestor.address
-        if (calling, None) in self._allowed or (calling, address) in self._allowed:
+        policy = self.config.retrieval.policy(calling, address)
+        if self._is_sender(calling, address) or policy in ("restore", "pseudonymized"):
             return
-        log.warning("association from %s as %r refused: not a configured sender", address, calling)
+        self.audit.record(calling, address, "associate", "refused", policy=policy)
+        log.warning("association from %s as %r refused: not a configured sender or workstation", address, calling)
         # rejected-permanent, by the service user, calling AE title not recognised
         assoc.acse.send_reject(0x01, 0x01, 0x03)
         assoc.kill()
 
     def _on_store(self, event: Event) -> int:
         calling = event.assoc.requestor.ae_title.strip()
+        if not self._is_sender(calling, event.assoc.requestor.address):
+            log.warning("C-STORE from %s refused: not a configured sender", calling)
+            return NOT_AUTHORIZED
         try:
             raw = event.encoded_dataset()
             head = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, specific_tags=_INTAKE_TAGS)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 
+from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.forwarder import Forwarder
 from gateway.keyring import Keyring
+from gateway.index import Index
 from gateway.listener import Listener
+from gateway.pacs_reader import PacsReader
 from gateway.pseudonym import Pseudonymizer
+from gateway.query_retrieve import QueryRetrieve
 from gateway.spool import Spool
 from gateway.worker import Worker
 
@@ -21,8 +25,11 @@ class Service:
     def __init__(self, config: Config, keyring: Keyring) -> None:
         self.config = config
         self.spool = Spool(config.spool.path)
-        self.listener = Listener(config, self.spool, Pseudonymizer(keyring.pseudonym_secret))
-        self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc))
+        self.index = Index(config.spool.path / "index.sqlite3")
+        self.audit = AuditLog(config.spool.path / "audit.jsonl")
+        qr = QueryRetrieve(config, keyring, self.index, PacsReader(config.orthanc), self.audit)
+        self.listener = Listener(config, self.spool, Pseudonymizer(keyring.pseudonym_secret), qr, self.audit)
+        self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index)
 
     def start(self) -> None:
         self.worker.start()
@@ -33,4 +40,5 @@ class Service:
         self.listener.stop()
         self.worker.stop()
         self.spool.close()
+        self.index.close()
         log.info("stopped")

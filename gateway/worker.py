@@ -14,6 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway.config import Config
 from gateway.forwarder import Forwarder, Refused, Unreachable
+from gateway.index import Index
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.protect import Quarantine, RouteSpec, protect_series
@@ -37,8 +38,9 @@ def route_spec(config: Config, route_name: str) -> RouteSpec:
 class Worker:
     """The jobs of one gateway process."""
 
-    def __init__(self, config: Config, keyring: Keyring, spool: Spool, forwarder: Forwarder) -> None:
+    def __init__(self, config: Config, keyring: Keyring, spool: Spool, forwarder: Forwarder, index: Index) -> None:
         self.config = config
+        self.index = index
         self.keyring = keyring
         self.spool = spool
         self.forwarder = forwarder
@@ -110,7 +112,8 @@ class Worker:
     def _forward_one(self, item) -> bool:  # type: ignore[no-untyped-def]
         sched = self.config.scheduler
         try:
-            self.forwarder.send(item.out_path.read_bytes())
+            data = item.out_path.read_bytes()
+            self.forwarder.send(data)
         except Unreachable as exc:
             delay = min(sched.retry_initial_seconds * 2 ** min(item.attempts, 20), sched.retry_max_seconds)
             self.spool.retry_later(item.id, delay, str(exc))
@@ -120,6 +123,7 @@ class Worker:
             self.spool.failed(item.id, str(exc))
             log.error("series %s: forward failed for good: %s", item.series_token, exc)
             return True
+        self.index.add_protected(data, self.keyring)  # now retrievable by original values
         self.spool.forwarded(item.id)
         return True
 

@@ -1,0 +1,44 @@
+"""The audit log: every query, retrieval, restore and refusal, one JSON line each.
+
+Who (calling AE title), from where (IP address), what (operation, level, the studies by
+their pseudonymous UIDs), and the outcome with counts. Patient identity never appears:
+studies are named by the UIDs Orthanc holds. The file is append-only and fsynced per
+line, because an audit trail that loses its last lines in a crash is no trail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class AuditLog:
+    """Appends JSON lines to one file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, who: str, address: str, action: str, outcome: str, **what: Any) -> None:
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ae_title": who, "address": address,
+                           "action": action, "outcome": outcome, **what}, sort_keys=False)
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (line + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def lines(self) -> Iterator[dict[str, Any]]:
+        if not self.path.exists():
+            return
+        with self.path.open() as fh:
+            for line in fh:
+                yield json.loads(line)

@@ -1,0 +1,48 @@
+"""Reading from Orthanc for the restore path: find, list and download protected objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orthanc_api_client import OrthancApiClient
+
+from gateway.config import Orthanc
+
+_LEVELS = {"PATIENT": "Patient", "STUDY": "Study", "SERIES": "Series", "IMAGE": "Instance"}
+
+
+class PacsReader:
+    """Orthanc's REST API, read side."""
+
+    def __init__(self, settings: Orthanc) -> None:
+        self._client = OrthancApiClient(settings.url, user=settings.username, pwd=settings.secret())
+        self._timeout = settings.timeout_seconds
+
+    def find(self, level: str, query: dict[str, str]) -> list[dict[str, Any]]:
+        """Orthanc's own C-FIND-like matching on what it holds (pseudonymous values)."""
+        body = {"Level": _LEVELS[level], "Query": query, "Expand": True}
+        return list(self._client.post("tools/find", json=body, timeout=self._timeout).json())
+
+    def study_instances(self, study_uid: str) -> dict[str, str]:
+        """SOP Instance UID -> Orthanc instance id, for one (pseudonymous) study."""
+        found = self.find("STUDY", {"StudyInstanceUID": study_uid})
+        out: dict[str, str] = {}
+        for study in found:
+            for inst in self._client.get(f"studies/{study['ID']}/instances", timeout=self._timeout).json():
+                out[inst["MainDicomTags"]["SOPInstanceUID"]] = inst["ID"]
+        return out
+
+    def instances(self, level: str, query: dict[str, str]) -> list[str]:
+        """Orthanc ids of the instances under everything that matches ``query`` at ``level``."""
+        ids = []
+        for item in self.find(level, query):
+            if level == "IMAGE":
+                ids.append(item["ID"])
+            else:
+                kind = {"PATIENT": "patients", "STUDY": "studies", "SERIES": "series"}[level]
+                ids += [i["ID"] for i in self._client.get(f"{kind}/{item['ID']}/instances",
+                                                           timeout=self._timeout).json()]
+        return ids
+
+    def file(self, instance_id: str) -> bytes:
+        return bytes(self._client.get(f"instances/{instance_id}/file", timeout=self._timeout).content)

@@ -1,0 +1,234 @@
+"""The Query/Retrieve SCP: C-FIND, C-MOVE and C-GET for radiologists' workstations.
+
+Each calling AE title has a policy (admin config ``retrieval.workstations``):
+- ``restore``: queries match original values (from the encrypted index) and answer with
+  them; retrieval fetches the protected objects from Orthanc, restores them and sends
+  the originals, each verified against the original's SHA-256 from its envelope;
+- ``pseudonymized``: queries and retrievals see what Orthanc holds, unchanged;
+- ``deny`` or unknown: refused at association (see the listener), and audited.
+
+An object that fails to restore is never sent: its sub-operation counts as failed and the
+final status says so. Every request ends in one audit line.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.presentation import build_context
+
+from gateway.audit import AuditLog
+from gateway.config import Config
+from gateway.index import LEVEL_KEYS, Entry, Index
+from gateway.keyring import Keyring
+from gateway.matching import matches
+from gateway.pacs_reader import PacsReader
+from gateway.restore import restore_series
+
+log = logging.getLogger("gateway.qr")
+
+PENDING = 0xFF00
+CANCELLED = 0xFE00
+SUCCESS = 0x0000
+UNABLE_TO_PROCESS = 0xC000
+UNKNOWN_DESTINATION = 0xA801
+# Keys that group entries into one answer at each level.
+_LEVEL_ID = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+             "IMAGE": "SOPInstanceUID"}
+_LEVEL_ORDER = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+# Restored objects in flight at once, per request (bounds memory on big series).
+_BATCH = 32
+
+
+class QueryRetrieve:
+    """Handlers for the listener's Q/R events."""
+
+    def __init__(self, config: Config, keyring: Keyring, index: Index, reader: PacsReader, audit: AuditLog) -> None:
+        self.config = config
+        self.keyring = keyring
+        self.index = index
+        self.reader = reader
+        self.audit = audit
+
+    def policy(self, event: Event) -> tuple[str, str, str | None]:
+        ae = event.assoc.requestor.ae_title.strip()
+        address = event.assoc.requestor.address
+        return ae, address, self.config.retrieval.policy(ae, address)
+
+    # -- C-FIND -----------------------------------------------------------------------------
+
+    def on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        ae, address, policy = self.policy(event)
+        query = event.identifier
+        level = str(query.get("QueryRetrieveLevel", "")).upper()
+        if policy not in ("restore", "pseudonymized") or level not in _LEVEL_ORDER:
+            self.audit.record(ae, address, "C-FIND", "refused", level=level, policy=policy)
+            yield UNABLE_TO_PROCESS, None
+            return
+        answers = self._find_restore(query, level) if policy == "restore" else self._find_pseudonymized(query, level)
+        sent = 0
+        studies: set[str] = set()
+        for study_uid, answer in answers:
+            if event.is_cancelled:
+                self.audit.record(ae, address, "C-FIND", "cancelled", level=level, matches=sent)
+                yield CANCELLED, None
+                return
+            studies.add(study_uid)
+            sent += 1
+            yield PENDING, answer
+        self.audit.record(ae, address, "C-FIND", "success", level=level, policy=policy, matches=sent,
+                          studies=sorted(studies))
+
+    def _find_restore(self, query: Dataset, level: str) -> Iterator[tuple[str, Dataset]]:
+        for group in self._groups(list(self.index.entries(self.keyring)), level).values():
+            merged = dict(group[0].original)
+            if level in ("PATIENT", "STUDY"):
+                merged["ModalitiesInStudy"] = "\\".join(sorted({e.original.get("Modality", "") for e in group} - {""}))
+                merged[f"NumberOf{level.title()}RelatedInstances"] = str(len(group))
+            if _matches_all(query, merged):
+                yield group[0].study_uid, _answer(query, merged, level, self.config.listener.ae_title)
+
+    def _find_pseudonymized(self, query: Dataset, level: str) -> Iterator[tuple[str, Dataset]]:
+        conditions = {e.keyword: str(e.value) for e in query if e.keyword and e.keyword != "QueryRetrieveLevel"
+                      and e.VR != "SQ" and e.value not in (None, "")}
+        for item in self.reader.find(level, conditions):
+            values = {**item.get("PatientMainDicomTags", {}), **item.get("MainDicomTags", {})}
+            study_uid = values.get("StudyInstanceUID", item.get("ParentStudy", ""))
+            yield study_uid, _answer(query, values, level, self.config.listener.ae_title)
+
+    @staticmethod
+    def _groups(entries: list[Entry], level: str) -> dict[str, list[Entry]]:
+        key = _LEVEL_ID[level]
+        groups: dict[str, list[Entry]] = defaultdict(list)
+        for e in entries:
+            groups[e.original.get(key, "")].append(e)
+        return groups
+
+    # -- C-MOVE and C-GET -------------------------------------------------------------------
+
+    def on_move(self, event: Event) -> Iterator[Any]:
+        ae, address, policy = self.policy(event)
+        destination = self.config.retrieval.destination(str(event.move_destination).strip())
+        if policy not in ("restore", "pseudonymized") or destination is None:
+            self.audit.record(ae, address, "C-MOVE", "refused", policy=policy,
+                              destination=str(event.move_destination).strip())
+            yield None, None  # pynetdicom answers 0xA801, move destination unknown
+            return
+        plan = self._plan(event.identifier, policy)
+        contexts = [build_context(sop, ts or ExplicitVRLittleEndian) for sop, ts in sorted({(p[2], p[3]) for p in plan if p[2]})]
+        yield destination.host, destination.port, ({"contexts": contexts[:128]} if contexts else {})
+        yield from self._send(event, plan, policy, ae, address, "C-MOVE", destination.ae_title)
+
+    def on_get(self, event: Event) -> Iterator[Any]:
+        ae, address, policy = self.policy(event)
+        if policy not in ("restore", "pseudonymized"):
+            self.audit.record(ae, address, "C-GET", "refused", policy=policy)
+            yield 0
+            return
+        yield from self._send(event, self._plan(event.identifier, policy), policy, ae, address, "C-GET", ae)
+
+    def _plan(self, query: Dataset, policy: str) -> list[tuple[str, str, str, str]]:
+        """What to send: (Orthanc instance id, pseudonymous series UID, SOP class, transfer syntax)."""
+        level = str(query.get("QueryRetrieveLevel", "")).upper()
+        if level not in _LEVEL_ORDER:
+            return []
+        if policy == "pseudonymized":
+            keys = {k: str(query.get(k)) for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+                    if query.get(k)}
+            return [(i, "", "", "") for i in self.reader.instances(level, keys)]
+        wanted = [e for e in self.index.entries(self.keyring) if _matches_all(query, e.original, uid_keys_only=True)]
+        by_study: dict[str, list[Entry]] = defaultdict(list)
+        for e in wanted:
+            by_study[e.study_uid].append(e)
+        plan = []
+        for study_uid, entries in by_study.items():
+            ids = self.reader.study_instances(study_uid)
+            for e in sorted(entries, key=lambda e: (e.series_uid, int(e.original.get("InstanceNumber", 0) or 0))):
+                if e.sop_uid in ids:
+                    plan.append((ids[e.sop_uid], e.series_uid, e.original.get("SOPClassUID", ""),
+                                 e.original.get("_TransferSyntaxUID", "")))
+        return plan
+
+    def _send(self, event: Event, plan: list[tuple[str, str, str, str]], policy: str, ae: str, address: str,
+              action: str, to: str) -> Iterator[Any]:
+        yield len(plan)
+        failed = completed = 0
+        studies: set[str] = set()
+        for start in range(0, len(plan), _BATCH):
+            batch = plan[start : start + _BATCH]
+            if event.is_cancelled:
+                self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
+                yield CANCELLED, None
+                return
+            for ds in self._datasets(batch, policy):
+                if isinstance(ds, str):  # could not be restored exactly: never sent
+                    failed += 1
+                    yield PENDING, ds  # pynetdicom counts a non-dataset as a failed sub-operation
+                    continue
+                studies.add(str(ds.get("StudyInstanceUID", "")))
+                completed += 1
+                yield PENDING, ds
+        self.audit.record(ae, address, action, "success" if not failed else "partial", to=to, policy=policy,
+                          completed=completed, failed=failed, studies=sorted({p[1] for p in plan}))
+
+    def _datasets(self, batch: list[tuple[str, str, str, str]], policy: str) -> Iterator[Dataset | str]:
+        raws = [self.reader.file(p[0]) for p in batch]
+        if policy == "pseudonymized":
+            yield from (pydicom.dcmread(io.BytesIO(r)) for r in raws)
+            return
+        by_series: dict[str, list[int]] = defaultdict(list)
+        for i, p in enumerate(batch):
+            by_series[p[1]].append(i)
+        for members in by_series.values():
+            for outcome in restore_series([raws[i] for i in members], self.keyring):
+                if outcome.data is None:
+                    log.error("restore of %s refused for sending: %s", outcome.sop_uid, outcome.error)
+                    yield f"restore failed: {outcome.error}"
+                else:
+                    yield pydicom.dcmread(io.BytesIO(outcome.data))
+
+
+def _matches_all(query: Dataset, values: dict[str, str], uid_keys_only: bool = False) -> bool:
+    for elem in query:
+        keyword = elem.keyword
+        if keyword in ("QueryRetrieveLevel", "SpecificCharacterSet", "") or elem.VR == "SQ":
+            continue
+        if uid_keys_only and keyword not in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            continue
+        wanted = "" if elem.value is None else "\\".join(map(str, elem.value)) if elem.VM > 1 else str(elem.value)
+        if wanted in ("", "*"):
+            continue
+        value = values.get(keyword)
+        if value is None:
+            continue  # a key the index does not hold does not restrict (PS3.4 C.2.2.1.2 leaves this open)
+        if not any(matches(wanted, v, elem.VR) for v in value.split("\\") or [""]):
+            return False
+    return True
+
+
+def _answer(query: Dataset, values: dict[str, str], level: str, retrieve_ae: str) -> Dataset:
+    """The query's keys, filled with ``values``; keys of levels below ``level`` are left out."""
+    out = Dataset()
+    below = set().union(*(LEVEL_KEYS[lv] for lv in _LEVEL_ORDER[_LEVEL_ORDER.index(level) + 1 :]))
+    for elem in query:
+        if elem.keyword in below:
+            continue
+        value = values.get(elem.keyword)
+        if elem.keyword == "QueryRetrieveLevel":
+            out.QueryRetrieveLevel = level
+        elif elem.keyword == "SpecificCharacterSet":
+            out.SpecificCharacterSet = "ISO_IR 192"
+        elif elem.keyword and elem.VR != "SQ":
+            vr = dictionary_VR(elem.tag)
+            out.add_new(elem.tag, vr, value.split("\\") if value and "\\" in value else (value or ""))
+    out.RetrieveAETitle = retrieve_ae
+    return out

@@ -1,0 +1,132 @@
+"""Workstations (dcmtk findscu, movescu, getscu) query and retrieve through the gateway."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from gateway.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu
+from gateway.original import dataset_bytes
+from tests.conftest import write_study
+from tests.integration.conftest import wait_for
+
+ENV = dict(os.environ, TCP_NODELAY="1")
+
+
+@pytest.fixture
+def stack(tmp_path: Path, orthanc: OrthancServer) -> Iterator[tuple[GatewayProcess, dict[str, int]]]:
+    ports = {"WS_RESTORE": free_port(), "WS_PSEUDO": free_port()}
+    retrieval = {
+        "workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"},
+                         {"ae_title": "WS_PSEUDO", "policy": "pseudonymized"},
+                         {"ae_title": "WS_DENY", "policy": "deny"}],
+        "destinations": [{"ae_title": ae, "host": "127.0.0.1", "port": port} for ae, port in ports.items()],
+    }
+    gateway = GatewayProcess(tmp_path / "gateway", orthanc, extra={"retrieval": retrieval}).start()
+    files = write_study(tmp_path / "study", (3, 2), size=64)
+    storescu(gateway.port, tmp_path / "study")
+    wait_for(lambda: "forwarded    5" in gateway.status())
+    gateway.files = files  # type: ignore[attr-defined]
+    yield gateway, ports
+    gateway.stop()
+
+
+def findscu(gateway: GatewayProcess, out: Path, calling: str, *keys: str) -> list[pydicom.Dataset]:
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["findscu", "-S", "-X", "-od", str(out), "-aet", calling, "-aec", "GATEWAY"]
+    for k in keys:
+        args += ["-k", k]
+    result = subprocess.run([*args, "127.0.0.1", str(gateway.port)], capture_output=True, text=True, env=ENV)
+    gateway.last_output = result.stdout + result.stderr  # type: ignore[attr-defined]
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def movescu(gateway: GatewayProcess, out: Path, calling: str, port: int, dest: str, study_uid: str) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["movescu", "-v", "-S", "-aet", calling, "-aec", "GATEWAY", "-aem", dest, "--port", str(port), "-od", str(out),
+         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(gateway.port)],
+        capture_output=True, text=True, env=ENV, timeout=300)
+    return result.stdout + result.stderr
+
+
+def getscu(gateway: GatewayProcess, out: Path, calling: str, study_uid: str) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["getscu", "-v", "-S", "-aet", calling, "-aec", "GATEWAY", "-od", str(out),
+         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(gateway.port)],
+        capture_output=True, text=True, env=ENV, timeout=300)
+    return result.stdout + result.stderr
+
+
+def _originals(gateway: GatewayProcess) -> dict[str, Path]:
+    return {str(pydicom.dcmread(p).SOPInstanceUID): p for p in gateway.files}  # type: ignore[attr-defined]
+
+
+def _assert_exact(received: Path, originals: dict[str, Path], same_bytes: bool = True) -> None:
+    """Element by element always; byte for byte where the receiving tool keeps the encoding
+    it was sent (getscu re-encodes sequence lengths when it writes its files)."""
+    files = sorted(received.iterdir())
+    assert len(files) == len(originals)
+    for f in files:
+        got = pydicom.dcmread(f)
+        original_path = originals[str(got.SOPInstanceUID)]
+        want = pydicom.dcmread(original_path)
+        assert [e for e in got] == [e for e in want]  # element by element, pixel data included
+        if same_bytes:
+            assert dataset_bytes(f.read_bytes()) == dataset_bytes(original_path.read_bytes())
+
+
+def test_find_by_original_values_for_restore_titles_only(tmp_path: Path, stack) -> None:  # type: ignore[no-untyped-def]
+    gateway, _ = stack
+    original = pydicom.dcmread(gateway.files[0])
+    found = findscu(gateway, tmp_path / "f1", "WS_RESTORE", "QueryRetrieveLevel=STUDY", "PatientName=doe*",
+                    "PatientID", "StudyInstanceUID", "AccessionNumber", "ModalitiesInStudy")
+    assert len(found) == 1
+    assert found[0].PatientID == original.PatientID and found[0].StudyInstanceUID == original.StudyInstanceUID
+    assert found[0].AccessionNumber == original.AccessionNumber and "CT" in found[0].ModalitiesInStudy
+    by_id = findscu(gateway, tmp_path / "f2", "WS_RESTORE", "QueryRetrieveLevel=STUDY",
+                    f"PatientID={original.PatientID}", "StudyDate=20240101-20241231", "StudyInstanceUID")
+    assert len(by_id) == 1
+    assert findscu(gateway, tmp_path / "f3", "WS_RESTORE", "QueryRetrieveLevel=STUDY", "PatientName=SMITH*") == []
+    series = findscu(gateway, tmp_path / "f4", "WS_RESTORE", "QueryRetrieveLevel=SERIES",
+                     f"StudyInstanceUID={original.StudyInstanceUID}", "SeriesInstanceUID", "Modality")
+    assert len(series) == 2
+
+    assert findscu(gateway, tmp_path / "p1", "WS_PSEUDO", "QueryRetrieveLevel=STUDY", "PatientName=DOE*") == []
+    pseudo = findscu(gateway, tmp_path / "p2", "WS_PSEUDO", "QueryRetrieveLevel=STUDY", "PatientName=*",
+                     "PatientID", "StudyInstanceUID")
+    assert len(pseudo) == 1 and pseudo[0].PatientID != original.PatientID
+    assert pseudo[0].StudyInstanceUID != original.StudyInstanceUID
+
+    assert findscu(gateway, tmp_path / "d1", "WS_DENY", "QueryRetrieveLevel=STUDY", "PatientName=*") == []
+    assert "reject" in gateway.last_output.lower()  # type: ignore[attr-defined]
+    audit = run_cli("audit", "--config", str(gateway.config_path)).stdout
+    assert "WS_DENY" in audit and "refused" in audit and "WS_RESTORE" in audit
+    assert original.PatientID not in audit and "DOE" not in audit
+
+
+def test_move_and_get_return_the_originals_exactly(tmp_path: Path, stack) -> None:  # type: ignore[no-untyped-def]
+    gateway, ports = stack
+    study_uid = str(pydicom.dcmread(gateway.files[0]).StudyInstanceUID)
+    movescu(gateway, tmp_path / "moved", "WS_RESTORE", ports["WS_RESTORE"], "WS_RESTORE", study_uid)
+    _assert_exact(tmp_path / "moved", _originals(gateway))
+    getscu(gateway, tmp_path / "got", "WS_RESTORE", study_uid)
+    _assert_exact(tmp_path / "got", _originals(gateway), same_bytes=False)
+
+    pseudo_uid = findscu(gateway, tmp_path / "p", "WS_PSEUDO", "QueryRetrieveLevel=STUDY", "StudyInstanceUID")[0]
+    movescu(gateway, tmp_path / "pseudo", "WS_PSEUDO", ports["WS_PSEUDO"], "WS_PSEUDO", pseudo_uid.StudyInstanceUID)
+    received = [pydicom.dcmread(p) for p in (tmp_path / "pseudo").iterdir()]
+    assert len(received) == 5 and all(ds.PatientIdentityRemoved == "YES" for ds in received)
+    assert all("DOE" not in str(ds.PatientName) for ds in received)
+
+    output = movescu(gateway, tmp_path / "elsewhere", "WS_RESTORE", free_port(), "NOT_REGISTERED", study_uid)
+    assert "Refused: MoveDestinationUnknown" in output  # status 0xA801
+    assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").iterdir())
+    audit = run_cli("audit", "--config", str(gateway.config_path)).stdout
+    assert "C-MOVE" in audit and "C-GET" in audit and "NOT_REGISTERED" in audit
