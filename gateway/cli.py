@@ -167,7 +167,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     ring = Keyring.load(config.keyring)
     reader = PacsReader(config.orthanc)
     index = Index(config.spool.path / "index.sqlite3")
-    ids = reader.instances("STUDY", {"StudyInstanceUID": "*"})
+    ids = reader.all_instances()
     failed = 0
     for instance_id in tqdm(ids, unit="obj", desc="reindex"):
         try:

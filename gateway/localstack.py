@@ -201,8 +201,11 @@ def _terminate(process: subprocess.Popen[bytes] | None, grace: float) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          check=True)
+    """``gateway ARGS``; a failure raises with what the command printed."""
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"gateway {' '.join(args[:2])} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
 
 
 def storescu(port: int, files: list[Path] | Path, calling: str = "MODALITY", called: str = "GATEWAY",

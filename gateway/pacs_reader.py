@@ -44,5 +44,8 @@ class PacsReader:
                                                            timeout=self._timeout).json()]
         return ids
 
+    def all_instances(self) -> list[str]:
+        return list(self._client.get("instances", timeout=self._timeout).json())
+
     def file(self, instance_id: str) -> bytes:
         return bytes(self._client.get(f"instances/{instance_id}/file", timeout=self._timeout).content)

@@ -99,7 +99,7 @@ class QueryRetrieve:
 
     def _find_pseudonymized(self, query: Dataset, level: str) -> Iterator[tuple[str, Dataset]]:
         conditions = {e.keyword: str(e.value) for e in query if e.keyword and e.keyword != "QueryRetrieveLevel"
-                      and e.VR != "SQ" and e.value not in (None, "")}
+                      and e.VR != "SQ" and e.value not in (None, "", "*")}
         for item in self.reader.find(level, conditions):
             values = {**item.get("PatientMainDicomTags", {}), **item.get("MainDicomTags", {})}
             study_uid = values.get("StudyInstanceUID", item.get("ParentStudy", ""))

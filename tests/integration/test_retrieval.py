@@ -130,3 +130,48 @@ def test_move_and_get_return_the_originals_exactly(tmp_path: Path, stack) -> Non
     assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").iterdir())
     audit = run_cli("audit", "--config", str(gateway.config_path)).stdout
     assert "C-MOVE" in audit and "C-GET" in audit and "NOT_REGISTERED" in audit
+
+
+def test_rotation_reindex_and_a_tampered_object(tmp_path: Path, orthanc: OrthancServer, stack) -> None:  # type: ignore[no-untyped-def]
+    gateway, ports = stack
+    first_study = str(pydicom.dcmread(gateway.files[0]).StudyInstanceUID)
+    # rotate the key, restart, send a second study: both come back exactly
+    gateway.stop()
+    run_cli("keys", "rotate", "--keyring", str(gateway.keyring))
+    gateway.start()
+    from gateway import synthetic
+    second = write_study(tmp_path / "study2", (2,), size=64, identity=synthetic.Identity(
+        patient_name="ROE^RICHARD", patient_id="PID-2", accession="ACC2"))
+    storescu(gateway.port, tmp_path / "study2")
+    wait_for(lambda: "forwarded    7" in gateway.status())
+    second_study = str(pydicom.dcmread(second[0]).StudyInstanceUID)
+    movescu(gateway, tmp_path / "old", "WS_RESTORE", ports["WS_RESTORE"], "WS_RESTORE", first_study)
+    _assert_exact(tmp_path / "old", _originals(gateway))
+    movescu(gateway, tmp_path / "new", "WS_RESTORE", ports["WS_RESTORE"], "WS_RESTORE", second_study)
+    _assert_exact(tmp_path / "new", {str(pydicom.dcmread(p).SOPInstanceUID): p for p in second})
+
+    # the index is derived data: lost, then rebuilt from Orthanc and the keyring
+    gateway.stop()
+    for f in (gateway.folder / "spool").glob("index.sqlite3*"):
+        f.unlink()
+    run_cli("reindex", "--config", str(gateway.config_path))
+    gateway.start()
+    found = findscu(gateway, tmp_path / "f", "WS_RESTORE", "QueryRetrieveLevel=STUDY", "PatientName=ROE*",
+                    "StudyInstanceUID")
+    assert [ds.StudyInstanceUID for ds in found] == [second_study]
+
+    # an object altered inside the PACS is never sent with the restored identity
+    victim = orthanc.get("instances")[0]
+    data = bytearray(orthanc.get(f"instances/{victim}/file"))
+    data[-10] ^= 0xFF  # a pixel changed
+    orthanc.delete(f"instances/{victim}")
+    import requests
+
+    from gateway.localstack import ORTHANC_USER
+    requests.post(f"{orthanc.url}/instances", data=bytes(data), auth=(ORTHANC_USER, orthanc.password),
+                  timeout=30).raise_for_status()
+    output = movescu(gateway, tmp_path / "mixed", "WS_RESTORE", ports["WS_RESTORE"], "WS_RESTORE", first_study)
+    output += movescu(gateway, tmp_path / "mixed", "WS_RESTORE", ports["WS_RESTORE"], "WS_RESTORE", second_study)
+    assert "Failed" in output or "Warning" in output
+    assert len(list((tmp_path / "mixed").iterdir())) == 6  # 7 objects, the altered one refused
+    assert "digest" in gateway.log_path.read_text()
