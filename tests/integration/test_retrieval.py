@@ -94,6 +94,11 @@ def test_find_by_original_values_for_restore_titles_only(tmp_path: Path, stack) 
                     f"PatientID={original.PatientID}", "StudyDate=20240101-20241231", "StudyInstanceUID")
     assert len(by_id) == 1
     assert findscu(gateway, tmp_path / "f3", "WS_RESTORE", "QueryRetrieveLevel=STUDY", "PatientName=SMITH*") == []
+    assert len(findscu(gateway, tmp_path / "f5", "WS_RESTORE", "QueryRetrieveLevel=STUDY", "ModalitiesInStudy=CT",
+                       f"AccessionNumber={original.AccessionNumber}")) == 1
+    assert findscu(gateway, tmp_path / "f6", "WS_RESTORE", "QueryRetrieveLevel=STUDY", "ModalitiesInStudy=MR") == []
+    assert findscu(gateway, tmp_path / "f7", "WS_RESTORE", "QueryRetrieveLevel=STUDY",
+                   "StudyDate=20250101-") == []
     series = findscu(gateway, tmp_path / "f4", "WS_RESTORE", "QueryRetrieveLevel=SERIES",
                      f"StudyInstanceUID={original.StudyInstanceUID}", "SeriesInstanceUID", "Modality")
     assert len(series) == 2
