@@ -6,7 +6,8 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY plugins ./plugins
 COPY models ./models
-RUN pip install --no-cache-dir .
+# The CPU build of torch (the transforms run their networks on the CPU; PyPI's default is CUDA, gigabytes).
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu .
 USER gateway
 VOLUME ["/var/lib/gateway"]
 EXPOSE 11112

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apscheduler", "pynetdicom"):  # one line per object and per job run otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A protect job still running when its next tick comes is expected (coalesce, one at a
+    # time); apscheduler warns about each skipped tick. Job failures are logged by its executor.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except (ConfigError, KeyringError, UsageError) as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -32,6 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.audit import AuditLog
 from gateway.config import Config
+from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
 from gateway.query_retrieve import QueryRetrieve
 from gateway.spool import Spool, SpoolError
@@ -86,7 +86,7 @@ class Listener:
             (evt.EVT_C_MOVE, self.qr.on_move),
             (evt.EVT_C_GET, self.qr.on_get),
             (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_CONN_OPEN, _no_delay),
+            (evt.EVT_CONN_OPEN, no_delay),
         ]
         listen = self.config.listener
         self._server = self.ae.start_server((listen.host, listen.port), block=False, evt_handlers=handlers)
@@ -143,9 +143,3 @@ class Listener:
             return OUT_OF_RESOURCES
         return SUCCESS
 
-
-def _no_delay(event: Event) -> None:
-    """Answer each C-STORE at once: with Nagle's algorithm every response waits ~40 ms."""
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

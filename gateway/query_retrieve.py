@@ -17,11 +17,13 @@ import io
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pynetdicom import evt
 from pynetdicom.events import Event
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.presentation import build_context
@@ -31,6 +33,7 @@ from gateway.config import Config
 from gateway.index import LEVEL_KEYS, Entry, Index
 from gateway.keyring import Keyring
 from gateway.matching import matches
+from gateway.netutil import keep_responses, no_delay
 from gateway.pacs_reader import PacsReader
 from gateway.restore import restore_series
 
@@ -125,7 +128,10 @@ class QueryRetrieve:
             return
         plan = self._plan(event.identifier, policy)
         contexts = [build_context(sop, ts or ExplicitVRLittleEndian) for sop, ts in sorted({(p[2], p[3]) for p in plan if p[2]})]
-        yield destination.host, destination.port, ({"contexts": contexts[:128]} if contexts else {})
+        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses)]}
+        if contexts:
+            options["contexts"] = contexts[:128]
+        yield destination.host, destination.port, options
         yield from self._send(event, plan, policy, ae, address, "C-MOVE", destination.ae_title)
 
     def on_get(self, event: Event) -> Iterator[Any]:
@@ -162,39 +168,46 @@ class QueryRetrieve:
               action: str, to: str) -> Iterator[Any]:
         yield len(plan)
         failed = completed = 0
-        studies: set[str] = set()
-        for start in range(0, len(plan), _BATCH):
-            batch = plan[start : start + _BATCH]
-            if event.is_cancelled:
-                self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
-                yield CANCELLED, None
-                return
-            for ds in self._datasets(batch, policy):
-                if isinstance(ds, str):  # could not be restored exactly: never sent
-                    failed += 1
-                    yield PENDING, ds  # pynetdicom counts a non-dataset as a failed sub-operation
-                    continue
-                studies.add(str(ds.get("StudyInstanceUID", "")))
-                completed += 1
-                yield PENDING, ds
+        batches = [plan[i : i + _BATCH] for i in range(0, len(plan), _BATCH)]
+        # The next batch is fetched and restored while this one is being sent: the network
+        # send is the slow part, and REST downloads, hashing and zlib release the GIL.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(self._datasets, batches[0], policy) if batches else None
+            for number in range(len(batches)):
+                assert ahead is not None
+                ready = ahead.result()
+                ahead = pool.submit(self._datasets, batches[number + 1], policy) if number + 1 < len(batches) else None
+                for ds in ready:
+                    if event.is_cancelled:
+                        self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
+                        yield CANCELLED, None
+                        return
+                    if isinstance(ds, str):  # could not be restored exactly: never sent
+                        failed += 1
+                        yield PENDING, ds  # pynetdicom counts a non-dataset as a failed sub-operation
+                        continue
+                    completed += 1
+                    yield PENDING, ds
         self.audit.record(ae, address, action, "success" if not failed else "partial", to=to, policy=policy,
                           completed=completed, failed=failed, studies=sorted({p[1] for p in plan}))
 
-    def _datasets(self, batch: list[tuple[str, str, str, str]], policy: str) -> Iterator[Dataset | str]:
+    def _datasets(self, batch: list[tuple[str, str, str, str]], policy: str) -> list[Dataset | str]:
+        """The batch ready to send; a string in place of an object that failed to restore."""
         raws = [self.reader.file(p[0]) for p in batch]
         if policy == "pseudonymized":
-            yield from (pydicom.dcmread(io.BytesIO(r)) for r in raws)
-            return
+            return [pydicom.dcmread(io.BytesIO(r)) for r in raws]
         by_series: dict[str, list[int]] = defaultdict(list)
         for i, p in enumerate(batch):
             by_series[p[1]].append(i)
+        out: list[Dataset | str] = []
         for members in by_series.values():
             for outcome in restore_series([raws[i] for i in members], self.keyring):
                 if outcome.data is None:
                     log.error("restore of %s refused for sending: %s", outcome.sop_uid, outcome.error)
-                    yield f"restore failed: {outcome.error}"
+                    out.append(f"restore failed: {outcome.error}")
                 else:
-                    yield pydicom.dcmread(io.BytesIO(outcome.data))
+                    out.append(pydicom.dcmread(io.BytesIO(outcome.data)))
+        return out
 
 
 def _matches_all(query: Dataset, values: dict[str, str], uid_keys_only: bool = False) -> bool:
