@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,37 @@ def test_rotation_reindex_and_a_tampered_object(tmp_path: Path, orthanc: Orthanc
     assert "Failed" in output or "Warning" in output
     assert len(list((tmp_path / "mixed").iterdir())) == 6  # 7 objects, the altered one refused
     assert "digest" in gateway.log_path.read_text()
+
+
+def test_a_move_reports_progress_and_can_be_cancelled(tmp_path: Path, orthanc: OrthancServer) -> None:
+    port = free_port()
+    retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
+                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port}]}
+    gateway = GatewayProcess(tmp_path / "gateway", orthanc, extra={"retrieval": retrieval}).start()
+    try:
+        files = write_study(tmp_path / "study", (40,), size=64)
+        storescu(gateway.port, tmp_path / "study")
+        wait_for(lambda: "forwarded    40" in gateway.status())
+        study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+
+        def move(out: Path, *extra: str) -> str:
+            out.mkdir()
+            result = subprocess.run(
+                ["movescu", "-d", *extra, "-S", "-aet", "WS_RESTORE", "-aec", "GATEWAY", "-aem", "WS_RESTORE",
+                 "--port", str(port), "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                 "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(gateway.port)],
+                capture_output=True, text=True, env=ENV, timeout=300)
+            return result.stdout + result.stderr
+
+        whole = move(tmp_path / "whole")
+        remaining = [int(n) for n in re.findall(r"Remaining Suboperations\s*:\s*(\d+)", whole)]
+        assert remaining[:3] == [39, 38, 37] and remaining[-1] == 0  # a pending response per object
+        assert len(list((tmp_path / "whole").iterdir())) == 40
+
+        cancelled = move(tmp_path / "cancelled", "--cancel", "2")
+        assert "Cancel" in cancelled
+        assert 0 < len(list((tmp_path / "cancelled").iterdir())) < 40
+        audit = run_cli("audit", "--config", str(gateway.config_path)).stdout
+        assert "cancelled" in audit
+    finally:
+        gateway.stop()
