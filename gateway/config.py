@@ -37,6 +37,9 @@ class Listener(_Strict):
     port: int = Field(11112, ge=1, le=65535)
     max_associations: int = Field(16, ge=1)
     max_pdu: int = Field(131072, ge=0)  # 0: unlimited
+    # Non-image objects (SR, encapsulated PDF, ...): refused at C-STORE, kept in
+    # quarantine for an admin, or protected like images (headers only).
+    non_image: Literal["refuse", "quarantine", "protect"] = "refuse"
 
     _check_ae = field_validator("ae_title")(_ae_title)
 

@@ -9,12 +9,13 @@ resources) and the modality sends again later.
 
 from __future__ import annotations
 
-import io
 import logging
+import tempfile
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
+from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
+from pynetdicom import _config as netconfig
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts, build_context
@@ -33,6 +34,7 @@ from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
+from gateway.sop_classes import is_image
 from gateway.query_retrieve import QueryRetrieve
 from gateway.spool import Spool, SpoolError
 
@@ -42,6 +44,7 @@ OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 SUCCESS = 0x0000
 NOT_AUTHORIZED = 0x0124
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 # Every transfer syntax pydicom knows, explicit VR first: a modality's object is taken as it
 # comes (JPEG and all), and where both are offered explicit VR keeps private VRs intact.
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian] + [ts for ts in AllTransferSyntaxes if ts != ExplicitVRLittleEndian]
@@ -76,6 +79,11 @@ class Listener:
             ae.add_supported_context(model)
         ae.requested_contexts = StoragePresentationContexts  # C-MOVE to a destination
         self.ae = ae
+        # Objects stream to a file in the spool as they arrive, so a 2 GB study never sits
+        # in memory; the spool takes the file in by a hard link. pynetdicom makes that file
+        # with tempfile, so this process's temporary folder is the spool's receiving folder.
+        netconfig.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(spool.receiving)
         self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> None:
@@ -120,23 +128,28 @@ class Listener:
             log.warning("C-STORE from %s refused: not a configured sender", calling)
             return NOT_AUTHORIZED
         try:
-            raw = event.encoded_dataset()
-            head = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, specific_tags=_INTAKE_TAGS)
+            received = event.dataset_path
+            head = pydicom.dcmread(received, stop_before_pixels=True, specific_tags=_INTAKE_TAGS)
             series_uid = str(head.SeriesInstanceUID)
             sop_uid = str(head.SOPInstanceUID)
-        except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError) as exc:
+            sop_class = str(head.get("SOPClassUID", "") or "")
+        except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, OverflowError) as exc:
             log.warning("C-STORE from %s refused: object cannot be read (%s)", calling, type(exc).__name__)
             return CANNOT_UNDERSTAND
         series_token = self.pseudonyms.uid(series_uid)
         sop_token = self.pseudonyms.uid(sop_uid)
+        if self.config.listener.non_image == "refuse" and not is_image(sop_class):
+            log.warning("C-STORE of %s from %s refused: %s is not an image (listener.non_image: refuse)",
+                        sop_token, calling, UID(sop_class).name)
+            return SOP_CLASS_NOT_SUPPORTED
         try:
             self.spool.accept(
-                raw,
+                received,
                 calling_ae=calling,
                 series_token=series_token,
                 sop_token=sop_token,
                 modality=str(head.get("Modality", "") or ""),
-                sop_class_uid=str(head.get("SOPClassUID", "") or ""),
+                sop_class_uid=sop_class,
             )
         except SpoolError as exc:
             log.error("C-STORE of %s from %s answered out-of-resources: %s", sop_token, calling, exc)

@@ -14,7 +14,9 @@ broker and object store when the gateway runs on several nodes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -93,8 +95,13 @@ class Spool:
         self.incoming = root / "incoming"
         self.outbox = root / "outbox"
         self.quarantine_dir = root / "quarantine"
-        for d in (self.incoming, self.outbox, self.quarantine_dir):
+        # Where the listener streams objects while they arrive; same file system as
+        # ``incoming``, so taking one in is a hard link, not a copy.
+        self.receiving = root / "receiving"
+        for d in (self.incoming, self.outbox, self.quarantine_dir, self.receiving):
             d.mkdir(parents=True, exist_ok=True)
+        for leftover in self.receiving.iterdir():  # a transfer cut off by a crash: never acknowledged
+            leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(root / "spool.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -107,11 +114,15 @@ class Spool:
 
     # -- intake ---------------------------------------------------------------------
 
-    def accept(self, data: bytes, calling_ae: str, series_token: str, sop_token: str,
+    def accept(self, data: bytes | Path, calling_ae: str, series_token: str, sop_token: str,
                modality: str, sop_class_uid: str) -> int:
-        """Make one received object durable; only then may the C-STORE say Success."""
+        """Make one received object durable (its bytes, or the file it was streamed to);
+        only then may the C-STORE say Success."""
         path = self.incoming / f"{uuid.uuid4().hex}.dcm"
-        _write_durably(path, data)
+        if isinstance(data, Path):
+            _adopt_durably(data, path)
+        else:
+            _write_durably(path, data)
         now = time.time()
         try:
             with self._lock:
@@ -295,6 +306,46 @@ class Spool:
             pass
 
 
+def _adopt_durably(src: Path, path: Path) -> None:
+    """Give the file ``src`` a durable second name ``path``, without reading it into memory."""
+    try:
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(src, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            _copy_durably(src, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise SpoolError(f"spool file write failed: {exc.strerror}") from exc
+
+
+def _copy_durably(src: Path, path: Path) -> None:
+    tmp = path.with_suffix(".part")
+    shutil.copyfile(src, tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def _write_durably(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".part")
     try:
@@ -307,11 +358,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

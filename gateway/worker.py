@@ -18,6 +18,7 @@ from gateway.index import Index
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.protect import Quarantine, RouteSpec, protect_series
+from gateway.sop_classes import is_image
 from gateway.spool import Spool, SpoolError
 
 log = logging.getLogger("gateway.worker")
@@ -85,11 +86,18 @@ class Worker:
         if route is None:
             self._quarantine(token, None, "no route matches this series", ids)
             return
+        if self.config.listener.non_image != "protect" and not all(is_image(i.sop_class_uid) for i in items):
+            self._quarantine(token, route.name, "non-image objects are kept for review (listener.non_image)", ids)
+            return
         try:
             raws = [i.path.read_bytes() for i in items]
             outputs = protect_series(raws, route_spec(self.config, route.name), self.keyring, self.spool)
         except (Quarantine, PluginError) as exc:
             self._quarantine(token, route.name, str(exc), ids)
+            return
+        except Exception as exc:  # noqa: BLE001 - one poisonous series must not stall the others
+            # The exception's text may quote the object's content; its type names the fault.
+            self._quarantine(token, route.name, f"internal error while protecting ({type(exc).__name__})", ids)
             return
         self.spool.protected(token, route.name, [(i, o.data) for i, o in zip(ids, outputs, strict=True)])
         log.info("series %s: %d objects protected by route %s", token, len(ids), route.name)

@@ -11,6 +11,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 
+from pydicom.datadict import get_entry
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -114,7 +115,7 @@ class _Walk:
                 continue
             action = self.owner.profile.action(elem.tag)
             if action is None:
-                action = "Z" if elem.VR == "PN" else "K"
+                action = "Z" if elem.VR == "PN" else "K" if _in_dictionary(elem.tag) else "X"
             self._apply(ds, elem, action)
 
     def _private_kept(self, ds: Dataset, elem: DataElement, kept: set[int]) -> bool:
@@ -231,6 +232,16 @@ def _identifying(elem: DataElement, text: str) -> bool:
     return keyword.startswith(("Patient", "OtherPatient", "Issuer")) or keyword.endswith(("ID", "IDs", "Number")) or any(
         part in keyword for part in ("Address", "Telephone", "Telecom", "Institution", "Department", "Accession")
     )
+
+
+def _in_dictionary(tag: int) -> bool:
+    """Whether the standard defines ``tag``. An element it does not know (a damaged tag, a
+    vendor's misuse of a public group) cannot be judged, so it is removed, not kept."""
+    try:
+        get_entry(tag)
+    except KeyError:
+        return False
+    return True
 
 
 def _map(value: object, fn) -> object:  # type: ignore[no-untyped-def]

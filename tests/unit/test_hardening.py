@@ -1,0 +1,72 @@
+"""Small defences: unknown elements, non-image classes, streamed intake, a poisonous series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from gateway import worker as worker_module
+from gateway.config import Config
+from gateway.deid.deidentify import Deidentifier
+from gateway.deid.profile import Profile
+from gateway.pseudonym import Pseudonymizer
+from gateway.sop_classes import is_image
+from gateway.spool import Spool
+
+
+def test_an_element_the_standard_does_not_define_is_removed() -> None:
+    ds = Dataset()
+    ds.PatientID = "PID-1"
+    ds.Manufacturer = "ACME"
+    ds.add_new(0x00100011, "LO", "DOE^JANE")  # a damaged PatientName tag: not in the dictionary
+    out = Deidentifier(Profile(frozenset()), Pseudonymizer(b"s" * 32)).run(ds).dataset
+    assert 0x00100011 not in out
+    assert out.Manufacturer == "ACME"  # a defined attribute the profile keeps stays
+
+
+def test_images_and_non_images_are_told_apart() -> None:
+    assert is_image("1.2.840.10008.5.1.4.1.1.2")  # CT Image Storage
+    assert is_image("1.2.840.10008.5.1.4.1.1.6.1")  # US Image Storage
+    assert is_image("1.2.840.10008.5.1.4.1.1.481.2")  # RT Dose: pixels, no "Image" in its name
+    assert not is_image("1.2.840.10008.5.1.4.1.1.104.1")  # Encapsulated PDF
+    assert not is_image("1.2.840.10008.5.1.4.1.1.88.33")  # Comprehensive SR
+    assert not is_image("1.2.3.4")  # unknown
+
+
+def test_a_streamed_object_is_taken_in_without_a_copy_and_survives_its_temp_name(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    received = spool.receiving / "tmp123.dcm"
+    received.write_bytes(b"streamed DICOM bytes")
+    spool.accept(received, "CT1", "2.25.1", "2.25.2", "CT", "1.2.840.10008.5.1.4.1.1.2")
+    received.unlink()  # pynetdicom removes its temporary file after the handler returns
+    (item,) = spool.received("2.25.1")
+    assert item.path.read_bytes() == b"streamed DICOM bytes"
+    (spool.receiving / "cut-off.dcm").write_bytes(b"half")
+    spool.close()
+    assert list(Spool(tmp_path / "spool").receiving.iterdir()) == []  # never acknowledged
+
+
+def test_a_series_that_breaks_the_pipeline_is_quarantined_and_the_next_one_goes_on(tmp_path: Path,
+                                                                                    monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config = Config.model_validate({
+        "senders": [{"ae_title": "CT1"}], "orthanc": {"url": "http://127.0.0.1:1", "username": "u", "password": "p"},
+        "keyring": str(tmp_path / "k.json"), "spool": {"path": str(tmp_path / "spool")},
+        "routes": [{"name": "all"}], "scheduler": {"settle_seconds": 0},
+    })
+    spool = Spool(tmp_path / "spool")
+    for series in ("2.25.1", "2.25.2"):
+        spool.accept(b"x", "CT1", series, series + "0", "CT", "1.2.840.10008.5.1.4.1.1.2")
+    calls = []
+
+    def protect(raws, route, keyring, keys):  # type: ignore[no-untyped-def]
+        calls.append(len(raws))
+        raise RuntimeError("DOE^JANE broke the decoder")  # exception text may quote content
+
+    monkeypatch.setattr(worker_module, "protect_series", protect)
+    worker = worker_module.Worker(config, keyring=None, spool=spool, forwarder=None, index=None)  # type: ignore[arg-type]
+    worker.process_settled()
+    assert calls == [1, 1]
+    assert spool.counts() == {"quarantined": 2}
+    reasons = spool._db.execute("SELECT reason FROM series").fetchall()
+    assert all("RuntimeError" in r[0] and "DOE" not in r[0] for r in reasons)
