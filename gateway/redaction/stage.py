@@ -1,0 +1,157 @@
+"""The redaction stage: find burned-in text, blank it in every frame, keep what was there.
+
+Runs before a route's privacy plugin and has the same shape (gateway.plugin.Transform).
+Each instance's record is what restore needs and nothing else, so restore runs with
+default settings:
+
+- ``b""``: nothing was blanked (no pixels, or no text found); the object is untouched;
+- ``N`` + header + zlib(values): native pixel data edited in place; the header lists the
+  boxes, the values are the original samples of each box in every frame;
+- ``T`` + the original pixel value: the object had to be decoded (compressed, or a
+  layout that cannot be edited in place) and travels uncompressed; restore puts the
+  original encoded value back as it was, byte for byte.
+
+Burned In Annotation (0028,0301) becomes NO when text was blanked, and the
+de-identification method codes gain the Clean Pixel Data Option (113101).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from gateway.plugin import Context, PluginError
+from gateway.redaction import ocr, pixels, roi
+from gateway.redaction import rules as region_rules
+from gateway.redaction.boxes import Box, clip
+from gateway.redaction.matching import Matcher
+
+DETECTORS = ("rules", "roi", "ocr")
+log = logging.getLogger("gateway.redaction")
+
+
+class RedactionStage:
+    """Burned-in text redaction, configured by a route's ``redaction:`` mapping.
+
+    Settings: ``detectors`` (any of rules, roi, ocr; default all three), ``rules`` (site
+    region rules, see gateway.redaction.rules), ``default_rules`` (use the shipped rules),
+    ``ocr_text`` ("identifying": words matching the instance's identity or general
+    identity patterns; "all": every recognised word), ``ocr_frames`` / ``roi_frames``
+    (how many frames of a multi-frame image are searched, spread evenly; the boxes are
+    blanked in every frame), ``ocr_scale`` (enlargement before OCR) and ``pad`` (pixels
+    added around every box).
+    """
+
+    name = "redaction"
+    series_level = False
+
+    def __init__(self, detectors: Sequence[str] = DETECTORS, rules: list[dict[str, Any]] | None = None,
+                 default_rules: bool = True, ocr_text: str = "identifying", ocr_frames: int = 2,
+                 roi_frames: int = 16, ocr_scale: int = 2, pad: int = 2) -> None:
+        unknown = set(detectors) - set(DETECTORS)
+        if unknown or ocr_text not in ("identifying", "all") or min(ocr_frames, roi_frames, ocr_scale) < 1 or pad < 0:
+            raise PluginError(f"redaction settings are invalid (detectors from {DETECTORS}, ocr_text "
+                              "'identifying' or 'all', positive frame counts and scale)")
+        self.detectors = tuple(detectors)
+        self.rules = region_rules.load(rules, default_rules)
+        self.ocr_text = ocr_text
+        self.ocr_frames, self.roi_frames, self.ocr_scale, self.pad = ocr_frames, roi_frames, ocr_scale, pad
+
+    # -- protect --------------------------------------------------------------------
+
+    def protect(self, series: list[Dataset], ctx: Context) -> list[bytes]:
+        matcher = Matcher(ctx.identity)
+        return [self._protect_one(ds, matcher) for ds in series]
+
+    def find(self, ds: Dataset, grey: np.ndarray, matcher: Matcher) -> list[Box]:
+        """Boxes to blank in ``ds`` whose frames (as grey images) are ``grey``."""
+        rows, cols = grey.shape[1:]
+        found: list[Box] = []
+        if "rules" in self.detectors:
+            found += region_rules.detect(ds, self.rules)
+        if "roi" in self.detectors:
+            for f in _spread(len(grey), self.roi_frames):
+                found += roi.detect(grey[f])
+        if "ocr" in self.detectors:
+            for f in _spread(len(grey), self.ocr_frames):
+                words = ocr.read(grey[f], scale=self.ocr_scale)
+                chosen = words if self.ocr_text == "all" else matcher.select(words)
+                found += [w.box for w in chosen]
+        return [b for b in (clip(box, rows, cols, self.pad) for box in found) if b]
+
+    def _protect_one(self, ds: Dataset, matcher: Matcher) -> bytes:
+        if pixels.pixel_tag(ds) is None:
+            return b""
+        px = pixels.load(ds)
+        boxes = self.find(ds, px.grey(), matcher)
+        if not boxes:
+            if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+                log.warning("an object flagged with burned-in annotation had no text found; flag kept")
+            return b""
+        original_value = bytes(ds.PixelData)
+        originals = [px.array[:, t:b, l:r, :].copy() for t, l, b, r in boxes]
+        fill = px.fill()
+        for t, l, b, r in boxes:
+            px.array[:, t:b, l:r, :] = fill
+        pixels.store(ds, px)
+        _mark_clean(ds)
+        if not px.native:
+            return b"T" + original_value
+        head = json.dumps({"boxes": boxes, "dtype": px.array.dtype.str}).encode()
+        values = b"".join(o.tobytes() for o in originals)
+        return b"N" + struct.pack(">I", len(head)) + head + zlib.compress(values, 1)
+
+    # -- restore --------------------------------------------------------------------
+
+    def restore(self, series: list[Dataset], records: list[bytes], ctx: Context) -> None:
+        for ds, record in zip(series, records, strict=True):
+            if not record:
+                continue
+            if record[:1] == b"T":
+                ds.PixelData = record[1:]
+            elif record[:1] == b"N":
+                _restore_native(ds, record)
+            else:
+                raise PluginError("unknown redaction record format")
+
+
+def _restore_native(ds: Dataset, record: bytes) -> None:
+    try:
+        (size,) = struct.unpack_from(">I", record, 1)
+        head = json.loads(record[5 : 5 + size])
+        values = zlib.decompress(record[5 + size :])
+        dtype = np.dtype(head["dtype"])
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        spp = int(ds.SamplesPerPixel)
+        pos = 0
+        boxes_values = []
+        for t, l, b, r in head["boxes"]:
+            count = frames * (b - t) * (r - l) * spp
+            chunk = np.frombuffer(values, dtype, count, pos).reshape(frames, b - t, r - l, spp)
+            boxes_values.append(((t, l, b, r), chunk))
+            pos += count * dtype.itemsize
+        if pos != len(values) or not pixels.is_native(ds):
+            raise ValueError("size")
+        pixels.restore_native(ds, boxes_values)
+    except (ValueError, KeyError, zlib.error, struct.error):
+        raise PluginError("the redaction record does not fit this object's pixel data") from None
+
+
+def _mark_clean(ds: Dataset) -> None:
+    ds.BurnedInAnnotation = "NO"
+    if "DeidentificationMethodCodeSequence" in ds:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "113101", "DCM", "Clean Pixel Data Option"
+        ds.DeidentificationMethodCodeSequence.append(item)
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` frame indices spread evenly over ``n`` frames, first and last included."""
+    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(min(k, n))})

@@ -1,0 +1,203 @@
+"""Burned-in text redaction: detectors find the text, blanking is complete, restore is exact."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_files
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+
+from gateway.keyring import Keyring
+from gateway.plugin import Context, PluginError
+from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
+from gateway.redaction import RedactionStage, matching, ocr, roi, rules, testimages
+from gateway.redaction.boxes import mask_of
+from gateway.redaction.pixels import load
+from gateway.restore import restore_series
+from tests.conftest import encode
+
+# A fixed region on every image: exercises every pixel layout without any detector cost.
+CORNERS = {"detectors": ["rules"], "default_rules": False, "pad": 0,
+           "rules": [{"name": "corners", "regions": [[0, 0, 8, 6], [-5, -4, 0, 0]]}]}
+# Objects the stage refuses on purpose (quarantine is the safe outcome), besides the
+# retired big-endian syntax and 1-bit data (checked from the file): name -> why.
+REFUSED = {
+    "JPEG-lossy.dcm": "undecodable", "JPEG2000-embedded-sequence-delimiter.dcm": "undecodable",
+    "MR_truncated.dcm": "truncated", "badVR.dcm": "invalid attributes",
+    "mlut_18.dcm": "PHI gate", "vlut_04.dcm": "PHI gate",
+}
+
+
+def _refusal(ds: Dataset, name: str) -> str | None:
+    if ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRBigEndian:
+        return "retired big-endian transfer syntax"
+    if ds.get("BitsAllocated") == 1:
+        return "1-bit pixel data"
+    return REFUSED.get(name)
+
+
+def _image_files() -> list[Path]:
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in sorted(set(get_testdata_files("*"))):
+            try:
+                ds = pydicom.dcmread(f)
+                ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Rows  # noqa: B018
+            except Exception:  # noqa: BLE001 - not an image object: nothing to redact
+                continue
+            if "PixelData" in ds:
+                out.append(Path(f))
+    return out
+
+
+IMAGES = _image_files()
+
+
+def _first_box_blank(ds: Dataset) -> bool:
+    px = load(ds)
+    return bool((px.array[:, 0:6, 0:8, :] == px.fill()).all())
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("path", IMAGES, ids=lambda p: p.name)
+def test_every_pixel_layout_is_blanked_and_restored_exactly(path: Path, keyring: Keyring) -> None:
+    raw = path.read_bytes()
+    refused = _refusal(pydicom.dcmread(path, stop_before_pixels=True), path.name)
+    try:
+        [out] = protect_series([raw], RouteSpec(redaction=CORNERS), keyring, MemoryDataKeys())
+    except Quarantine as exc:
+        assert refused is not None, str(exc)
+        return
+    assert refused is None, f"{path.name} was expected to be refused: {refused}"
+    protected = pydicom.dcmread(io.BytesIO(out.data))
+    assert protected.BurnedInAnnotation == "NO"
+    assert "113101" in [item.CodeValue for item in protected.DeidentificationMethodCodeSequence]
+    assert _first_box_blank(protected)
+    [restored] = restore_series([out.data], keyring)
+    assert restored.error is None and restored.data == raw
+
+
+def test_a_jpeg_cine_is_blanked_in_every_frame_and_comes_back_byte_exact(keyring: Keyring) -> None:
+    image = testimages.make("us_cine", seed=3)
+    original = testimages.to_jpeg_baseline(image.dataset)
+    raw = encode(original)
+    [out] = protect_series([raw], RouteSpec(redaction={"detectors": ["roi"]}), keyring, MemoryDataKeys())
+    protected = pydicom.dcmread(io.BytesIO(out.data))
+    assert protected.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert protected.PhotometricInterpretation == "RGB" and protected.NumberOfFrames == 4
+    frames = protected.pixel_array  # (4, rows, cols, 3)
+    blank = (frames == 0).all(axis=(0, 3))  # black in every frame and sample
+    ink = image.truth.char_labels > 0
+    assert blank[ink].mean() > 0.95  # the roi detector alone finds nearly all of the text
+    assert blank[image.truth.anatomy].mean() < 0.01
+    [restored] = restore_series([out.data], keyring)
+    assert restored.error is None and restored.data == raw
+
+
+def test_native_multiframe_record_holds_only_the_boxes(keyring: Keyring) -> None:
+    ds = testimages.make("us_cine", seed=5).dataset
+    original = bytes(ds.PixelData)
+    stage = RedactionStage(**CORNERS)
+    [record] = stage.protect([ds], Context(series_key=b"k" * 32))
+    assert record[:1] == b"N" and len(record) < 2000  # boxes only, not the 3.7 MB of pixels
+    frames = ds.pixel_array
+    assert (frames[:, 0:6, 0:8] == 0).all() and (frames[:, -4:, -5:] == 0).all()
+    assert (frames[:, 6:-4] == np.frombuffer(original, np.uint8).reshape(frames.shape)[:, 6:-4]).all()
+    stage.restore([ds], [record], Context(series_key=b"k" * 32))
+    assert bytes(ds.PixelData) == original
+
+
+def test_undecodable_compressed_pixels_are_refused() -> None:
+    ds = testimages.to_jpeg_baseline(testimages.make("us", seed=1).dataset)
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0 not a jpeg stream \xff\xd9"])
+    with pytest.raises(PluginError, match="cannot be decoded"):
+        RedactionStage(**CORNERS).protect([ds], Context(series_key=b"k" * 32))
+
+
+def test_a_record_that_does_not_fit_fails_loudly() -> None:
+    ds = testimages.make("mr", seed=2).dataset
+    stage = RedactionStage(**CORNERS)
+    [record] = stage.protect([ds], Context(series_key=b"k" * 32))
+    with pytest.raises(PluginError):
+        stage.restore([ds], [record[:-7]], Context(series_key=b"k" * 32))
+
+
+@pytest.mark.parametrize("kind", ["ct", "us", "us_rgb"])
+def test_roi_detector_finds_text_outside_the_anatomy_and_spares_the_anatomy(kind: str) -> None:
+    recall, anatomy = [], []
+    for seed in range(4):
+        image = testimages.make(kind, seed)
+        grey = load(image.dataset).grey()
+        mask = mask_of([b for f in grey for b in roi.detect(f)], *grey.shape[1:])
+        outside = (image.truth.char_labels > 0) & ~_dilated(image.truth.anatomy)
+        recall.append(mask[outside].mean())
+        anatomy.append(mask[image.truth.anatomy].mean())
+    assert np.mean(recall) > 0.97 and max(anatomy) < 0.01
+
+
+def _dilated(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+    return ndimage.binary_dilation(mask, iterations=6)  # type: ignore[no-any-return]
+
+
+def test_otsu_splits_two_levels() -> None:
+    values = np.concatenate([np.full(500, 0.2), np.full(500, 0.8)])
+    assert ((values > roi.otsu(values)) == (values == 0.8)).all()
+
+
+def test_matching_is_lenient_on_ocr_readings_and_strict_on_harmless_text() -> None:
+    m = matching.Matcher({"PatientName": "MUELLER^HANS", "PatientID": "PID-4748-1", "PatientBirthDate": "19410208",
+                          "InstitutionName": "Klinikum Musterstadt"})
+    for word in ("MUELLER*HANS", "MUELLER~", "Hans", "PID-4748-", "08.02.1941", "02/08/1941", "19410208",
+                 "Musterstaat", "KLINIKUM", "31.12.2001", "A*B"):
+        assert m.identifying(word), word
+    for word in ("120", "kV", "TIS", "0.4", "Gain", "5.0", "cm", "W", "400", "FR", "24Hz", "Smith"):
+        assert not m.identifying(word), word
+
+
+def test_a_label_word_takes_its_whole_line() -> None:
+    m = matching.Matcher({"PatientName": "DOE^JANE"})
+    words = [ocr.Word("DOB", (0, 0, 10, 20), (1, 1, 1), 90), ocr.Word("l2-O4-61", (0, 25, 10, 70), (1, 1, 1), 40),
+             ocr.Word("Gain", (20, 0, 30, 20), (1, 1, 2), 90)]
+    assert [w.text for w in m.select(words)] == ["DOB", "l2-O4-61"]
+
+
+def test_rules_match_devices_and_count_from_the_edges() -> None:
+    ds = Dataset()
+    ds.Manufacturer, ds.ManufacturerModelName, ds.Modality, ds.Rows, ds.Columns = "Acme Medical", "Sono 5", "US", 480, 640
+    site = [{"name": "acme banner", "manufacturer": "ACME", "model": "sono", "regions": [[0, 0, 0, 40], [-100, -20, 100, 0]]},
+            {"name": "other size", "manufacturer": "acme", "rows": 600, "regions": [[0, 0, 10, 10]]}]
+    found = rules.detect(ds, rules.load(site, defaults=False))
+    assert found == [(0, 0, 40, 640), (460, 540, 480, 640)]
+    assert rules.detect(ds, rules.load(None)) == [(0, 0, 24, 640)]  # the shipped generic US banner
+
+
+def test_invalid_settings_are_refused() -> None:
+    with pytest.raises(PluginError):
+        RedactionStage(detectors=["magic"])
+    with pytest.raises(PluginError):
+        RedactionStage(ocr_text="some")
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract-ocr is not installed")
+def test_ocr_finds_the_patients_own_identity_in_a_colour_ultrasound() -> None:
+    image = testimages.make("us_rgb", seed=3)  # name in DICOM form (^), ID, birth date, institution
+    ds = image.dataset
+    identity = {"PatientName": str(ds.PatientName), "PatientID": ds.PatientID, "PatientBirthDate": ds.PatientBirthDate,
+                "InstitutionName": ds.InstitutionName}
+    [record] = RedactionStage(detectors=["ocr"]).protect([ds], Context(series_key=b"k" * 32, identity=identity))
+    assert record[:1] == b"N"
+    blank = (ds.pixel_array == 0).all(axis=-1)
+    ident = np.isin(image.truth.char_labels, np.nonzero(image.truth.identifying)[0] + 1)
+    harmless = (image.truth.char_labels > 0) & ~ident
+    assert blank[ident].mean() > 0.95
+    assert blank[harmless].mean() < 0.5  # "TIS 0.4 MI 1.1", "W 400 L 40" are not identity
+    assert blank[image.truth.anatomy].mean() < 0.01
