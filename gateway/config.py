@@ -31,6 +31,21 @@ def _ae_title(value: str) -> str:
     return value
 
 
+class Tls(_Strict):
+    """DICOM TLS on the listener (storage and query/retrieve). PEM files."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> Tls:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates (the CA that signs the peers)")
+        return self
+
+
 class Listener(_Strict):
     ae_title: str = "GATEWAY"
     host: str = "127.0.0.1"
@@ -40,8 +55,18 @@ class Listener(_Strict):
     # Non-image objects (SR, encapsulated PDF, ...): refused at C-STORE, kept in
     # quarantine for an admin, or protected like images (headers only).
     non_image: Literal["refuse", "quarantine", "protect"] = "refuse"
+    tls: Tls | None = None
 
     _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class StatusHttp(_Strict):
+    """The read-only status endpoint (``/status``, ``/metrics``); loopback unless a site
+    puts it behind its own proxy."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(11180, ge=0, le=65535)
 
 
 class Sender(_Strict):
@@ -49,6 +74,7 @@ class Sender(_Strict):
 
     ae_title: str
     host: str | None = None
+    certificate_subject: str | None = None  # common name its TLS certificate must carry
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
@@ -149,6 +175,7 @@ class Workstation(_Strict):
     ae_title: str
     host: str | None = None
     policy: Literal["restore", "pseudonymized", "deny"]
+    certificate_subject: str | None = None  # common name its TLS certificate must carry
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
@@ -167,10 +194,12 @@ class Retrieval(_Strict):
     workstations: list[Workstation] = []
     destinations: list[Destination] = []
 
-    def policy(self, ae_title: str, address: str) -> str | None:
-        """The policy of a calling AE title from ``address``; None when it is unknown."""
+    def policy(self, ae_title: str, address: str, subject: str | None = None) -> str | None:
+        """The policy of a calling AE title from ``address`` (with the TLS certificate's
+        common name ``subject``); None when it is unknown."""
         for ws in self.workstations:
-            if ws.ae_title == ae_title and ws.host in (None, address):
+            if (ws.ae_title == ae_title and ws.host in (None, address)
+                    and ws.certificate_subject in (None, subject)):
                 return ws.policy
         return None
 
@@ -188,6 +217,7 @@ class Config(_Strict):
     profiles: dict[str, ProfileConfig] = {"default": ProfileConfig()}
     routes: list[Route] = Field(min_length=1)
     retrieval: Retrieval = Retrieval()
+    status_http: StatusHttp = StatusHttp()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -239,10 +269,17 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     orthanc = config.orthanc
     if orthanc.password_file is not None:
         orthanc = orthanc.model_copy(update={"password_file": fix(orthanc.password_file)})
+    listener = config.listener
+    if listener.tls is not None:
+        tls = listener.tls
+        listener = listener.model_copy(update={"tls": tls.model_copy(update={
+            "certificate": fix(tls.certificate), "private_key": fix(tls.private_key),
+            "ca_certificates": None if tls.ca_certificates is None else fix(tls.ca_certificates)})})
     return config.model_copy(
         update={
             "keyring": fix(config.keyring),
             "spool": config.spool.model_copy(update={"path": fix(config.spool.path)}),
             "orthanc": orthanc,
+            "listener": listener,
         }
     )

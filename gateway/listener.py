@@ -32,11 +32,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.audit import AuditLog
 from gateway.config import Config
+from gateway.metrics import Metrics
 from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
 from gateway.sop_classes import is_image
 from gateway.query_retrieve import QueryRetrieve
 from gateway.spool import Spool, SpoolError
+from gateway.tls import peer_common_name, server_context
 
 log = logging.getLogger("gateway.listener")
 
@@ -53,6 +55,8 @@ QR_MODELS = (
     PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet,
 )
+_OUTCOMES = {SUCCESS: "success", OUT_OF_RESOURCES: "out_of_resources", CANNOT_UNDERSTAND: "cannot_understand",
+             NOT_AUTHORIZED: "not_authorized", SOP_CLASS_NOT_SUPPORTED: "sop_class_not_supported"}
 _INTAKE_TAGS = [0x00080016, 0x00080018, 0x00080060, 0x0020000E]
 
 
@@ -60,13 +64,14 @@ class Listener:
     """A pynetdicom SCP: storage in front of the spool, Q/R in front of Orthanc."""
 
     def __init__(self, config: Config, spool: Spool, pseudonyms: Pseudonymizer, qr: QueryRetrieve,
-                 audit: AuditLog) -> None:
+                 audit: AuditLog, metrics: Metrics) -> None:
         self.config = config
+        self.metrics = metrics
         self.spool = spool
         self.pseudonyms = pseudonyms
         self.qr = qr
         self.audit = audit
-        self._senders = {(s.ae_title, s.host) for s in config.senders}
+        self._senders = config.senders
         ae = AE(ae_title=config.listener.ae_title)
         ae.maximum_associations = config.listener.max_associations
         ae.maximum_pdu_size = config.listener.max_pdu
@@ -97,15 +102,19 @@ class Listener:
             (evt.EVT_CONN_OPEN, no_delay),
         ]
         listen = self.config.listener
-        self._server = self.ae.start_server((listen.host, listen.port), block=False, evt_handlers=handlers)
-        log.info("listening as %s on %s:%d", listen.ae_title, listen.host, listen.port)
+        ssl_context = server_context(listen.tls) if listen.tls is not None else None
+        self._server = self.ae.start_server((listen.host, listen.port), block=False, evt_handlers=handlers,
+                                            ssl_context=ssl_context)
+        log.info("listening as %s on %s:%d%s", listen.ae_title, listen.host, listen.port,
+                 " (DICOM TLS)" if ssl_context else "")
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
 
-    def _is_sender(self, calling: str, address: str) -> bool:
-        return (calling, None) in self._senders or (calling, address) in self._senders
+    def _is_sender(self, calling: str, address: str, subject: str | None) -> bool:
+        return any(s.ae_title == calling and s.host in (None, address) and s.certificate_subject in (None, subject)
+                   for s in self._senders)
 
     def _on_requested(self, event: Event) -> None:
         """Accept configured senders and workstations whose policy is not deny, from their
@@ -113,18 +122,25 @@ class Listener:
         assoc = event.assoc
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
         address = assoc.requestor.address
-        policy = self.config.retrieval.policy(calling, address)
-        if self._is_sender(calling, address) or policy in ("restore", "pseudonymized"):
+        subject = peer_common_name(assoc)
+        policy = self.config.retrieval.policy(calling, address, subject)
+        if self._is_sender(calling, address, subject) or policy in ("restore", "pseudonymized"):
             return
         self.audit.record(calling, address, "associate", "refused", policy=policy)
+        self.metrics.associations_refused.inc()
         log.warning("association from %s as %r refused: not a configured sender or workstation", address, calling)
         # rejected-permanent, by the service user, calling AE title not recognised
         assoc.acse.send_reject(0x01, 0x01, 0x03)
         assoc.kill()
 
     def _on_store(self, event: Event) -> int:
+        status = self._store(event)
+        self.metrics.c_store.labels(outcome=_OUTCOMES.get(status, hex(status))).inc()
+        return status
+
+    def _store(self, event: Event) -> int:
         calling = event.assoc.requestor.ae_title.strip()
-        if not self._is_sender(calling, event.assoc.requestor.address):
+        if not self._is_sender(calling, event.assoc.requestor.address, peer_common_name(event.assoc)):
             log.warning("C-STORE from %s refused: not a configured sender", calling)
             return NOT_AUTHORIZED
         try:

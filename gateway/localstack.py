@@ -126,11 +126,13 @@ class GatewayProcess:
     settle_seconds: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
     port: int = 0
+    status_port: int = 0
     ae_title: str = "GATEWAY"
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.port = self.port or self.orthanc.gateway_port
+        self.status_port = self.status_port or free_port()
 
     @property
     def keyring(self) -> Path:
@@ -158,6 +160,7 @@ class GatewayProcess:
                           "retry_initial_seconds": 0.5, "retry_max_seconds": 2},
             "profiles": self.profiles,
             "routes": self.routes,
+            "status_http": {"port": self.status_port},
             "log_level": "INFO",
         }
         config.update(self.extra)

@@ -33,9 +33,11 @@ from gateway.config import Config
 from gateway.index import LEVEL_KEYS, Entry, Index
 from gateway.keyring import Keyring
 from gateway.matching import matches
+from gateway.metrics import Metrics
 from gateway.netutil import keep_responses, no_delay
 from gateway.pacs_reader import PacsReader
 from gateway.restore import restore_series
+from gateway.tls import peer_common_name
 
 log = logging.getLogger("gateway.qr")
 
@@ -55,8 +57,10 @@ _BATCH = 32
 class QueryRetrieve:
     """Handlers for the listener's Q/R events."""
 
-    def __init__(self, config: Config, keyring: Keyring, index: Index, reader: PacsReader, audit: AuditLog) -> None:
+    def __init__(self, config: Config, keyring: Keyring, index: Index, reader: PacsReader, audit: AuditLog,
+                 metrics: Metrics) -> None:
         self.config = config
+        self.metrics = metrics
         self.keyring = keyring
         self.index = index
         self.reader = reader
@@ -65,7 +69,7 @@ class QueryRetrieve:
     def policy(self, event: Event) -> tuple[str, str, str | None]:
         ae = event.assoc.requestor.ae_title.strip()
         address = event.assoc.requestor.address
-        return ae, address, self.config.retrieval.policy(ae, address)
+        return ae, address, self.config.retrieval.policy(ae, address, peer_common_name(event.assoc))
 
     # -- C-FIND -----------------------------------------------------------------------------
 
@@ -184,9 +188,11 @@ class QueryRetrieve:
                         return
                     if isinstance(ds, str):  # could not be restored exactly: never sent
                         failed += 1
+                        self.metrics.retrieved.labels(policy=policy, outcome="refused").inc()
                         yield PENDING, ds  # pynetdicom counts a non-dataset as a failed sub-operation
                         continue
                     completed += 1
+                    self.metrics.retrieved.labels(policy=policy, outcome="sent").inc()
                     yield PENDING, ds
         self.audit.record(ae, address, action, "success" if not failed else "partial", to=to, policy=policy,
                           completed=completed, failed=failed, studies=sorted({p[1] for p in plan}))

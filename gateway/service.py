@@ -10,10 +10,12 @@ from gateway.forwarder import Forwarder
 from gateway.keyring import Keyring
 from gateway.index import Index
 from gateway.listener import Listener
+from gateway.metrics import Metrics
 from gateway.pacs_reader import PacsReader
 from gateway.pseudonym import Pseudonymizer
 from gateway.query_retrieve import QueryRetrieve
 from gateway.spool import Spool
+from gateway.status_http import StatusServer
 from gateway.worker import Worker
 
 log = logging.getLogger("gateway.service")
@@ -27,16 +29,25 @@ class Service:
         self.spool = Spool(config.spool.path)
         self.index = Index(config.spool.path / "index.sqlite3")
         self.audit = AuditLog(config.spool.path / "audit.jsonl")
-        qr = QueryRetrieve(config, keyring, self.index, PacsReader(config.orthanc), self.audit)
-        self.listener = Listener(config, self.spool, Pseudonymizer(keyring.pseudonym_secret), qr, self.audit)
+        self.metrics = Metrics()
+        self.metrics.watch(self.spool)
+        qr = QueryRetrieve(config, keyring, self.index, PacsReader(config.orthanc), self.audit, self.metrics)
+        self.listener = Listener(config, self.spool, Pseudonymizer(keyring.pseudonym_secret), qr, self.audit,
+                                 self.metrics)
         self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index)
+        web = config.status_http
+        self.status = StatusServer(web.host, web.port, self.spool, self.metrics) if web.enabled else None
 
     def start(self) -> None:
         self.worker.start()
         self.listener.start()
+        if self.status is not None:
+            self.status.start()
 
     def stop(self) -> None:
         """Stop taking objects first, then let the workers finish their current step."""
+        if self.status is not None:
+            self.status.stop()
         self.listener.stop()
         self.worker.stop()
         self.spool.close()

@@ -1,0 +1,85 @@
+"""The read-only status endpoint: ``/status`` (JSON) and ``/metrics`` (Prometheus).
+
+Plain HTTP on loopback by default: it shows queue depths, quarantine and the last errors
+by series pseudonym, never identity, and accepts nothing but GET. Put it behind the site's
+reverse proxy (with TLS and authentication) before binding it to anything but loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from gateway.metrics import SPOOL_STATES, Metrics
+from gateway.spool import Spool
+
+log = logging.getLogger("gateway.status")
+
+
+def status_document(spool: Spool) -> dict[str, Any]:
+    """What an admin (or a monitoring probe) needs to see, PHI-free."""
+    counts = spool.counts()
+    problems = spool.problem_series(limit=20)
+    return {
+        "objects_by_state": {state: counts.get(state, 0) for state in SPOOL_STATES},
+        "forward_backlog": counts.get("protected", 0),
+        "quarantined_objects": counts.get("quarantined", 0),
+        "last_errors": [
+            {"series": token, "state": state, "reason": reason,
+             "at": datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")}
+            for token, state, reason, when in problems
+        ],
+    }
+
+
+class StatusServer:
+    """A small threaded HTTP server in the gateway's process."""
+
+    def __init__(self, host: str, port: int, spool: Spool, metrics: Metrics) -> None:
+        handler = _handler(spool, metrics)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="status-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("status endpoint on http://%s:%d/status and /metrics", *self._server.server_address[:2])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(spool: Spool, metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path == "/status":
+                self._send(200, "application/json", json.dumps(status_document(spool), indent=2).encode())
+            elif self.path == "/metrics":
+                self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition())
+            else:
+                self._send(404, "text/plain", b"not found: try /status or /metrics\n")
+
+        def _refuse(self) -> None:
+            self._send(405, "text/plain", b"read-only: GET /status or /metrics\n")
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+        def _send(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: scrapes every few seconds
+            return
+
+    return Handler
