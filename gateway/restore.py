@@ -50,8 +50,12 @@ def restore_series(protected: list[bytes | Dataset], keyring: Keyring) -> list[R
             opened.append(None)
 
     live = [i for i, o in enumerate(opened) if o is not None]
+    carried: list[tuple[list[int], dict[str, str]]] = []
     for stage_names, members in _groups(opened, live).items():
-        _undo_stages(stage_names, [series[i] for i in members], [opened[i] for i in members], [outcomes[i] for i in members])
+        identity = _undo_stages(stage_names, [series[i] for i in members], [opened[i] for i in members],
+                                [outcomes[i] for i in members])
+        if identity:
+            carried.append((members, identity))
 
     for ds, op, outcome in zip(series, opened, outcomes, strict=True):
         if op is None or outcome.error:
@@ -64,6 +68,8 @@ def restore_series(protected: list[bytes | Dataset], keyring: Keyring) -> list[R
             log.error("restore of %s failed: digest mismatch", outcome.sop_uid)
             continue
         outcome.data = data
+    for members, identity in carried:
+        _check_carried_identity(identity, [outcomes[i] for i in members])
     return outcomes
 
 
@@ -77,9 +83,10 @@ def _groups(opened: list[Opened | None], live: list[int]) -> dict[tuple[str, ...
     return groups
 
 
-def _undo_stages(names: tuple[str, ...], series: list[Dataset], opened: list, outcomes: list[Restored]) -> None:  # type: ignore[type-arg]
+def _undo_stages(names: tuple[str, ...], series: list[Dataset], opened: list, outcomes: list[Restored]) -> dict[str, str]:  # type: ignore[type-arg]
+    """Run the stages' restores, last first; returns the identity a stage carried itself (coverless)."""
     if all(op.payload.cut.pixel_tag is None for op in opened):
-        return  # the whole original is in the envelope; the pixels are not needed
+        return {}  # the whole original is in the envelope; the pixels are not needed
     first = opened[0]
     ctx = Context(series_key=series_key(first.data_key, str(series[0].SeriesInstanceUID)), log=log)
     for position in reversed(range(len(names))):
@@ -90,6 +97,21 @@ def _undo_stages(names: tuple[str, ...], series: list[Dataset], opened: list, ou
             for outcome in outcomes:
                 outcome.error = f"{name} could not restore: {exc}"
             log.error("restore of a series of %d failed in %s: %s", len(series), name, exc)
+            return {}
+    return ctx.identity
+
+
+def _check_carried_identity(identity: dict[str, str], outcomes: list[Restored]) -> None:
+    """Identity a transform carried itself must be what the restored headers say: every
+    value it demapped is that attribute's value in the series, or nothing is returned."""
+    done = [o for o in outcomes if o.data is not None]
+    headers = [pydicom.dcmread(io.BytesIO(o.data), stop_before_pixels=True) for o in done]  # type: ignore[arg-type]
+    for keyword, value in identity.items():
+        if value not in {str(h.get(keyword, "") or "") for h in headers}:
+            for outcome in done:
+                outcome.data, outcome.error = None, "identity carried by the transform does not match the restored header"
+            log.error("restore of a series of %d failed: %s carried by the transform differs from the restored header",
+                      len(outcomes), keyword)
             return
 
 
