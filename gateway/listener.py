@@ -13,7 +13,6 @@ import logging
 import tempfile
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
 from pynetdicom import _config as netconfig
 from pynetdicom import AE, evt
@@ -149,7 +148,9 @@ class Listener:
             series_uid = str(head.SeriesInstanceUID)
             sop_uid = str(head.SOPInstanceUID)
             sop_class = str(head.get("SOPClassUID", "") or "")
-        except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, OverflowError) as exc:
+        except Exception as exc:  # noqa: BLE001 - pydicom meets damaged input with many types
+            # (OSError, struct.error, ValueError, ...); whatever it is, the modality gets an
+            # answer and the log gets the type only: the message may quote the content.
             log.warning("C-STORE from %s refused: object cannot be read (%s)", calling, type(exc).__name__)
             return CANNOT_UNDERSTAND
         series_token = self.pseudonyms.uid(series_uid)

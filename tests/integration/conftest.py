@@ -17,6 +17,22 @@ if not have_tools():  # .ci/run installs both; a developer machine may not have 
                 allow_module_level=True)
 
 
+# Identifying values the integration tests send (gateway.synthetic's fictional patients).
+HANDLED_IDENTITY = ("DOE^JANE", "JANE", "PID-4711-0815", "19610412", "ACC20240517", "SAINT EXAMPLE", "GREGORY",
+                    "CUDDY", "ELM STREET", "ROE^RICHARD", "RICHARD")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_identity_in_any_gateway_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the integration tests: everything every gateway logged or audited, searched
+    for the identity it handled. A hit fails the session at teardown."""
+    yield
+    logs = [p for pattern in ("gateway.log", "audit.jsonl")
+            for p in tmp_path_factory.getbasetemp().rglob(pattern)]
+    leaks = [(p.name, value) for p in logs for value in HANDLED_IDENTITY if value in p.read_text(errors="replace").upper()]
+    assert not leaks, f"identity in the gateway's logs: {leaks[:5]}"
+
+
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
     server = OrthancServer(tmp_path / "orthanc", gateway_port=free_port()).start()
