@@ -5,9 +5,9 @@ Each instance's record is what restore needs and nothing else, so restore runs w
 default settings:
 
 - ``b""``: nothing was blanked (no pixels, or no text found); the object is untouched;
-- ``N`` + header + zlib(values): native pixel data edited in place; the header lists the
+- ``N`` + header (4-byte length, JSON) + zlib(values): native pixel data edited in place; the header lists the
   boxes, the values are the original samples of each box in every frame;
-- ``T`` + the original pixel value: the object had to be decoded (compressed, or a
+- ``T`` + header + the original pixel value: the object had to be decoded (compressed, or a
   layout that cannot be edited in place) and travels uncompressed; restore puts the
   original encoded value back as it was, byte for byte.
 
@@ -103,10 +103,9 @@ class RedactionStage:
         pixels.store(ds, px)
         _mark_clean(ds)
         if not px.native:
-            return b"T" + original_value
-        head = json.dumps({"boxes": boxes, "dtype": px.array.dtype.str}).encode()
+            return _pack(b"T", {"boxes": boxes}, original_value)
         values = b"".join(o.tobytes() for o in originals)
-        return b"N" + struct.pack(">I", len(head)) + head + zlib.compress(values, 1)
+        return _pack(b"N", {"boxes": boxes, "dtype": px.array.dtype.str}, zlib.compress(values, 1))
 
     # -- restore --------------------------------------------------------------------
 
@@ -114,19 +113,38 @@ class RedactionStage:
         for ds, record in zip(series, records, strict=True):
             if not record:
                 continue
-            if record[:1] == b"T":
-                ds.PixelData = record[1:]
-            elif record[:1] == b"N":
-                _restore_native(ds, record)
+            kind, head, body = _unpack(record)
+            if kind == b"T":
+                ds.PixelData = body
             else:
-                raise PluginError("unknown redaction record format")
+                _restore_native(ds, head, body)
 
 
-def _restore_native(ds: Dataset, record: bytes) -> None:
+def boxes_of(record: bytes) -> list[Box]:
+    """The boxes a record says were blanked (for audits and tests)."""
+    return [tuple(b) for b in _unpack(record)[1]["boxes"]] if record else []  # type: ignore[misc]
+
+
+def _pack(kind: bytes, head: dict[str, Any], body: bytes) -> bytes:
+    text = json.dumps(head).encode()
+    return kind + struct.pack(">I", len(text)) + text + body
+
+
+def _unpack(record: bytes) -> tuple[bytes, dict[str, Any], bytes]:
     try:
+        kind = record[:1]
         (size,) = struct.unpack_from(">I", record, 1)
         head = json.loads(record[5 : 5 + size])
-        values = zlib.decompress(record[5 + size :])
+    except (struct.error, ValueError):
+        raise PluginError("the redaction record is malformed") from None
+    if kind not in (b"T", b"N"):
+        raise PluginError("unknown redaction record format")
+    return kind, head, record[5 + size :]
+
+
+def _restore_native(ds: Dataset, head: dict[str, Any], body: bytes) -> None:
+    try:
+        values = zlib.decompress(body)
         dtype = np.dtype(head["dtype"])
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         spp = int(ds.SamplesPerPixel)
