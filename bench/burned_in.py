@@ -1,0 +1,155 @@
+"""Burned-in text detection on generated images with exact ground truth; prints JSON.
+
+Per detector (rules, roi, ocr) and combined (what a route with all three blanks), and
+Microsoft Presidio's DICOM image redactor on the same images when bench/.presidio-venv
+exists (bench/presidio_setup.sh builds it):
+
+- recall: share of identifying characters (the header's own name, ID, birth date,
+  institution) whose every ink pixel lies in a blanked box;
+- nontext_blanked: share of pixels outside every text line that were blanked;
+- anatomy_blanked: share of anatomy (body, head, ultrasound fan) pixels outside text
+  lines that were blanked;
+- images_per_s: with 2 worker processes (2 cores), one OCR thread each.
+
+    .venv/bin/python bench/burned_in.py --images 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from gateway.deid.deidentify import IDENTITY_KEYWORDS
+from gateway.redaction import RedactionStage, testimages
+from gateway.redaction.boxes import Box, mask_of
+from gateway.redaction.matching import Matcher
+from gateway.redaction.pixels import load
+
+DETECTORS = ("rules", "roi", "ocr")
+PRESIDIO = Path(__file__).parent / ".presidio-venv" / "bin" / "python"
+
+
+def _detect(args: tuple[int, int]) -> dict[str, tuple[list[Box], float]]:
+    """Boxes and seconds per detector for image ``index`` of the suite."""
+    n, index = args
+    image = testimages.suite(n)[index]
+    ds = image.dataset
+    identity = {k: str(ds.get(k, "") or "") for k in IDENTITY_KEYWORDS if ds.get(k)}
+    out = {}
+    for name in DETECTORS:
+        t0 = time.perf_counter()
+        grey = load(ds).grey()
+        boxes = RedactionStage(detectors=[name]).find(ds, grey, Matcher(identity))
+        out[name] = (boxes, time.perf_counter() - t0)
+    return out
+
+
+def _score(images: list[testimages.TestImage], boxes: list[list[Box] | None]) -> dict[str, float]:
+    hit = total = 0
+    nontext, anatomy = [], []
+    for image, found in zip(images, boxes, strict=True):
+        truth = image.truth
+        rows, cols = truth.char_labels.shape
+        mask = mask_of(found or [], rows, cols)
+        ids = np.nonzero(truth.identifying)[0] + 1
+        covered = np.ones(len(truth.identifying) + 1, bool)
+        np.logical_and.at(covered, truth.char_labels.ravel(), mask.ravel())
+        hit += int(covered[ids].sum())
+        total += len(ids)
+        nontext.append(mask[~truth.text_region].mean())
+        anatomy.append(mask[truth.anatomy].mean())
+    return {"recall": round(hit / total, 4), "nontext_blanked": round(float(np.mean(nontext)), 5),
+            "anatomy_blanked": round(float(np.mean(anatomy)), 5), "anatomy_blanked_max": round(float(np.max(anatomy)), 5)}
+
+
+def _presidio(images: list[testimages.TestImage], workers: int) -> dict[str, object]:
+    """Presidio in its own virtualenv, file by file in restartable worker processes."""
+    if not PRESIDIO.exists():
+        return {"error": "bench/.presidio-venv is missing: run bench/presidio_setup.sh"}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, image in enumerate(images):
+            p = Path(tmp) / f"{i:04d}.dcm"
+            image.dataset.save_as(p, enforce_file_format=True)
+            paths.append(str(p))
+        results: dict[str, dict[str, object]] = {}
+        shares = [paths[w::workers] for w in range(workers)]
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(workers) as pool:
+            for part in pool.map(_presidio_run, shares):
+                results.update(part)
+        wall = time.perf_counter() - t0
+    boxes = [results[p].get("boxes") for p in paths]  # type: ignore[union-attr]
+    failed = {Path(p).name: results[p]["error"] for p in paths if "error" in results[p]}
+    scored = _score(images, boxes)  # type: ignore[arg-type]
+    ok = [results[p]["seconds"] for p in paths if "seconds" in results[p]]
+    return {**scored, "images_per_s": round(workers / float(np.mean(ok)), 3) if ok else 0.0,
+            "wall_s_incl_startup": round(wall, 1), "failed_images": len(failed),
+            "failures": sorted({str(v)[:120] for v in failed.values()})}
+
+
+def _presidio_run(paths: list[str]) -> dict[str, dict[str, object]]:
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    out: dict[str, dict[str, object]] = {}
+    todo = list(paths)
+    while todo:
+        proc = subprocess.Popen([str(PRESIDIO), str(Path(__file__).parent / "presidio_worker.py")], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        assert proc.stdin and proc.stdout
+        proc.stdout.readline()  # ready
+        while todo:
+            path = todo[0]
+            proc.stdin.write(path + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            todo.pop(0)
+            if not line:  # the worker died on this file
+                out[path] = {"error": f"worker process died (exit {proc.wait()})"}
+                break
+            out[path] = json.loads(line)
+        proc.stdin.close()
+        proc.wait()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-presidio", action="store_true")
+    args = parser.parse_args()
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    images = testimages.suite(args.images)
+    with ProcessPoolExecutor(args.workers) as pool:
+        found = list(pool.map(_detect, [(args.images, i) for i in range(args.images)]))
+    report: dict[str, object] = {"images": args.images, "kinds": list(testimages.KINDS),
+                                 "identifying_characters": int(sum(i.truth.identifying.sum() for i in images))}
+    for name in DETECTORS:
+        seconds = float(np.mean([f[name][1] for f in found]))
+        report[name] = {**_score(images, [f[name][0] for f in found]), "images_per_s": round(args.workers / seconds, 2)}
+    combined = [[b for name in DETECTORS for b in f[name][0]] for f in found]
+    seconds = float(np.mean([sum(f[n][1] for n in DETECTORS) for f in found]))
+    report["combined"] = {**_score(images, combined), "images_per_s": round(args.workers / seconds, 2)}
+    by_kind = {}
+    for kind in testimages.KINDS:
+        idx = [i for i, im in enumerate(images) if im.kind == kind]
+        by_kind[kind] = _score([images[i] for i in idx], [combined[i] for i in idx])
+    report["combined_by_kind"] = by_kind
+    if not args.no_presidio:
+        report["presidio"] = _presidio(images, args.workers)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
