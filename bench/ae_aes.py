@@ -186,7 +186,7 @@ def dae_quality(model: torch.nn.Module | None = None) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--slices", type=int, default=16, help="phantom slices per timing run")
+    parser.add_argument("--slices", type=int, default=8, help="phantom slices per timing run")
     parser.add_argument("--paper-images", type=int, default=2, help="images for the (slow) paper model")
     args = parser.parse_args()
     torch.set_num_threads(1)
