@@ -40,8 +40,8 @@ PRESIDIO = Path(__file__).parent / ".presidio-venv" / "bin" / "python"
 
 def _detect(args: tuple[int, int]) -> dict[str, tuple[list[Box], float]]:
     """Boxes and seconds per detector for image ``index`` of the suite."""
-    n, index = args
-    image = testimages.suite(n)[index]
+    _, index = args
+    image = testimages.item(index)
     ds = image.dataset
     identity = {k: str(ds.get(k, "") or "") for k in IDENTITY_KEYWORDS if ds.get(k)}
     out = {}

@@ -273,12 +273,14 @@ def to_jpeg_baseline(ds: Dataset, quality: int = 92) -> Dataset:
 
 def suite(n: int, seed: int = 0) -> list[TestImage]:
     """``n`` images cycling through every kind (the benchmark's set)."""
+    return [item(i, seed) for i in range(n)]
+
+
+def item(i: int, seed: int = 0) -> TestImage:
+    """Image ``i`` of the benchmark's set, on its own (so workers need not make them all)."""
     names = ["DOE^JANE^Q", "MUELLER^HANS", "NGUYEN^THI^MAI", "O'BRIEN^PATRICK", "SMITH-JONES^ANNA"]
-    out = []
-    for i in range(n):
-        ident = Identity(patient_name=names[i % len(names)], patient_id=f"PID-{4711 + 37 * i}-{i % 10}",
-                         birth_date=f"19{40 + i % 60:02d}{1 + i % 12:02d}{1 + (7 * i) % 28:02d}",
-                         institution=["Saint Example General Hospital", "Klinikum Musterstadt",
-                                      "Riverside Imaging Center"][i % 3])
-        out.append(make(KINDS[i % len(KINDS)], seed * 100003 + i, ident))
-    return out
+    ident = Identity(patient_name=names[i % len(names)], patient_id=f"PID-{4711 + 37 * i}-{i % 10}",
+                     birth_date=f"19{40 + i % 60:02d}{1 + i % 12:02d}{1 + (7 * i) % 28:02d}",
+                     institution=["Saint Example General Hospital", "Klinikum Musterstadt",
+                                  "Riverside Imaging Center"][i % 3])
+    return make(KINDS[i % len(KINDS)], seed * 100003 + i, ident)
