@@ -194,14 +194,17 @@ def _dicom_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def _by_series(files: list[Path]) -> dict[str, list[Path]]:
+def _by_series(files: list[Path], skipped: list[Path]) -> dict[str, list[Path]]:
+    """Files grouped by series; what is not a DICOM object goes to ``skipped``."""
     groups: dict[str, list[Path]] = defaultdict(list)
     for f in files:
         try:
-            head = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[0x0020000E])
+            # force: files without preamble or file meta (old archives) are DICOM too
+            head = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[0x0020000E], force=True)
             groups[str(head.SeriesInstanceUID)].append(f)
         except (InvalidDicomError, AttributeError, OSError, ValueError):
             log.warning("skipped %s: not a DICOM object with a Series Instance UID", f.name)
+            skipped.append(f)
     return groups
 
 
@@ -216,20 +219,26 @@ def cmd_protect(args: argparse.Namespace) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
     keys = MemoryDataKeys()
     failed = 0
-    groups = _by_series(files)
+    skipped: list[Path] = []
+    groups = _by_series(files, skipped)
     with tqdm(total=sum(len(g) for g in groups.values()), unit="obj", desc="protect") as bar:
         for members in groups.values():
             try:
                 outputs = protect_series([m.read_bytes() for m in members], route, ring, keys)
             except Quarantine as exc:
                 failed += len(members)
-                log.error("a series of %d object(s) was not protected: %s", len(members), exc)
+                log.error("a series of %d object(s) (%s, ...) was not protected: %s", len(members), members[0].name, exc)
+            except Exception as exc:  # noqa: BLE001 - one bad series must not stop the rest
+                failed += len(members)
+                log.error("a series of %d object(s) (%s, ...) was not protected: internal error (%s)",
+                          len(members), members[0].name, type(exc).__name__)
             else:
                 for out in outputs:
                     (args.output if single else args.output / f"{out.sop_uid}.dcm").write_bytes(out.data)
             bar.update(len(members))
-    print(f"protected {sum(len(g) for g in groups.values()) - failed} object(s), refused {failed}")
-    return 1 if failed else 0
+    print(f"protected {sum(len(g) for g in groups.values()) - failed} object(s), refused {failed}"
+          f"{_skipped_note(skipped)}")
+    return 1 if failed or skipped else 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -239,7 +248,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not single:
         args.output.mkdir(parents=True, exist_ok=True)
     failed = 0
-    groups = _by_series(files)
+    skipped: list[Path] = []
+    groups = _by_series(files, skipped)
     with tqdm(total=sum(len(g) for g in groups.values()), unit="obj", desc="restore") as bar:
         for members in groups.values():
             for member, outcome in zip(members, restore_series([m.read_bytes() for m in members], ring), strict=True):
@@ -249,8 +259,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 else:
                     (args.output if single else args.output / member.name).write_bytes(outcome.data)
             bar.update(len(members))
-    print(f"restored {sum(len(g) for g in groups.values()) - failed} object(s), failed {failed}")
-    return 1 if failed else 0
+    print(f"restored {sum(len(g) for g in groups.values()) - failed} object(s), failed {failed}"
+          f"{_skipped_note(skipped)}")
+    return 1 if failed or skipped else 0
+
+
+def _skipped_note(skipped: list[Path]) -> str:
+    if not skipped:
+        return ""
+    names = ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+    return f", skipped {len(skipped)} file(s) that are not DICOM objects with a Series Instance UID: {names}"
 
 
 # -- keys -----------------------------------------------------------------------------

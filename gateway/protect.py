@@ -18,7 +18,12 @@ from typing import Any, Protocol
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from gateway import envelope, gate
 from gateway.deid.deidentify import Deidentifier
@@ -136,7 +141,7 @@ def protect_series(raws: list[bytes], route: RouteSpec, keyring: Keyring, keys: 
 
 def _parse(raw: bytes, index: int) -> Dataset:
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw))
+        ds = pydicom.dcmread(io.BytesIO(raw), force=True)  # no preamble or file meta: still DICOM
         ds.SOPInstanceUID  # noqa: B018 - must exist
         for elem in ds:  # decode every element now, so bad ones fail here and not half-way
             pass
@@ -146,7 +151,12 @@ def _parse(raw: bytes, index: int) -> Dataset:
 
 
 def _normalise_transfer_syntax(ds: Dataset) -> None:
-    """Implicit VR loses the VR of our private envelope; deflate gains nothing here."""
+    """Implicit VR loses the VR of our private envelope; deflate gains nothing here. A file
+    without file meta gets the transfer syntax it was read in."""
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ExplicitVRBigEndian if little is False else ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian)
     if ds.file_meta.TransferSyntaxUID in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
 
