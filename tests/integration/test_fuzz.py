@@ -129,3 +129,78 @@ def test_mutated_objects_never_crash_leak_or_block_good_ones(tmp_path: Path, ort
     finally:
         netconfig.STORE_SEND_CHUNKED_DATASET = False
         gateway.stop()
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element."""
+    head = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+        return head + vr + b"\0\0" + len(value).to_bytes(4, "little") + value
+    return head + vr + len(value).to_bytes(2, "little") + value
+
+
+def _crafted() -> dict[str, bytes]:
+    """Hand-made damage the random mutations rarely hit, each as a whole data set."""
+    def base(series: str) -> bytes:
+        return b"".join([
+            _element(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0"),
+            _element(0x00080018, b"UI", f"2.25.{abs(hash(series)) % 10**20}1".encode().ljust(28, b"\0")[:28]),
+            _element(0x00100010, b"PN", b"DOE^JANE"),
+            _element(0x00100020, b"LO", b"PID-4711-0815 "),
+            _element(0x0020000D, b"UI", b"2.25.4242\0"),
+            _element(0x0020000E, b"UI", f"2.25.{abs(hash(series)) % 10**20}".encode().ljust(24, b"\0")[:24]),
+        ])
+
+    depth = 5000
+    deep = (b"\x40\x00\x30\xa7SQ\0\0\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff") * depth
+    deep += (b"\xfe\xff\x0d\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0") * depth
+    image = _element(0x00280010, b"US", (64).to_bytes(2, "little")) + _element(0x00280011, b"US", (64).to_bytes(2, "little"))
+    return {
+        "sequences nested 5000 deep": base("deep") + deep,
+        "pixel data cut short": base("cut") + image + _element(0x7FE00010, b"OW", bytes(8192))[:200],
+        "rows and columns that do not match the data": base("dims") + _element(0x00280010, b"US", b"\x00\x10")
+        + _element(0x00280011, b"US", b"\x00\x10") + _element(0x7FE00010, b"OW", bytes(128)),
+        "an unknown VR": base("vr") + _element(0x00181000, b"ZZ", b"SN-1 "),
+        "a declared length past the end": base("len") + b"\x08\x00\x30\x10LO\xff\xff" + b"x" * 10,
+        "an odd length": base("odd") + _element(0x00081030, b"LO", b"ODD"),
+    }
+
+
+def test_named_bad_inputs_each_get_a_clear_outcome(tmp_path: Path, orthanc: OrthancServer) -> None:
+    gateway = GatewayProcess(tmp_path / "gateway", orthanc, settle_seconds=0.5).start()
+    template = synthetic.ct_series(1, size=8)[0]
+    template.SOPClassUID = template.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # as crafted
+    meta, _ = _split(encode(template))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.7", str(template.file_meta.TransferSyntaxUID))
+    netconfig.STORE_SEND_CHUNKED_DATASET = True
+    answers: dict[str, str] = {}
+    try:
+        for name, body in _crafted().items():
+            path = tmp_path / "bad.dcm"
+            path.write_bytes(meta + body)
+            assoc = ae.associate("127.0.0.1", gateway.port, ae_title="GATEWAY")
+            assert assoc.is_established, f"no association after {list(answers)}"
+            status = assoc.send_c_store(path)
+            answers[name] = f"0x{status.Status:04X}" if "Status" in status else "aborted"
+            if assoc.is_established:
+                assoc.release()
+        netconfig.STORE_SEND_CHUNKED_DATASET = False
+        accepted = sum(1 for a in answers.values() if a == "0x0000")
+        # every accepted object ends forwarded or quarantined with a reason; the rest got a failure status
+        wait_for(lambda: _settled(gateway.status()) == accepted, timeout=60)
+        print(f"\ncrafted inputs and their C-STORE answers: {answers}")
+        assert all(a == "0x0000" or a.startswith(("0xC", "0xA")) for a in answers.values()), answers
+        assert gateway.process is not None and gateway.process.poll() is None
+        for instance in orthanc.get("instances"):
+            raw = orthanc.get(f"instances/{instance}/file")
+            assert b"DOE^JANE" not in raw and b"PID-4711" not in raw
+    finally:
+        netconfig.STORE_SEND_CHUNKED_DATASET = False
+        gateway.stop()
+
+
+def _settled(status: str) -> int:
+    counts = {line.split()[0]: int(line.split()[1]) for line in status.splitlines()
+              if line.startswith("  ") and len(line.split()) == 2 and line.split()[1].isdigit()}
+    return counts.get("forwarded", 0) + counts.get("done", 0) + counts.get("quarantined", 0)
