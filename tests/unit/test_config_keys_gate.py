@@ -115,3 +115,19 @@ def test_spool_intake_is_durable_and_failures_are_errors(tmp_path: Path) -> None
     with pytest.raises(SpoolError, match="spool file write failed"):
         reopened.accept(b"x", "CT1", "2.25.1", "2.25.3", "CT", "1.2")
     assert reopened.counts() == {"received": 1}
+
+
+def test_the_shipped_example_configuration_is_valid() -> None:
+    config = load_config(Path(__file__).parents[2] / "deploy" / "gateway.example.yaml")
+    assert config.retrieval.policy("READING_1", "10.1.5.20") == "restore"
+    assert config.retrieval.policy("READING_1", "10.9.9.9") is None  # from another address: unknown
+    assert config.listener.non_image == "refuse" and config.status_http.host == "127.0.0.1"
+
+
+def test_tls_settings_are_checked_and_paths_resolved(tmp_path: Path) -> None:
+    tls = "listener: {tls: {certificate: c.pem, private_key: k.pem, require_client_certificate: true}}\n"
+    with pytest.raises(ConfigError, match="listener.tls: .*ca_certificates"):
+        load_config(_write(tmp_path, GOOD + tls))
+    tls = "listener: {tls: {certificate: c.pem, private_key: k.pem, ca_certificates: ca.pem}}\n"
+    config = load_config(_write(tmp_path, GOOD + tls))
+    assert config.listener.tls is not None and config.listener.tls.certificate == tmp_path / "c.pem"
