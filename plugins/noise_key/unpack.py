@@ -28,7 +28,7 @@ def unwrap(values: np.ndarray, modulus: int, signed: bool) -> np.ndarray:
     [-modulus/2, modulus/2) signed), ties going to the cut nearest the natural one. Without
     a clearly empty stretch (the image is noise) the natural window stays."""
     wrapped = np.mod(values.astype(np.float64), modulus)
-    counts = np.bincount((wrapped * BINS / modulus).astype(np.int64).clip(0, BINS - 1), minlength=BINS)
+    counts = np.bincount((wrapped.ravel() * BINS / modulus).astype(np.int64).clip(0, BINS - 1), minlength=BINS)
     natural = -modulus / 2 if signed else 0.0
     if counts.min() > counts.mean() / 4:
         return natural + np.mod(wrapped - natural, modulus)
