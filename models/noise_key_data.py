@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import imagecodecs
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -58,6 +57,8 @@ def image_dataset(values: np.ndarray, bits_stored: int, signed: bool) -> Dataset
 def jpeg_copy(pattern: np.ndarray, bits_stored: int, quality: int) -> tuple[np.ndarray, float]:
     """The pattern (values in [0, 2**bits)) after a JPEG round trip at ``quality``, and
     the copy's expected error sd (stored-value units) read from its quantisation tables."""
+    import imagecodecs  # the bench extra; only the lossy simulation needs it
+
     if bits_stored <= 8:
         stream = imagecodecs.jpeg8_encode(pattern.astype(np.uint8), level=quality)
         return imagecodecs.jpeg8_decode(stream).astype(np.int64), jpeg_error_sd(stream)

@@ -16,19 +16,23 @@ from plugins.noise_key import noise_key
 from plugins.noise_key.noise import gaussian
 from plugins.noise_key.record import Record
 
-BINS = 256
+MAX_BINS = 256
 
 
 def unwrap(values: np.ndarray, modulus: int, signed: bool) -> np.ndarray:
     """Values mod ``modulus`` as floats in one window of width ``modulus``.
 
-    The window is cut in the middle of an empty stretch of the circle (256-bin circular
-    histogram) at least 1/8 of the circle long (else the longest one): of those, the cut
+    The window is cut in the middle of an empty stretch of the circle (circular histogram,
+    256 bins, fewer for small images so that a bin holds 16 values on average) at least
+    1/8 of the circle long (else the longest one): of those, the cut
     that moves the fewest values out of the natural window ([0, modulus) unsigned,
     [-modulus/2, modulus/2) signed), ties going to the cut nearest the natural one. Without
-    a clearly empty stretch (the image is noise) the natural window stays."""
+    a clearly empty stretch (the image is noise) the natural window stays. Images that fill
+    their whole range (8-bit photos) leave no such stretch where it matters, so the choice
+    can be wrong for them: it is meant for CT and MR, which keep headroom."""
     wrapped = np.mod(values.astype(np.float64), modulus)
-    counts = np.bincount((wrapped.ravel() * BINS / modulus).astype(np.int64).clip(0, BINS - 1), minlength=BINS)
+    bins = int(np.clip(2 ** np.floor(np.log2(max(values.size, 1) / 16)), 16, MAX_BINS))
+    counts = np.bincount((wrapped.ravel() * bins / modulus).astype(np.int64).clip(0, bins - 1), minlength=bins)
     natural = -modulus / 2 if signed else 0.0
     if counts.min() > counts.mean() / 4:
         return natural + np.mod(wrapped - natural, modulus)
@@ -38,9 +42,9 @@ def unwrap(values: np.ndarray, modulus: int, signed: bool) -> np.ndarray:
     longest = max(length for _, length in runs)
     best: tuple[int, float, float] | None = None
     for first, length in runs:
-        if length < min(BINS // 8, longest):
+        if length < min(bins // 8, longest):
             continue
-        cut = (start + first + length / 2) % BINS * modulus / BINS
+        cut = (start + first + length / 2) % bins * modulus / bins
         low = cut - modulus * round((cut - natural) / modulus)
         placed = low + np.mod(wrapped - low, modulus)
         moved = int(np.count_nonzero((placed < natural) | (placed >= natural + modulus)))

@@ -24,7 +24,9 @@ from plugins.noise_key import NoiseKeyTransform
 from plugins.noise_key.noise import gaussian
 from plugins.noise_key.record import Record
 from plugins.noise_key.samples import Layout
-from plugins.noise_key.unpack import unwrap
+from plugins.noise_key.unpack import unpack, unwrap
+from models.noise_key_data import image_dataset
+from tests.conftest import encode
 
 CTX = Context(series_key=b"\x11" * 32)
 
@@ -90,6 +92,18 @@ def test_round_trip_is_exact_and_every_protected_sample_is_valid(layout: dict) -
         assert protected[lay.length :] == original[lay.length :]
     NoiseKeyTransform().restore([ds], records, CTX)
     assert bytes(ds.PixelData) == original
+
+
+def test_the_edge_unpacks_an_unaltered_copy_exactly_with_the_key() -> None:
+    """As a CT keeps headroom: signed 14-bit values from -1024 to 3000."""
+    original = np.random.default_rng(5).integers(-1024, 3001, (64, 48))
+    ds = image_dataset(original, 14, signed=True)
+    lay = Layout.of(ds)
+    [record] = NoiseKeyTransform().protect([ds], CTX)
+    copy = lay.low(lay.words(bytes(ds.PixelData))).astype(np.int64).reshape(original.shape)
+    assert np.array_equal(unpack(copy, record, CTX, str(ds.SOPInstanceUID), 14, signed=True), original)
+    stranger = Context(series_key=b"\x12" * 32)
+    assert np.mean(unpack(copy, record, stranger, str(ds.SOPInstanceUID), 14, signed=True) == original) < 0.01
 
 
 def test_the_wrong_key_does_not_restore() -> None:
@@ -200,18 +214,13 @@ def test_real_files_through_the_gateway_come_back_exactly(name: str, keyring: Ke
     assert restored.error is None and restored.data == raw
 
 
-def test_a_synthetic_series_through_the_gateway(tmp_path: Path, keyring: Keyring) -> None:
-    raws = [synthetic_bytes for synthetic_bytes in _series_bytes(3)]
+def test_a_synthetic_series_through_the_gateway(keyring: Keyring) -> None:
+    raws = [encode(ds) for ds in synthetic.ct_series(3, size=64)]
     outs = protect_series(raws, RouteSpec(plugin="noise_key", plugin_settings={"strength": 0.5}), keyring,
                           MemoryDataKeys())
     for out, raw in zip(outs, raws, strict=True):
         assert pydicom.dcmread(io.BytesIO(out.data)).PixelData != pydicom.dcmread(io.BytesIO(raw)).PixelData
     assert [r.data for r in restore_series([o.data for o in outs], keyring)] == raws
-
-
-def _series_bytes(n: int) -> list[bytes]:
-    from tests.conftest import encode
-    return [encode(ds) for ds in synthetic.ct_series(n, size=64)]
 
 
 def test_undecodable_compressed_pixels_are_quarantined(keyring: Keyring) -> None:
@@ -221,6 +230,5 @@ def test_undecodable_compressed_pixels_are_quarantined(keyring: Keyring) -> None
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0 not really a JPEG \xff\xd9"])
     ds["PixelData"].VR = "OB"
-    from tests.conftest import encode
     with pytest.raises(Quarantine, match="could not be decoded"):
         protect_series([encode(ds)], RouteSpec(plugin="noise_key"), keyring, MemoryDataKeys())
