@@ -49,7 +49,7 @@ def image_dataset(values: np.ndarray, bits_stored: int, signed: bool) -> Dataset
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, bits_stored, bits_stored - 1
     ds.PixelRepresentation = int(signed)
     pattern = np.mod(values.astype(np.int64), 1 << bits_stored)
-    layout = Layout(allocated, bits_stored, signed, True, values.size * allocated // 8)
+    layout = Layout(allocated, bits_stored, signed, True, values.size * allocated // 8, values.size)
     ds.PixelData = layout.pack(layout.canonical(pattern.astype(f"u{allocated // 8}").ravel()), b"")
     return ds
 

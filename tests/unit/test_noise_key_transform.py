@@ -176,10 +176,23 @@ def test_the_noise_stream_is_frozen() -> None:
     assert abs(noise.mean()) < 10 and 990 < noise.std() < 1010
 
 
-def test_one_bit_and_float_pixels_are_refused() -> None:
-    ds = _image(8, 8, False)
+def test_one_bit_pixels_are_a_keyed_pad_and_keep_their_last_byte() -> None:
+    ds = _image(8, 8, False, rows=5, cols=7)  # 35 bits: the 5th byte has 5 bits used
     ds.BitsAllocated = ds.BitsStored = 1
-    with pytest.raises(PluginError, match="BitsAllocated 1"):
+    ds.HighBit = 0
+    value = bytearray(np.random.default_rng(3).integers(0, 256, 6, dtype=np.uint8).tobytes())
+    ds.PixelData = bytes(value)
+    records = NoiseKeyTransform().protect([ds], CTX)
+    protected = bytes(ds.PixelData)
+    assert protected != bytes(value) and protected[4] >> 3 == value[4] >> 3 and protected[5] == value[5]
+    NoiseKeyTransform().restore([ds], records, CTX)
+    assert bytes(ds.PixelData) == bytes(value)
+
+
+def test_other_word_sizes_and_float_pixels_are_refused() -> None:
+    ds = _image(8, 8, False)
+    ds.BitsAllocated = 12
+    with pytest.raises(PluginError, match="BitsAllocated 12"):
         NoiseKeyTransform().protect([ds], CTX)
     flt = _image(32, 32, False)
     flt.FloatPixelData = flt.PixelData
@@ -199,7 +212,8 @@ def _files(*names: str) -> list[bytes]:
 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("name", ["693_UNCI.dcm", "OBXXXX1A_2frame.dcm", "gdcm-US-ALOKA-16_big.dcm", "US1_J2KR.dcm",
-                                  "SC_rgb_jpeg.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "SC_ybr_full_422_uncompressed.dcm"])
+                                  "SC_rgb_jpeg.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "SC_ybr_full_422_uncompressed.dcm",
+                                  "liver.dcm", "liver_expb_1frame.dcm"])
 def test_real_files_through_the_gateway_come_back_exactly(name: str, keyring: Keyring) -> None:
     [raw] = _files(name)
     route = RouteSpec(plugin="noise_key")
