@@ -13,7 +13,8 @@ strength:
   noise blurring is the classic way to see through it. ``leak_circular_r``: a stronger
   attack on wrapped noise: the circular mean (mean of exp(2 pi i p / 2**bits)) over 32x32
   blocks, whose angle estimates each block's mean value however much the noise wraps;
-  its Pearson r with the original's block means (|r| near 0: nothing found). Theory: the
+  its Pearson r with the original's block means (225-256 blocks per image, so |r| below
+  about 0.15 is chance). Theory: the
   wrapped noise keeps exp(-2 pi^2 strength^2) of the signal in that mean: 0.14 at 0.3,
   0.007 at 0.5, 3e-9 at 1.0, so 0.5 still yields coarse blocks to an attacker averaging
   about 10^4 pixels per block; 1.0 does not.
