@@ -28,13 +28,17 @@ class CoverlessTransform:
     name = "coverless"
     series_level = True
 
-    def __init__(self, ordering: str = "auto", fallback: str = "envelope", workers: int = 0) -> None:
+    def __init__(self, ordering: str = "auto", fallback: str = "envelope", workers: int = 0, **unknown: object) -> None:
+        # PluginError, not ValueError: the worker quarantines the series with this reason
+        # instead of retrying it forever.
+        if unknown:
+            raise PluginError(f"coverless has no setting {', '.join(sorted(unknown))}; settings: ordering, fallback, workers")
         if ordering not in ORDERINGS:
-            raise ValueError(f"coverless ordering must be one of {ORDERINGS}, not {ordering!r}")
+            raise PluginError(f"coverless ordering must be one of {ORDERINGS}, not {ordering!r}")
         if fallback not in FALLBACKS:
-            raise ValueError(f"coverless fallback must be one of {FALLBACKS}, not {fallback!r}")
+            raise PluginError(f"coverless fallback must be one of {FALLBACKS}, not {fallback!r}")
         if not isinstance(workers, int) or workers < 0:
-            raise ValueError("coverless workers must be a whole number >= 0 (0: one per CPU)")
+            raise PluginError("coverless workers must be a whole number >= 0 (0: one per CPU)")
         self.ordering, self.fallback, self.workers = ordering, fallback, workers
 
     def protect(self, series: list[Dataset], ctx: Context) -> list[bytes]:

@@ -248,8 +248,8 @@ def test_a_partial_series_is_restored_without_demapping(series: list, records: l
 
 
 def test_settings_are_checked() -> None:
-    for bad in ({"ordering": "alphabetical"}, {"fallback": "drop"}, {"workers": -1}):
-        with pytest.raises(ValueError):
+    for bad in ({"ordering": "alphabetical"}, {"fallback": "drop"}, {"workers": -1}, {"fallbak": "refuse"}):
+        with pytest.raises(PluginError):
             CoverlessTransform(**bad)  # type: ignore[arg-type]
 
 
