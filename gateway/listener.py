@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from pathlib import Path
 
 import pydicom
 from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
@@ -36,7 +37,7 @@ from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
 from gateway.sop_classes import is_image
 from gateway.query_retrieve import QueryRetrieve
-from gateway.spool import Spool, SpoolError
+from gateway.spool import Described, Spool, SpoolError
 from gateway.tls import peer_common_name, server_context
 
 log = logging.getLogger("gateway.listener")
@@ -132,6 +133,12 @@ class Listener:
         assoc.acse.send_reject(0x01, 0x01, 0x03)
         assoc.kill()
 
+    def describe(self, path: Path) -> Described:
+        """What the spool keeps of a received object: pseudonymous tokens, modality, class."""
+        head = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_INTAKE_TAGS)
+        return (self.pseudonyms.uid(str(head.SeriesInstanceUID)), self.pseudonyms.uid(str(head.SOPInstanceUID)),
+                str(head.get("Modality", "") or ""), str(head.get("SOPClassUID", "") or ""))
+
     def _on_store(self, event: Event) -> int:
         status = self._store(event)
         self.metrics.c_store.labels(outcome=_OUTCOMES.get(status, hex(status))).inc()
@@ -142,32 +149,21 @@ class Listener:
         if not self._is_sender(calling, event.assoc.requestor.address, peer_common_name(event.assoc)):
             log.warning("C-STORE from %s refused: not a configured sender", calling)
             return NOT_AUTHORIZED
+        received = event.dataset_path
         try:
-            received = event.dataset_path
-            head = pydicom.dcmread(received, stop_before_pixels=True, specific_tags=_INTAKE_TAGS)
-            series_uid = str(head.SeriesInstanceUID)
-            sop_uid = str(head.SOPInstanceUID)
-            sop_class = str(head.get("SOPClassUID", "") or "")
+            series_token, sop_token, modality, sop_class = self.describe(received)
         except Exception as exc:  # noqa: BLE001 - pydicom meets damaged input with many types
             # (OSError, struct.error, ValueError, ...); whatever it is, the modality gets an
             # answer and the log gets the type only: the message may quote the content.
             log.warning("C-STORE from %s refused: object cannot be read (%s)", calling, type(exc).__name__)
             return CANNOT_UNDERSTAND
-        series_token = self.pseudonyms.uid(series_uid)
-        sop_token = self.pseudonyms.uid(sop_uid)
         if self.config.listener.non_image == "refuse" and not is_image(sop_class):
             log.warning("C-STORE of %s from %s refused: %s is not an image (listener.non_image: refuse)",
                         sop_token, calling, UID(sop_class).name)
             return SOP_CLASS_NOT_SUPPORTED
         try:
-            self.spool.accept(
-                received,
-                calling_ae=calling,
-                series_token=series_token,
-                sop_token=sop_token,
-                modality=str(head.get("Modality", "") or ""),
-                sop_class_uid=sop_class,
-            )
+            self.spool.accept(received, calling_ae=calling, series_token=series_token, sop_token=sop_token,
+                              modality=modality, sop_class_uid=sop_class)
         except SpoolError as exc:
             log.error("C-STORE of %s from %s answered out-of-resources: %s", sop_token, calling, exc)
             return OUT_OF_RESOURCES

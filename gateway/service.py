@@ -39,6 +39,10 @@ class Service:
         self.status = StatusServer(web.host, web.port, self.spool, self.metrics) if web.enabled else None
 
     def start(self) -> None:
+        recovered = self.spool.recover(self.listener.describe)
+        if recovered:
+            log.warning("spool: %d received object(s) had lost their index row (power loss?) and got it back",
+                        recovered)
         self.worker.start()
         self.listener.start()
         if self.status is not None:

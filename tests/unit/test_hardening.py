@@ -70,3 +70,28 @@ def test_a_series_that_breaks_the_pipeline_is_quarantined_and_the_next_one_goes_
     assert spool.counts() == {"quarantined": 2}
     reasons = spool._db.execute("SELECT reason FROM series").fetchall()
     assert all("RuntimeError" in r[0] and "DOE" not in r[0] for r in reasons)
+
+
+def test_a_received_file_whose_row_was_lost_gets_it_back_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.accept(b"first", "CT 1", "2.25.1", "2.25.10", "CT", "1.2.840.10008.5.1.4.1.1.2")
+    spool.accept(b"second", "CT 1", "2.25.1", "2.25.11", "CT", "1.2.840.10008.5.1.4.1.1.2")
+    spool._db.execute("DELETE FROM instances WHERE sop_token='2.25.11'")  # as if its commit died with the power
+    (spool.incoming / "junk.00.dcm").write_bytes(b"not DICOM")
+    spool.close()
+
+    reopened = Spool(tmp_path / "spool")
+    seen = []
+
+    def describe(path: Path) -> tuple[str, str, str, str]:
+        if path.read_bytes() != b"second":
+            raise ValueError("cannot read")
+        seen.append(path.name)
+        return "2.25.1", "2.25.11", "CT", "1.2.840.10008.5.1.4.1.1.2"
+
+    assert reopened.recover(describe) == 1
+    items = reopened.received("2.25.1")
+    assert sorted(i.sop_token for i in items) == ["2.25.10", "2.25.11"]
+    assert all(i.calling_ae == "CT 1" for i in items)  # the file name kept the calling AE title
+    assert (reopened.quarantine_dir / "unindexed" / "junk.00.dcm").exists()
+    assert reopened.recover(describe) == 0  # nothing twice
