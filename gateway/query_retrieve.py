@@ -172,7 +172,7 @@ class QueryRetrieve:
               action: str, to: str) -> Iterator[Any]:
         yield len(plan)
         failed = completed = 0
-        batches = [plan[i : i + _BATCH] for i in range(0, len(plan), _BATCH)]
+        batches = _batches(plan)
         # The next batch is fetched and restored while this one is being sent: the network
         # send is the slow part, and REST downloads, hashing and zlib release the GIL.
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -214,6 +214,18 @@ class QueryRetrieve:
                 else:
                     out.append(pydicom.dcmread(io.BytesIO(outcome.data)))
         return out
+
+
+def _batches(plan: list[tuple[str, str, str, str]]) -> list[list[tuple[str, str, str, str]]]:
+    """About ``_BATCH`` objects each, never splitting a series (the plan lists a series'
+    objects together): a series-level transform (coverless) restores only a whole series."""
+    batches: list[list[tuple[str, str, str, str]]] = []
+    for entry in plan:
+        if batches and (len(batches[-1]) < _BATCH or (entry[1] and entry[1] == batches[-1][-1][1])):
+            batches[-1].append(entry)
+        else:
+            batches.append([entry])
+    return batches
 
 
 def _matches_all(query: Dataset, values: dict[str, str], uid_keys_only: bool = False) -> bool:
