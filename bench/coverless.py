@@ -14,8 +14,10 @@
 Attacks act on the 8-bit rendering of each 512x512 slice (the paper's images were 8-bit);
 noise parameters follow MATLAB's imnoise as the paper used it (a variance, not a sigma).
 
-    .venv/bin/python bench/coverless.py --plot /tmp/coverless_hiding.png     # about 15 minutes on 2 cores
-    .venv/bin/python bench/coverless.py --quick                              # about 3 minutes
+    .venv/bin/python bench/coverless.py --plot /tmp/coverless_hiding.png     # about 12 minutes on 2 cores
+    .venv/bin/python bench/coverless.py --quick                              # about 4 minutes
+
+The plot needs matplotlib (``pip install .[bench]``).
 """
 
 from __future__ import annotations

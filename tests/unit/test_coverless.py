@@ -148,6 +148,23 @@ def test_feature_order_does_not_depend_on_the_order_received() -> None:
     assert [int(perm[i]) for i in again] == order
 
 
+def test_without_geometry_the_network_orders_the_series_and_the_identity_round_trips() -> None:
+    series = synthetic.ct_series(24, 128, seed=8)
+    for ds in series:
+        del ds.ImagePositionPatient, ds.InstanceNumber
+    shuffled = series[:]
+    random.Random(3).shuffle(shuffled)
+    built = series_table.build(shuffled, "auto")
+    assert built.ordering == "densenet"
+    walked = [series.index(shuffled[i]) for i in built.order]
+    assert walked in (list(range(24)), list(range(23, -1, -1)))  # the true slice order
+    plugin = CoverlessTransform()
+    records = plugin.protect(shuffled, _ctx(CARRIED))
+    back = _ctx()
+    plugin.restore(series, [records[shuffled.index(ds)] for ds in series], back)
+    assert back.identity == CARRIED
+
+
 # -- the same table everywhere ----------------------------------------------------------
 
 
