@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits
 from gateway import synthetic
 from gateway.plugin import Context, PluginError
 from plugins.coverless import CoverlessTransform, densenet_features, hashing, ordering
-from plugins.coverless.features import _one_blas_thread, image_features, series_features
+from plugins.coverless.features import image_features, one_blas_thread, series_features
 from plugins.coverless.index_table import ALPHABET, PAPER_ALPHABET, DemapError, IndexTable
 from plugins.coverless.series_table import WORKING_SIZE, working_images
 from plugins.coverless.working_image import render8, resample
@@ -195,7 +195,8 @@ def hiding_success(features: np.ndarray, steps: list[int], plot: Path) -> dict: 
 
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [c["images"] for c in curve]
-    ax.plot(xs, [100 * c["rate_paper_62_all_rows"] for c in curve], "o-", label="62 characters, all rows (paper's eq. 19)")
+    ax.plot(xs, [100 * c["rate_paper_62_all_rows"] for c in curve], "o-",
+            label="62 characters, all rows (paper's eq. 19)")
     ax.plot(xs, [100 * c["rate_62_usable_rows"] for c in curve], "s-", label="62 characters, usable rows only")
     ax.plot(xs, [100 * c["rate_94_usable_rows"] for c in curve], "^-", label="94 characters (ours), usable rows only")
     ax.axhline(100, color="grey", lw=0.5)
@@ -261,7 +262,8 @@ def restore_rates(count: int, slices: int, workers: int) -> dict:  # type: ignor
             except PluginError:
                 tally[condition]["failure_reported"] += 1
                 continue
-            outcome = "exact" if back.identity == identity else "not_demapped" if not back.identity else "wrong_identity"
+            outcome = ("exact" if back.identity == identity
+                       else "not_demapped" if not back.identity else "wrong_identity")
             tally[condition][outcome] += 1
     return {"series": f"{count} synthetic CT series of {slices} slices 256x256, random identities (8 values each)",
             "values_carried_as_rows": carried, "values_sealed_by_fallback": sealed,
@@ -337,8 +339,8 @@ def main() -> None:
     result["seconds_per_series"], feats = timing([50, 100] if quick else [100, 300, 600], args.workers)
     result["target"] = "600 slices of 512x512 in at most 60 s on 2 cores"
     result["hiding_success"] = hiding_success(
-        feats, [10, 25, 50, 75, 100] if quick else [25, 50, 100, 150, 200, 250, 300, 350, 400, 450, 500, 550, 600], plot)
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_one_blas_thread) as pool:
+        feats, [10, 25, 50, 75, 100] if quick else [25, 50, *range(100, 601, 50)], plot)
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=one_blas_thread) as pool:
         result["robustness"] = robustness(pool, 30 if quick else 100, identity_text)
     result["restore"] = restore_rates(3 if quick else 12, 40 if quick else 60, args.workers)
     result["pydicom_head_ct"] = head_ct()

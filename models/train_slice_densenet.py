@@ -50,7 +50,8 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.16
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
     gamma = torch.exp((torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 2 * math.log(1.6))
@@ -91,6 +92,11 @@ def kendall_tau(order: list[int]) -> float:
     return abs(float(kendalltau(np.arange(len(order)), np.asarray(order)).statistic))
 
 
+def thumbnails(images: list[np.ndarray]) -> np.ndarray:
+    """The baseline: the network's 64x64 input itself as the feature vector."""
+    return np.rint(densenet_features.network_input(images).reshape(len(images), -1) * 255).astype(np.int64)
+
+
 def held_out() -> dict[str, list[np.ndarray]]:
     """Series the training never saw, in their true order, as the plugin's working images."""
     sets = {}
@@ -107,7 +113,8 @@ def held_out() -> dict[str, list[np.ndarray]]:
     return sets
 
 
-def ordering_quality(model: SliceDenseNet, sets: dict[str, list[np.ndarray]], shuffle_seed: int = 7) -> dict[str, dict[str, float]]:
+def ordering_quality(model: SliceDenseNet, sets: dict[str, list[np.ndarray]],
+                     shuffle_seed: int = 7) -> dict[str, dict[str, float]]:
     torch.manual_seed(123)
     random_model = SliceDenseNet().eval()
     out: dict[str, dict[str, float]] = {}
@@ -119,7 +126,7 @@ def ordering_quality(model: SliceDenseNet, sets: dict[str, list[np.ndarray]], sh
         for label, feats in (
             ("trained", ordering.quantised(densenet_features.features(shuffled, model))),
             ("random_weights", ordering.quantised(densenet_features.features(shuffled, random_model))),
-            ("thumbnails_64px", np.rint(densenet_features.network_input(shuffled).reshape(len(shuffled), -1) * 255).astype(np.int64)),
+            ("thumbnails_64px", thumbnails(shuffled)),
         ):
             order = ordering.feature_order(feats, shuffled)
             results[label] = round(kendall_tau([int(perm[i]) for i in order]), 4)

@@ -51,7 +51,8 @@ def features(images: list[np.ndarray], model: torch.nn.Module | None = None) -> 
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            out = [net(torch.from_numpy(chunk)).numpy() for chunk in np.array_split(network_input(images), max(1, len(images) // 64))]
+            chunks = np.array_split(network_input(images), max(1, len(images) // 64))
+            out = [net(torch.from_numpy(chunk)).numpy() for chunk in chunks]
     finally:
         torch.set_num_threads(threads)
     return np.concatenate(out).astype(np.float64)

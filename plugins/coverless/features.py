@@ -26,7 +26,7 @@ def image_features(img8: np.ndarray) -> np.ndarray:
     return feature_rows(low_rank(roi_filtered(img8)))
 
 
-def _one_blas_thread() -> None:
+def one_blas_thread() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
@@ -46,6 +46,6 @@ def series_features(images: list[np.ndarray], workers: int = 0) -> np.ndarray:
             return np.stack([image_features(img) for img in images])
     # spawn, not fork: the gateway process runs threads (listener, scheduler)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_blas_thread) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=one_blas_thread) as pool:
         chunk = max(1, len(images) // (workers * 4))
         return np.stack(list(pool.map(image_features, images, chunksize=chunk)))

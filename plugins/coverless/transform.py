@@ -32,7 +32,8 @@ class CoverlessTransform:
         # PluginError, not ValueError: the worker quarantines the series with this reason
         # instead of retrying it forever.
         if unknown:
-            raise PluginError(f"coverless has no setting {', '.join(sorted(unknown))}; settings: ordering, fallback, workers")
+            names = ", ".join(sorted(unknown))
+            raise PluginError(f"coverless has no setting {names}; its settings: ordering, fallback, workers")
         if ordering not in ORDERINGS:
             raise PluginError(f"coverless ordering must be one of {ORDERINGS}, not {ordering!r}")
         if fallback not in FALLBACKS:
