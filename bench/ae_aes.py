@@ -7,6 +7,9 @@ Images: synthetic CT phantom slices (seed 0, never used in training) and the rea
 512x512 CT and MR of pydicom-data (693_UNCR, eCT_Supplemental's two frames, the centre
 of MR2_UNCR), also never used in training. Timings are per 512x512 image with 1 and 2
 torch threads, in this process, next to AES-256-GCM over the raw pixels in the same run.
+Bytes: the payload (format 2: latent + JPEG XL lossless of the image) beside raw, zstd,
+JPEG-LS and JPEG 2000 lossless of raw, and beside the designs it replaced or rejected:
+format 1 (latent + zigzag residual, zstd) and latent + JPEG XL of the residual.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from models.ae_runtime import AePredictor, load
 from models.training_data import held_out_real, phantom
 from plugins.ae_aes import AeAesTransform
 from plugins.ae_aes.frames import Layout
-from plugins.ae_aes.payload import Payload, residual_of
+from plugins.ae_aes.payload import Payload, code_frame, code_latent
 
 # Seed paper, Table 6 (percent): SSIM and MSE of original vs noisy, original vs decoder output.
 PAPER_TABLE6 = {
@@ -45,91 +48,136 @@ PAPER_TIMES = {"aes_s": 0.05, "proposed_s": 0.016, "claimed_reduction": "72%"}
 NOISE = {"salt_and_pepper": "s&p", "speckle": "speckle", "poisson": "poisson", "gaussian": "gaussian"}
 
 
-def _per_image(fn: Any, n: int, repeat: int = 3) -> float:
+def _per_image(fn: Any, n: int, repeat: int = 3, clock: Any = time.perf_counter) -> float:
+    """Best of ``repeat`` runs, per image; ``clock=time.process_time`` gives the CPU time of
+    all threads, which other jobs on a shared machine inflate less than the wall time."""
     fn()
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best / n
 
 
-def timings(model: str, slices: int) -> dict[str, Any]:
+def timings(model: str, slices: int, effort: int = 4) -> dict[str, Any]:
     """Seconds per 512x512 image: the whole protect and restore, their parts, plain AES."""
-    ctx = Context(series_key=os.urandom(32))
-    predictor = load(model)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"effort": effort, "load_average_before": os.getloadavg()[0]}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        series = synthetic.ct_series(slices, size=512)
-        originals = [bytes(ds.PixelData) for ds in series]
-        images = np.stack([np.frombuffer(v, "<u2") for v in originals]).reshape(slices, 512, 512).astype(np.int64)
-
-        def protect() -> list[bytes]:
-            for ds, value in zip(series, originals, strict=True):
-                ds.PixelData, ds.Rows = value, 512
-            return AeAesTransform(model=model).protect(series, ctx)
-
-        records = protect()
-        protected = [bytes(ds.PixelData) for ds in series]
-
-        def restore() -> None:
-            for ds, value in zip(series, protected, strict=True):
-                ds.PixelData = value
-            AeAesTransform().restore(series, records, ctx)
-
-        t_protect, t_restore = _per_image(protect, slices), _per_image(restore, slices)
-        latent, lo, hi = predictor.encode(images)
-        t_encode = _per_image(lambda: predictor.encode(images), slices)
-        t_decode = _per_image(lambda: predictor.predict(latent, lo, hi, 512, 512), slices)
-        key = AESGCM(os.urandom(32))
-        nonce = os.urandom(12)
-        t_aes_raw = _per_image(lambda: [key.encrypt(nonce, v, None) for v in originals], slices)
-        sealed = [key.encrypt(nonce, v, None) for v in originals]
-        t_aes_raw_dec = _per_image(lambda: [key.decrypt(nonce, c, None) for c in sealed], slices)
-        lat_bytes = [latent[i].tobytes() for i in range(slices)]
-        t_aes_latent = _per_image(lambda: [key.encrypt(nonce, b, None) for b in lat_bytes], slices)
-        out[f"threads_{threads}"] = {
-            "protect_s": t_protect, "protect_images_per_s": 1 / t_protect,
-            "restore_s": t_restore, "restore_images_per_s": 1 / t_restore,
-            "encoder_s": t_encode, "exact_decoder_s": t_decode,
-            "aes256gcm_raw_encrypt_s": t_aes_raw, "aes256gcm_raw_decrypt_s": t_aes_raw_dec,
-            "aes256gcm_latent_only_encrypt_s": t_aes_latent,
-            "encryption_time_vs_raw_aes_without_network": f"{100 * (1 - t_aes_latent / t_aes_raw):.0f}% less",
-            "encryption_time_vs_raw_aes_with_network": f"{t_protect / t_aes_raw:.0f}x more",
-            "restored_exactly": [bytes(ds.PixelData) for ds in series] == originals,
-        }
+        out[f"threads_{threads}"] = _timings_now(model, slices, effort)
+    out["load_average_after"] = os.getloadavg()[0]
     out["paper_table3"] = PAPER_TIMES
     return out
 
 
-def stored_bytes(predictor: AePredictor, images: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Bytes per image: raw, zstd of raw, JPEG 2000 lossless, our payload and what Orthanc stores."""
+def _timings_now(model: str, slices: int, effort: int) -> dict[str, Any]:
+    """One timing run with torch's current thread count (the protect's JPEG XL pool follows it)."""
+    ctx = Context(series_key=os.urandom(32))
+    predictor = load(model)
+    series = synthetic.ct_series(slices, size=512)
+    originals = [bytes(ds.PixelData) for ds in series]
+    images = np.stack([np.frombuffer(v, "<u2") for v in originals]).reshape(slices, 512, 512).astype(np.int64)
+
+    def protect() -> list[bytes]:
+        for ds, value in zip(series, originals, strict=True):
+            ds.PixelData, ds.Rows = value, 512
+        return AeAesTransform(model=model, effort=effort).protect(series, ctx)
+
+    records = protect()
+    protected = [bytes(ds.PixelData) for ds in series]
+
+    def restore() -> None:
+        for ds, value in zip(series, protected, strict=True):
+            ds.PixelData = value
+        AeAesTransform().restore(series, records, ctx)
+
+    t_protect, t_restore = _per_image(protect, slices), _per_image(restore, slices)
+    cpu_protect = _per_image(protect, slices, clock=time.process_time)
+    cpu_restore = _per_image(restore, slices, clock=time.process_time)
+    latent, lo, hi = predictor.encode(images)
+    t_encode = _per_image(lambda: predictor.encode(images), slices)
+    t_decode = _per_image(lambda: predictor.predict(latent, lo, hi, 512, 512), slices)
+    layout = Layout(1, 512, 512, "<u2", 512 * 512 * 2)
+    payloads = [Payload(model, layout, latent[i : i + 1], images[i : i + 1], b"") for i in range(slices)]
+    t_code = _per_image(lambda: [p.encode(effort) for p in payloads], slices)
+    coded = [p.encode(effort) for p in payloads]
+    t_uncode = _per_image(lambda: [Payload.decode(c) for c in coded], slices)
+    key = AESGCM(os.urandom(32))
+    nonce = os.urandom(12)
+    t_aes_raw = _per_image(lambda: [key.encrypt(nonce, v, None) for v in originals], slices)
+    sealed = [key.encrypt(nonce, v, None) for v in originals]
+    t_aes_raw_dec = _per_image(lambda: [key.decrypt(nonce, c, None) for c in sealed], slices)
+    lat_bytes = [latent[i].tobytes() for i in range(slices)]
+    t_aes_latent = _per_image(lambda: [key.encrypt(nonce, b, None) for b in lat_bytes], slices)
+    return {
+        "protect_s": t_protect, "protect_images_per_s": 1 / t_protect,
+        "restore_s": t_restore, "restore_images_per_s": 1 / t_restore,
+        "protect_cpu_s_all_threads": cpu_protect, "restore_cpu_s_all_threads": cpu_restore,
+        "encoder_s": t_encode, "exact_decoder_s_preview_mode_only": t_decode,
+        "payload_encode_jpegxl_s": t_code, "payload_decode_jpegxl_s": t_uncode,
+        "aes256gcm_raw_encrypt_s": t_aes_raw, "aes256gcm_raw_decrypt_s": t_aes_raw_dec,
+        "aes256gcm_latent_only_encrypt_s": t_aes_latent,
+        "encryption_time_vs_raw_aes_without_network": f"{100 * (1 - t_aes_latent / t_aes_raw):.0f}% less",
+        "encryption_time_vs_raw_aes_with_network": f"{t_protect / t_aes_raw:.0f}x more",
+        "restored_exactly": [bytes(ds.PixelData) for ds in series] == originals,
+    }
+
+
+def stored_bytes(predictor: AePredictor, images: dict[str, np.ndarray], efforts: tuple[int, ...] = (4, 7)) -> dict[str, Any]:
+    """Bytes per image: raw, zstd, JPEG-LS and JPEG 2000 lossless of raw, our payload at each
+    JPEG XL effort and what Orthanc stores, beside the residual designs (format 1 and JPEG XL)."""
     rows: dict[str, Any] = {}
     for name, img in images.items():
-        latent, lo, hi = predictor.encode(img[None].astype(np.int64))
+        frames = img[None].astype(np.int64)
+        latent, lo, hi = predictor.encode(frames)
         prediction = predictor.predict(latent, lo, hi, *img.shape)
         layout = Layout(1, img.shape[0], img.shape[1], img.dtype.str, img.nbytes)
-        payload = Payload(predictor.name, layout, lo.tolist(), hi.tolist(), latent,
-                          residual_of(img[None], prediction, 16), b"").encode(3)
-        latent_z = len(zstandard.ZstdCompressor(level=3).compress(latent.tobytes()))
-        cols = img.shape[1]
-        stored_pixel_value = 2 * cols * -(-(len(payload) + 32) // (2 * cols))
         j2k = len(imagecodecs.jpeg2k_encode(img, level=0, reversible=True))
-        rows[name] = {
+        row: dict[str, Any] = {
             "raw": img.nbytes,
             "zstd3_raw": len(zstandard.ZstdCompressor(level=3).compress(img.tobytes())),
             "zstd19_raw": len(zstandard.ZstdCompressor(level=19).compress(img.tobytes())),
+            "jpegls_raw": len(imagecodecs.jpegls_encode((frames[0] - lo[0]).astype(np.uint16))),
             "jpeg2000_lossless_raw": j2k,
-            "payload_latent_plus_residual": len(payload),
-            "of_which_latent": latent_z,
-            "stored_pixel_value_encrypted_mode": stored_pixel_value,
-            "stored_vs_jpeg2000": round(stored_pixel_value / j2k, 3),
         }
-    total = {k: sum(r[k] for r in rows.values()) for k in ("raw", "jpeg2000_lossless_raw", "stored_pixel_value_encrypted_mode")}
-    rows["all"] = {**total, "stored_vs_jpeg2000": round(total["stored_pixel_value_encrypted_mode"] / total["jpeg2000_lossless_raw"], 3)}
+        before = _format1_bytes(predictor.name, latent, frames - prediction, lo, hi)
+        row["format1_latent_plus_zstd_residual"] = before
+        row["format1_stored_vs_jpeg2000"] = round(_stored(before, img.shape[1]) / j2k, 3)
+        residual = (frames - prediction)[0]
+        latent_code = len(code_latent(latent))
+        row["latent_plus_jpegxl_residual_effort4"] = latent_code + len(code_frame(residual, int(residual.min()), 4))
+        row["of_which_latent"] = latent_code
+        for effort in efforts:
+            size = len(Payload(predictor.name, layout, latent, frames, b"").encode(effort))
+            row[f"payload_effort{effort}"] = size
+            row[f"stored_pixel_value_effort{effort}"] = _stored(size, img.shape[1])
+            row[f"stored_vs_jpeg2000_effort{effort}"] = round(_stored(size, img.shape[1]) / j2k, 3)
+        rows[name] = row
+    keys = ("raw", "jpeg2000_lossless_raw", "format1_latent_plus_zstd_residual",
+            *(f"stored_pixel_value_effort{e}" for e in efforts))
+    total = {k: sum(r[k] for r in rows.values()) for k in keys}
+    total |= {f"stored_vs_jpeg2000_effort{e}": round(total[f"stored_pixel_value_effort{e}"] / total["jpeg2000_lossless_raw"], 3)
+              for e in efforts}
+    rows["all"] = total
     return rows
+
+
+def _stored(payload: int, cols: int) -> int:
+    """The ciphertext image's pixel value for a payload (cipher_pixels: whole rows of 16-bit words)."""
+    return 2 * cols * -(-(payload + 32) // (2 * cols))
+
+
+def _format1_bytes(model: str, latent: np.ndarray, residual: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
+    """Format 1's payload size: zstd of the latent and of the zigzag residual's byte planes."""
+    r = ((residual & 0xFFFF) ^ 0x8000) - 0x8000  # wrapped to a signed 16-bit word
+    zz = ((r << 1) ^ (r >> 63)) & 0xFFFF
+    planes = np.stack([zz & 0xFF, zz >> 8]).astype(np.uint8) if zz.max() > 255 else zz.astype(np.uint8)
+    cctx = zstandard.ZstdCompressor(level=3)
+    head = json.dumps({"model": model, "frames": 1, "rows": r.shape[1], "cols": r.shape[2], "dtype": "<u2",
+                       "value_len": r.size * 2, "lo": lo.tolist(), "hi": hi.tolist(),
+                       "latent_shape": list(latent.shape), "wide": bool(zz.max() > 255)})
+    return 6 + len(head) + len(cctx.compress(latent.tobytes())) + len(cctx.compress(planes.tobytes())) + 5 * 4
 
 
 def _unit(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -158,7 +206,7 @@ def preview_quality(predictor: AePredictor, images: dict[str, np.ndarray]) -> di
             decoded = _unit(predictor.predict(latent, nlo, nhi, *img.shape)[0], lo, hi)
             noisy_scores.append(_scores(clean, noisy))
             decoded_scores.append(_scores(clean, decoded))
-        mean = lambda xs: {k: float(np.mean([x[k] for x in xs])) for k in xs[0]}  # noqa: E731
+        mean = lambda xs: {k: float(np.mean([x[k] for x in xs])) for k in xs[0]}
         rows[noise] = {"noisy_vs_original": None if noise == "none" else mean(noisy_scores),
                        "decoded_vs_original": mean(decoded_scores), "paper_percent": PAPER_TABLE6[noise]}
     return rows
@@ -196,7 +244,9 @@ def main() -> None:
     report = {
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                     "load_average_at_start": os.getloadavg()[0]},
-        "time_per_512_image": {"ae_lite": timings("ae_lite", args.slices), "ae_paper": timings("ae_paper", 2)},
+        "time_per_512_image": {"ae_lite": timings("ae_lite", args.slices),
+                               "ae_lite_effort7": timings("ae_lite", args.slices, effort=7),
+                               "ae_paper": timings("ae_paper", 2)},
         "bytes_per_image": {"ae_lite": stored_bytes(lite, images), "ae_paper": stored_bytes(paper, few)},
         "quality": {"ae_lite": preview_quality(lite, images), "ae_paper": preview_quality(paper, few)},
         "dae": dae_quality(),
