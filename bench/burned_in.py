@@ -1,6 +1,7 @@
 """Burned-in text detection on generated images with exact ground truth; prints JSON.
 
-Per detector (rules, roi, ocr) and combined (what a route with all three blanks), and
+Per detector (rules, roi, tophat, ocr) and combined (what a route with all four blanks),
+each also per image kind, and
 Microsoft Presidio's DICOM image redactor on the same images when bench/.presidio-venv
 exists (bench/presidio_setup.sh builds it):
 
@@ -34,7 +35,7 @@ from gateway.redaction.boxes import Box, mask_of
 from gateway.redaction.matching import Matcher
 from gateway.redaction.pixels import load
 
-DETECTORS = ("rules", "roi", "ocr")
+DETECTORS = ("rules", "roi", "tophat", "ocr")
 PRESIDIO = Path(__file__).parent / ".presidio-venv" / "bin" / "python"
 
 
@@ -139,11 +140,10 @@ def main() -> int:
     combined = [[b for name in DETECTORS for b in f[name][0]] for f in found]
     seconds = float(np.mean([sum(f[n][1] for n in DETECTORS) for f in found]))
     report["combined"] = {**_score(images, combined), "images_per_s": round(args.workers / seconds, 2)}
-    by_kind = {}
-    for kind in testimages.KINDS:
-        idx = [i for i, im in enumerate(images) if im.kind == kind]
-        by_kind[kind] = _score([images[i] for i in idx], [combined[i] for i in idx])
-    report["combined_by_kind"] = by_kind
+    kinds = {kind: [i for i, im in enumerate(images) if im.kind == kind] for kind in testimages.KINDS}
+    per_detector = {name: [f[name][0] for f in found] for name in DETECTORS} | {"combined": combined}
+    report["by_kind"] = {name: {kind: _score([images[i] for i in idx], [boxes[i] for i in idx])
+                                for kind, idx in kinds.items()} for name, boxes in per_detector.items()}
     if not args.no_presidio:
         report["presidio"] = _presidio(images, args.workers)
     json.dump(report, sys.stdout, indent=2)

@@ -1,7 +1,8 @@
 """Burned-in PHI: find identifying text in pixels and blank it, reversibly.
 
 Detectors (device region rules, the coverless paper's threshold + small-component ROI
-method, tesseract OCR matched against the instance's identity) are combined per route;
+method, a local-contrast top-hat text detector, tesseract OCR matched against the
+instance's identity) are combined per route;
 see ``RedactionStage`` for the settings.
 """
 

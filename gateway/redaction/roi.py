@@ -36,8 +36,13 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
 
 
 def detect(frame: np.ndarray, max_height: int = 48, max_area_share: float = 0.004, gap: int = 7,
-           pad: int = 3) -> list[Box]:
-    """Boxes of text lines in one grey frame (2-D, any numeric type)."""
+           pad: int = 2) -> list[Box]:
+    """Boxes of text lines in one grey frame (2-D, any numeric type).
+
+    A threshold loses at most an anti-aliased fringe of a pixel or so around the
+    ink, so ``pad`` plus the stage's own (2) is margin enough; a wider one only blanks
+    tissue above and below text that lies over the anatomy.
+    """
     img = frame.astype(np.float32)
     lo, hi = float(img.min()), float(img.max())
     if hi <= lo:
@@ -51,7 +56,7 @@ def detect(frame: np.ndarray, max_height: int = 48, max_area_share: float = 0.00
     inside_level = tissue_top + (1.0 - tissue_top) / 4
     marks = np.zeros((rows, cols), bool)
     for level in sorted({h_g, *LEVELS, inside_level}):
-        small = _small_components(img > level, max_height, cols)
+        small = small_components(img > level, max_height, cols)
         marks |= small if level >= inside_level else small & ~anatomy
     return _lines(marks, max_height, gap, pad)
 
@@ -86,7 +91,7 @@ def _anatomy(binary: np.ndarray, max_height: int, max_area: float) -> np.ndarray
     return ndimage.binary_fill_holes(big[labels])  # type: ignore[no-any-return]
 
 
-def _small_components(binary: np.ndarray, max_height: int, cols: int) -> np.ndarray:
+def small_components(binary: np.ndarray, max_height: int, cols: int) -> np.ndarray:
     """Components no taller than a text line (a glyph, a word, a label patch)."""
     labels, n = ndimage.label(binary)
     if n == 0:

@@ -28,24 +28,24 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from gateway.plugin import Context, PluginError
-from gateway.redaction import ocr, pixels, roi
+from gateway.redaction import ocr, pixels, roi, tophat
 from gateway.redaction import rules as region_rules
 from gateway.redaction.boxes import Box, clip
 from gateway.redaction.matching import Matcher
 
-DETECTORS = ("rules", "roi", "ocr")
+DETECTORS = ("rules", "roi", "tophat", "ocr")
 log = logging.getLogger("gateway.redaction")
 
 
 class RedactionStage:
     """Burned-in text redaction, configured by a route's ``redaction:`` mapping.
 
-    Settings: ``detectors`` (any of rules, roi, ocr; default all three), ``rules`` (site
+    Settings: ``detectors`` (any of rules, roi, tophat, ocr; default all four), ``rules`` (site
     region rules, see gateway.redaction.rules), ``default_rules`` (use the shipped rules),
     ``ocr_text`` ("identifying": words matching the instance's identity or general
     identity patterns; "all": every recognised word), ``ocr_frames`` / ``roi_frames``
-    (how many frames of a multi-frame image are searched, spread evenly; the boxes are
-    blanked in every frame), ``ocr_scale`` (enlargement before OCR) and ``pad`` (pixels
+    (how many frames of a multi-frame image OCR / the roi and tophat detectors search,
+    spread evenly; the boxes are blanked in every frame), ``ocr_scale`` (enlargement before OCR) and ``pad`` (pixels
     added around every box).
     """
 
@@ -79,6 +79,9 @@ class RedactionStage:
         if "roi" in self.detectors:
             for f in _spread(len(grey), self.roi_frames):
                 found += roi.detect(grey[f])
+        if "tophat" in self.detectors:
+            for f in _spread(len(grey), self.roi_frames):
+                found += tophat.detect(grey[f])
         if "ocr" in self.detectors:
             for f in _spread(len(grey), self.ocr_frames):
                 words = ocr.read(grey[f], scale=self.ocr_scale)

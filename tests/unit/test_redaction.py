@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
+from PIL import Image, ImageDraw
+from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 
+from gateway import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
@@ -146,6 +148,41 @@ def test_roi_detector_finds_text_outside_the_anatomy_and_spares_the_anatomy(kind
 def _dilated(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
     return ndimage.binary_dilation(mask, iterations=6)  # type: ignore[no-any-return]
+
+
+def _mr_head(n: int = 256, seed: int = 0) -> np.ndarray:
+    """A text-free MR-like head that fills the frame: bright rim, darker brain, a lesion, noise."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[-1 : 1 : n * 1j, -1 : 1 : n * 1j]
+    img = np.where((xx / 0.7) ** 2 + (yy / 0.85) ** 2 <= 1, 900.0, 0.0)
+    img[(xx / 0.62) ** 2 + (yy / 0.77) ** 2 <= 1] = 600.0
+    img[(xx - 0.2) ** 2 + (yy + 0.3) ** 2 <= 0.02] = 1100.0
+    noise = np.abs(np.random.default_rng(seed).normal(0, 20, img.shape))
+    return ndimage.gaussian_filter(img, 1.5) + noise  # type: ignore[no-any-return]
+
+
+def test_tophat_finds_half_contrast_text_on_a_head_that_fills_the_frame() -> None:
+    head = _mr_head()
+    ink = np.zeros(head.shape, bool)
+    for (x, y), text in (((70, 120), "DOE^JANE 19610412"), ((40, 218), "PID-4711-0815")):  # mid-brain; over the rim
+        canvas = Image.new("L", head.shape[::-1])
+        ImageDraw.Draw(canvas).text((x, y), text, fill=255, font=testimages.fonts(14)[0])
+        ink |= np.asarray(canvas) > 96
+    frame = np.where(ink, 700.0, head)  # above the brain, below the rim: no grey level separates it
+    boxes = RedactionStage(detectors=["tophat"]).find(Dataset(), frame[None], matching.Matcher({}))
+    mask = mask_of(boxes, *frame.shape)
+    assert mask[ink].all()
+    assert mask[~_dilated(ink)].mean() < 0.005
+    assert mask_of(roi.detect(frame), *frame.shape)[ink].mean() < 0.5  # what the threshold method misses
+
+
+def test_tophat_leaves_text_free_ct_and_mr_alone() -> None:
+    frames = [synthetic.phantom_slice(0.4, 512, seed=3).astype(float), _mr_head(seed=3)]
+    frames += [load(pydicom.dcmread(get_testdata_file(name))).grey()[0] for name in ("693_UNCI.dcm", "MR_small.dcm")]
+    for frame in frames:  # synthetic CT and MR phantoms, a real head CT and a real MR slice
+        boxes = RedactionStage(detectors=["tophat"]).find(Dataset(), frame[None], matching.Matcher({}))
+        assert mask_of(boxes, *frame.shape).mean() < 0.002
 
 
 def test_otsu_splits_two_levels() -> None:
