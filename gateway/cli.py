@@ -23,7 +23,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.keyring import Keyring, KeyringError
 from gateway.plugin import available
-from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
+from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_batches
 from gateway.restore import restore_series
 
 log = logging.getLogger("gateway")
@@ -223,18 +223,19 @@ def cmd_protect(args: argparse.Namespace) -> int:
     groups = _by_series(files, skipped)
     with tqdm(total=sum(len(g) for g in groups.values()), unit="obj", desc="protect") as bar:
         for members in groups.values():
+            written: list[Path] = []
             try:
-                outputs = protect_series([m.read_bytes() for m in members], route, ring, keys)
-            except Quarantine as exc:
-                failed += len(members)
-                log.error("a series of %d object(s) (%s, ...) was not protected: %s", len(members), members[0].name, exc)
+                for batch in protect_batches(members, route, ring, keys):
+                    for out in batch:
+                        written.append(args.output if single else args.output / f"{out.sop_uid}.dcm")
+                        written[-1].write_bytes(out.data)
             except Exception as exc:  # noqa: BLE001 - one bad series must not stop the rest
                 failed += len(members)
-                log.error("a series of %d object(s) (%s, ...) was not protected: internal error (%s)",
-                          len(members), members[0].name, type(exc).__name__)
-            else:
-                for out in outputs:
-                    (args.output if single else args.output / f"{out.sop_uid}.dcm").write_bytes(out.data)
+                for path in written:  # nothing of a refused series is left behind
+                    path.unlink(missing_ok=True)
+                reason = str(exc) if isinstance(exc, Quarantine) else f"internal error ({type(exc).__name__})"
+                log.error("a series of %d object(s) (%s, ...) was not protected: %s", len(members), members[0].name,
+                          reason)
             bar.update(len(members))
     print(f"protected {sum(len(g) for g in groups.values()) - failed} object(s), refused {failed}"
           f"{_skipped_note(skipped)}")

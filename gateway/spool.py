@@ -211,17 +211,23 @@ class Spool:
             self._set_state(superseded, "superseded")
         return list(latest.values())
 
-    def protected(self, series_token: str, route: str, outputs: list[tuple[int, bytes]]) -> None:
-        """Store the protected copies durably, then mark the series ready to forward."""
-        names = []
-        for row_id, data in outputs:
-            path = self.outbox / f"{row_id}.dcm"
-            _write_durably(path, data)
-            names.append((path.name, row_id))
+    def write_output(self, row_id: int, data: bytes) -> None:
+        """Store the protected copy of one object durably; it leaves only once its whole
+        series is marked ``protected``."""
+        _write_durably(self.outbox / f"{row_id}.dcm", data)
+
+    def discard_outputs(self, row_ids: list[int]) -> None:
+        """Drop protected copies written for a series that ended in quarantine."""
+        for row_id in row_ids:
+            (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
+
+    def protected(self, series_token: str, route: str, row_ids: list[int]) -> None:
+        """Mark the series ready to forward; every object's copy was written before."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
-                "UPDATE instances SET state='protected', out_path=?, next_attempt=0 WHERE id=?", names
+                "UPDATE instances SET state='protected', out_path=?, next_attempt=0 WHERE id=?",
+                [(f"{row_id}.dcm", row_id) for row_id in row_ids],
             )
             self._finish_series(series_token, "protected", route, None)
             self._db.execute("COMMIT")

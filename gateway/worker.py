@@ -17,7 +17,7 @@ from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.index import Index
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
-from gateway.protect import Quarantine, RouteSpec, protect_series
+from gateway.protect import Quarantine, RouteSpec, protect_batches
 from gateway.sop_classes import is_image
 from gateway.spool import Spool, SpoolError
 
@@ -89,17 +89,28 @@ class Worker:
         if self.config.listener.non_image != "protect" and not all(is_image(i.sop_class_uid) for i in items):
             self._quarantine(token, route.name, "non-image objects are kept for review (listener.non_image)", ids)
             return
+        written: list[int] = []
         try:
-            raws = [i.path.read_bytes() for i in items]
-            outputs = protect_series(raws, route_spec(self.config, route.name), self.keyring, self.spool)
+            for batch in protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
+                                         self.spool):
+                for protected in batch:
+                    self.spool.write_output(ids[len(written)], protected.data)
+                    written.append(ids[len(written)])
+                batch.clear()  # on disk now: free it before the next batch is made
         except (Quarantine, PluginError) as exc:
+            self.spool.discard_outputs(written)
             self._quarantine(token, route.name, str(exc), ids)
+            return
+        except SpoolError as exc:  # the disk, not the series: try again at the next interval
+            self.spool.discard_outputs(written)
+            log.error("series %s: protected copies could not be stored, retrying later: %s", token, exc)
             return
         except Exception as exc:  # noqa: BLE001 - one poisonous series must not stall the others
             # The exception's text may quote the object's content; its type names the fault.
+            self.spool.discard_outputs(written)
             self._quarantine(token, route.name, f"internal error while protecting ({type(exc).__name__})", ids)
             return
-        self.spool.protected(token, route.name, [(i, o.data) for i, o in zip(ids, outputs, strict=True)])
+        self.spool.protected(token, route.name, ids)
         log.info("series %s: %d objects protected by route %s", token, len(ids), route.name)
 
     def _quarantine(self, token: str, route: str | None, reason: str, ids: list[int]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset
 
 from gateway import worker as worker_module
@@ -59,11 +60,11 @@ def test_a_series_that_breaks_the_pipeline_is_quarantined_and_the_next_one_goes_
         spool.accept(b"x", "CT1", series, series + "0", "CT", "1.2.840.10008.5.1.4.1.1.2")
     calls = []
 
-    def protect(raws, route, keyring, keys):  # type: ignore[no-untyped-def]
-        calls.append(len(raws))
+    def protect(sources, route, keyring, keys):  # type: ignore[no-untyped-def]
+        calls.append(len(sources))
         raise RuntimeError("DOE^JANE broke the decoder")  # exception text may quote content
 
-    monkeypatch.setattr(worker_module, "protect_series", protect)
+    monkeypatch.setattr(worker_module, "protect_batches", protect)
     worker = worker_module.Worker(config, keyring=None, spool=spool, forwarder=None, index=None)  # type: ignore[arg-type]
     worker.process_settled()
     assert calls == [1, 1]
@@ -95,3 +96,36 @@ def test_a_received_file_whose_row_was_lost_gets_it_back_at_start(tmp_path: Path
     assert all(i.calling_ae == "CT 1" for i in items)  # the file name kept the calling AE title
     assert (reopened.quarantine_dir / "unindexed" / "junk.00.dcm").exists()
     assert reopened.recover(describe) == 0  # nothing twice
+
+
+def test_a_series_is_protected_in_batches_with_the_whole_series_identity_gated(tmp_path: Path, keyring,  # type: ignore[no-untyped-def]
+                                                                              monkeypatch) -> None:
+    import io
+
+    import pydicom
+
+    from gateway import protect, synthetic
+    from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_batches
+    from gateway.restore import restore_series
+    from tests.conftest import encode
+
+    monkeypatch.setattr(protect, "BATCH_BYTES", 20_000)  # a few 64x64 objects per batch
+    series = synthetic.ct_series(7, size=64)
+    paths = []
+    for i, ds in enumerate(series):
+        paths.append(tmp_path / f"{i}.dcm")
+        paths[-1].write_bytes(encode(ds))
+    batches = list(protect_batches(paths, RouteSpec(), keyring, MemoryDataKeys()))
+    assert len(batches) > 2 and sum(len(b) for b in batches) == 7
+    outs = [p.data for b in batches for p in b]
+    assert len({pydicom.dcmread(io.BytesIO(o)).SeriesInstanceUID for o in outs}) == 1  # one series still
+    assert [r.data for r in restore_series(outs, keyring)] == [p.read_bytes() for p in paths]
+
+    # identity taken out of the first object only, but left in a kept attribute of the last:
+    # the gate knows it from the first pass over every header, whatever the batches
+    series[0].OtherPatientIDs = "XQ-778899"
+    series[-1].ManufacturerModelName = "XQ-778899"
+    for path, ds in zip(paths, series, strict=True):
+        path.write_bytes(encode(ds))
+    with pytest.raises(Quarantine, match="PHI gate"):
+        list(protect_batches(paths, RouteSpec(), keyring, MemoryDataKeys()))
