@@ -22,8 +22,9 @@ from tqdm import tqdm
 from gateway.config import Config, ConfigError, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.keyring import Keyring, KeyringError
-from gateway.plugin import available
+from gateway.plugin import PluginError, available
 from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_batches
+from gateway.stages import build_stages
 from gateway.restore import restore_series
 
 log = logging.getLogger("gateway")
@@ -126,10 +127,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_plugins(config: Config) -> None:
+    """Every route's plugin is installed and takes its settings, before anything arrives:
+    a misspelt setting found at the first study would quarantine it."""
     installed = available()
     for i, route in enumerate(config.routes):
         if route.plugin not in installed:
             raise ConfigError(f"routes[{i}].plugin: no plugin named {route.plugin!r} is installed; installed: {installed}")
+        try:
+            build_stages(RouteSpec(plugin=route.plugin, plugin_settings=route.plugin_settings, redaction=route.redaction))
+        except (PluginError, TypeError, ValueError) as exc:
+            raise ConfigError(f"routes[{i}] ({route.name}): plugin_settings or redaction not accepted: {exc}") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:

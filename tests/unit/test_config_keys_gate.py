@@ -131,3 +131,15 @@ def test_tls_settings_are_checked_and_paths_resolved(tmp_path: Path) -> None:
     tls = "listener: {tls: {certificate: c.pem, private_key: k.pem, ca_certificates: ca.pem}}\n"
     config = load_config(_write(tmp_path, GOOD + tls))
     assert config.listener.tls is not None and config.listener.tls.certificate == tmp_path / "c.pem"
+
+
+def test_check_config_refuses_settings_a_plugin_does_not_take(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from gateway.cli import main
+
+    Keyring.create(tmp_path / "keys.json")
+    bad = GOOD.replace("routes: [{name: all, plugin: none}]",
+                       "routes: [{name: all, plugin: noise_key, plugin_settings: {strenght: 0.5}}]")
+    assert main(["check-config", "--config", str(_write(tmp_path, bad))]) == 2
+    assert "routes[0] (all): plugin_settings" in capsys.readouterr().err
+    good = bad.replace("strenght", "strength")
+    assert main(["check-config", "--config", str(_write(tmp_path, good))]) == 0
