@@ -1,12 +1,12 @@
-"""ae_aes: autoencoder latent and residual under AES-256-GCM, restored bit for bit.
+"""ae_aes: autoencoder latent and a lossless code of the image under AES-256-GCM, restored bit for bit.
 
 Seed paper: "Medical image encryption using autoencoder and AES" (encrypt the encoder's
 features, decode on the receiving side). The paper's decoder output is lossy, so the
 payload holds the int8 latent (the paper's encrypted features) beside a JPEG XL lossless
 code of the original (payload.py says why not a residual), and restore is exact without
-running the network. The preview runs the decoder as an integer program
-(models/exact.py) that every machine computes identically; the gateway's SHA-256 check
-of the rebuilt original is the final proof.
+running the network: lossless JPEG XL decoding is integer arithmetic. The preview runs
+the decoder as an integer program (models/exact.py), so it too is the same on every
+machine. The gateway's SHA-256 check of the rebuilt original is the final proof.
 
 Settings (route ``plugin_settings``):
 - ``model``: ``ae_lite`` (default; ours, fast) or ``ae_paper`` (the paper's network).
@@ -17,7 +17,8 @@ Settings (route ``plugin_settings``):
 - ``denoise``: in preview mode, pass the preview through the paper's DAE (default false).
 - ``effort``: JPEG XL effort for the lossless code, 1-9 (default 4: the smallest payload
   that still protects 20 images/s on 2 cores; 7 stores 4% less at half the speed).
-- ``batch``: frames encoded per network call (default 8).
+- ``batch``: instances encoded per group (default 8); a group's JPEG XL codes run on
+  one thread per torch compute thread.
 
 Restore reads everything it needs from the record and the payload, never the settings.
 """
