@@ -9,7 +9,8 @@ black-hat (closing minus image) dark ones, while anatomy wider than the disk dro
 
 Fine anatomy (a skull's rim, vessels, trabeculae) is thin too, so marks only count as
 text in lines: at least three glyph-sized marks standing on one baseline or reaching
-one top line, or one mark shaped like a word whose letters touch. Each polarity is
+one top line (a single wide mark, a word whose letters touch, is as often a bone's
+edge in real CT and MR, and is left to the ROI detector). Each polarity is
 grouped on its own, and where a bright and a dark line overlap only the text's own
 polarity sets the rows (see ``_one_polarity``), so a line of text lying on tissue is
 not stretched into it.
@@ -54,11 +55,10 @@ def detect(frame: np.ndarray, stroke: int = 5, floor: float = 0.05, noise_k: flo
 def lines(marks: np.ndarray, max_height: int, gap: int) -> list[Box]:
     """Marks grouped into lines (joined across ``gap`` columns) that look like text.
 
-    A mark is a glyph when at least 4 rows tall and at most 2.5 times as wide, a word
-    when at least 5 rows tall and twice as wide. A line is kept with three glyphs that
-    share a top or a bottom row (one row either way), or with a word. Its rows are
-    those of its glyphs and words: a sliver along a tissue edge that touches the line
-    widens it but does not stretch it into the tissue.
+    A mark is a glyph when at least 4 rows tall and at most 2.5 times as wide. A line
+    is kept when three of its glyphs share a top or a bottom row (one row either way).
+    Its rows are those of its glyphs: a sliver along a tissue edge that touches the
+    line widens it but does not stretch it into the tissue.
     """
     joined = ndimage.binary_dilation(marks, structure=np.ones((1, 2 * gap + 1), bool))
     labels, n = ndimage.label(joined)
@@ -70,7 +70,7 @@ def lines(marks: np.ndarray, max_height: int, gap: int) -> list[Box]:
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl[0].stop - sl[0].start < 4:
             continue
-        glyphs, words = [], []
+        glyphs = []
         for p in np.unique(pieces[sl][labels[sl] == i]):
             if p == 0:
                 continue
@@ -78,12 +78,9 @@ def lines(marks: np.ndarray, max_height: int, gap: int) -> list[Box]:
             h, w = ys.stop - ys.start, xs.stop - xs.start
             if h >= 4 and w <= 2.5 * h:
                 glyphs.append((ys.start, ys.stop))
-            elif h >= 5 and w >= 2 * h:
-                words.append((ys.start, ys.stop))
-        if not words and _aligned(glyphs) < 3:
+        if _aligned(glyphs) < 3:
             continue
-        top = min(t for t, _ in glyphs + words)
-        bottom = max(b for _, b in glyphs + words)
+        top, bottom = min(t for t, _ in glyphs), max(b for _, b in glyphs)
         if bottom - top <= max_height:
             boxes.append((top, sl[1].start + gap, bottom, sl[1].stop - gap))
     return boxes

@@ -179,8 +179,9 @@ def test_tophat_finds_half_contrast_text_on_a_head_that_fills_the_frame() -> Non
 
 def test_tophat_leaves_text_free_ct_and_mr_alone() -> None:
     frames = [synthetic.phantom_slice(0.4, 512, seed=3).astype(float), _mr_head(seed=3)]
-    frames += [load(pydicom.dcmread(get_testdata_file(name))).grey()[0] for name in ("693_UNCI.dcm", "MR_small.dcm")]
-    for frame in frames:  # synthetic CT and MR phantoms, a real head CT and a real MR slice
+    real = ("693_UNCI.dcm", "CT_small.dcm", "MR_small.dcm")  # a head CT, a spine CT (bone edges), a head MR
+    frames += [load(pydicom.dcmread(get_testdata_file(name))).grey()[0] for name in real]
+    for frame in frames:
         boxes = RedactionStage(detectors=["tophat"]).find(Dataset(), frame[None], matching.Matcher({}))
         assert mask_of(boxes, *frame.shape).mean() < 0.002
 
