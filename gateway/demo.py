@@ -85,7 +85,7 @@ def main() -> int:
             root / "gateway", orthanc, settle_seconds=1,
             profiles={"default": {"options": ["retain_longitudinal_modified_dates", "clean_descriptors"]}},
             routes=[{"name": "ultrasound", "match": {"modality": ["US"]}, "plugin": "none",
-                     "redaction": {"detectors": ["rules", "roi", "ocr"]}},
+                     "redaction": {}},  # every detector
                     {"name": "ct", "plugin": "none"}],
             extra={"retrieval": retrieval}).start()
         try:

@@ -30,7 +30,7 @@ def stack(tmp_path: Path, orthanc: OrthancServer) -> Iterator[tuple[GatewayProce
     port = free_port()
     retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
                  "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port}]}
-    routes = [{"name": "burned-in", "plugin": "none", "redaction": {"detectors": ["rules", "roi", "ocr"]}}]
+    routes = [{"name": "burned-in", "plugin": "none", "redaction": {}}]  # every detector
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, routes=routes, extra={"retrieval": retrieval}).start()
     folder = tmp_path / "study"
     folder.mkdir()
