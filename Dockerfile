@@ -9,6 +9,8 @@ COPY models ./models
 # The CPU build of torch (the transforms run their networks on the CPU; PyPI's default is CUDA, gigabytes).
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu .
 USER gateway
+# torch's OpenMP threads sleep, not spin, while waiting (shared cores; see gateway/cli.py)
+ENV OMP_WAIT_POLICY=PASSIVE
 VOLUME ["/var/lib/gateway"]
 EXPOSE 11112
 ENTRYPOINT ["gateway"]
