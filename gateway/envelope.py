@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from gateway.keyring import Keyring
 from gateway.original import Cut
@@ -146,6 +147,16 @@ def open_envelope(ds: Dataset, keyring: Keyring) -> Opened:
     except InvalidTag:
         raise EnvelopeError("the envelope does not authenticate (altered, or moved to another instance)") from None
     return Opened(payload=Payload.decode(plain), data_key=data_key, key_id=key_id)
+
+
+def stage_names(ds: Dataset) -> list[str]:
+    """The transforms that protected ``ds``, from the envelope's clear-text list (an altered
+    list cannot make a restore wrong: the original's digest still judges)."""
+    try:
+        value = ds.private_block(GROUP, CREATOR)[0x06].value
+    except KeyError:
+        return []
+    return [_text(v) for v in (value if isinstance(value, (list, MultiValue)) else [value]) if _text(v)]
 
 
 def wrapped_key(ds: Dataset) -> tuple[str, bytes]:

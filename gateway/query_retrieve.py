@@ -28,6 +28,7 @@ from pynetdicom.events import Event
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
+from gateway import envelope
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.index import LEVEL_KEYS, Entry, Index
@@ -37,6 +38,7 @@ from gateway.metrics import Metrics
 from gateway.netutil import keep_responses, no_delay
 from gateway.pacs_reader import PacsReader
 from gateway.restore import restore_series
+from gateway.stages import is_series_level
 from gateway.tls import peer_common_name
 
 log = logging.getLogger("gateway.qr")
@@ -52,6 +54,8 @@ _LEVEL_ID = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "Ser
 _LEVEL_ORDER = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 # Restored objects in flight at once, per request (bounds memory on big series).
 _BATCH = 32
+# Batches being fetched and restored ahead of the one being sent.
+_PREFETCH = 2
 
 
 class QueryRetrieve:
@@ -172,15 +176,16 @@ class QueryRetrieve:
               action: str, to: str) -> Iterator[Any]:
         yield len(plan)
         failed = completed = 0
-        batches = _batches(plan)
-        # The next batch is fetched and restored while this one is being sent: the network
-        # send is the slow part, and REST downloads, hashing and zlib release the GIL.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            ahead = pool.submit(self._datasets, batches[0], policy) if batches else None
+        batches = _batches(plan, self._whole_series(plan) if policy == "restore" else set())
+        # The next batches are fetched and restored while this one is being sent. Two workers:
+        # a REST download waits on Orthanc (another process, another core) and hashing and
+        # zlib release the GIL, so two overlap where one would leave the sender waiting.
+        with ThreadPoolExecutor(max_workers=_PREFETCH) as pool:
+            ahead = [pool.submit(self._datasets, b, policy) for b in batches[:_PREFETCH]]
             for number in range(len(batches)):
-                assert ahead is not None
-                ready = ahead.result()
-                ahead = pool.submit(self._datasets, batches[number + 1], policy) if number + 1 < len(batches) else None
+                ready = ahead.pop(0).result()
+                if number + _PREFETCH < len(batches):
+                    ahead.append(pool.submit(self._datasets, batches[number + _PREFETCH], policy))
                 for ds in ready:
                     if event.is_cancelled:
                         self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
@@ -196,6 +201,22 @@ class QueryRetrieve:
                     yield PENDING, ds
         self.audit.record(ae, address, action, "success" if not failed else "partial", to=to, policy=policy,
                           completed=completed, failed=failed, studies=sorted({p[1] for p in plan}))
+
+    def _whole_series(self, plan: list[tuple[str, str, str, str]]) -> set[str]:
+        """Series whose transform restores only the whole series at once (coverless): the
+        stage names in the clear part of each series' first envelope say so."""
+        first: dict[str, str] = {}
+        for instance_id, series_uid, _, _ in plan:
+            first.setdefault(series_uid, instance_id)
+        whole = set()
+        for series_uid, instance_id in first.items():
+            try:
+                head = pydicom.dcmread(io.BytesIO(self.reader.file(instance_id)), stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - its restore will report what is wrong with it
+                continue
+            if any(is_series_level(name) for name in envelope.stage_names(head)):
+                whole.add(series_uid)
+        return whole
 
     def _datasets(self, batch: list[tuple[str, str, str, str]], policy: str) -> list[Dataset | str]:
         """The batch ready to send; a string in place of an object that failed to restore."""
@@ -216,12 +237,13 @@ class QueryRetrieve:
         return out
 
 
-def _batches(plan: list[tuple[str, str, str, str]]) -> list[list[tuple[str, str, str, str]]]:
-    """About ``_BATCH`` objects each, never splitting a series (the plan lists a series'
-    objects together): a series-level transform (coverless) restores only a whole series."""
+def _batches(plan: list[tuple[str, str, str, str]], whole: set[str]) -> list[list[tuple[str, str, str, str]]]:
+    """About ``_BATCH`` objects each, so the next batch is restored while this one is sent;
+    a series in ``whole`` (the plan lists a series' objects together) stays in one batch."""
     batches: list[list[tuple[str, str, str, str]]] = []
     for entry in plan:
-        if batches and (len(batches[-1]) < _BATCH or (entry[1] and entry[1] == batches[-1][-1][1])):
+        same_whole_series = bool(batches) and entry[1] in whole and entry[1] == batches[-1][-1][1]
+        if batches and (same_whole_series or (len(batches[-1]) < _BATCH and batches[-1][-1][1] not in whole)):
             batches[-1].append(entry)
         else:
             batches.append([entry])

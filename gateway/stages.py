@@ -7,6 +7,7 @@ stage's name, so restore finds the same code without the route's configuration.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from gateway import plugin
@@ -24,6 +25,15 @@ def build_stages(route: RouteSpec) -> list[Transform]:
         stages.append(_redaction(route.redaction))
     stages.append(plugin.load(route.plugin, route.plugin_settings))
     return stages
+
+
+@functools.cache
+def is_series_level(name: str) -> bool:
+    """Whether the stage called ``name`` restores only a whole series at once."""
+    try:
+        return bool(stage_by_name(name).series_level)
+    except plugin.PluginError:
+        return False
 
 
 def stage_by_name(name: str) -> Transform:
