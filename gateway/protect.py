@@ -42,7 +42,8 @@ log = logging.getLogger("gateway.protect")
 IMPLEMENTATION_CLASS_UID = "2.25.97826132071593946327811049785634521019"
 IMPLEMENTATION_VERSION = "PRIVACYGW_01"
 # Originals protected together when no stage needs the whole series: the worker's memory is
-# bounded by this (times about four: bytes, parsed, de-identified, encoded), not by the series.
+# bounded by this (times about five, measured: bytes, parsed, de-identified, encoded), not by
+# the series.
 BATCH_BYTES = 128 * 2**20
 
 

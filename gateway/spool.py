@@ -6,7 +6,7 @@ carries the calling AE title) and its row is committed to SQLite. The database r
 with synchronous=NORMAL, which survives any crash of the process (kill -9 included);
 after a power loss the last commits may be gone, so at start ``recover`` gives every
 file in ``incoming/`` without a row its row back, from the file itself. Two fsyncs per
-object instead of three: intake is a third faster, durability is the same.
+object instead of three, the same durability.
 
 Rows carry pseudonymous tokens (the protected UIDs), never identity, so ``gateway
 status`` and logs can name objects safely. This module is the one to swap for a shared
