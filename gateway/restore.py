@@ -24,10 +24,6 @@ from gateway.stages import stage_by_name
 log = logging.getLogger("gateway.restore")
 
 
-class RestoreError(Exception):
-    """An instance could not be restored exactly; the message says why (no PHI)."""
-
-
 @dataclass
 class Restored:
     """The original bytes of one instance, or why they could not be had."""

@@ -107,12 +107,3 @@ def _table() -> tuple[dict[int, _Row], list[tuple[int, int, _Row]]]:
         else:
             exact[int(hexdigits, 16)] = row
     return exact, masks
-
-
-def listed_tags() -> list[str]:
-    """The tags (or tag patterns, upper-case hex with X) the table lists."""
-    exact, masks = _table()
-    return [f"{t:08X}" for t in exact] + [
-        "".join("X" if (m >> (28 - 4 * i)) & 0xF == 0 else f"{(v >> (28 - 4 * i)) & 0xF:X}" for i in range(8))
-        for m, v, _ in masks
-    ]

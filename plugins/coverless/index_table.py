@@ -61,9 +61,3 @@ class IndexTable:
                 raise DemapError("a row number is not a usable row of the rebuilt table")
             out.append(self.char_of[int(self._rows.hashes[r])])
         return "".join(out)
-
-
-def hiding_success_rate(rows: RowHashes, alphabet: str) -> float:
-    """The paper's eq. 19: distinct usable hashes over the alphabet size, capped at 1."""
-    distinct = len({int(h) for h in rows.hashes[rows.usable]})
-    return min(1.0, distinct / len(alphabet))

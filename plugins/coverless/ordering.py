@@ -26,10 +26,6 @@ ORDERINGS = ("auto", "geometry", "densenet")
 FEATURE_SCALE = 256
 
 
-class OrderingError(ValueError):
-    """The requested ordering is not possible for this series (message without PHI)."""
-
-
 def geometry_order(series: list[Dataset]) -> list[int] | None:
     """Indices sorted by position along the slice normal (micrometres, exact), else by
     Instance Number; None when neither gives every instance a distinct place."""
