@@ -20,6 +20,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
+from gateway import logsafe
 from gateway.config import Config, ConfigError, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.keyring import Keyring, KeyringError
@@ -42,12 +43,7 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apscheduler", "pynetdicom"):  # one line per object and per job run otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # A protect job still running when its next tick comes is expected (coalesce, one at a
-    # time); apscheduler warns about each skipped tick. Job failures are logged by its executor.
-    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    logsafe.configure()
     try:
         return int(args.func(args) or 0)
     except (ConfigError, KeyringError, UsageError) as exc:

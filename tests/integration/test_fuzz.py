@@ -10,6 +10,7 @@ holds no identifying value of any original, and a good study sent last arrives w
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pydicom
@@ -27,6 +28,9 @@ from tests.conftest import encode
 from tests.integration.conftest import HANDLED_IDENTITY, wait_for
 
 EXAMPLES = 300
+# The same 300 mutations on every CI run, so a red run is reproducible; set
+# GATEWAY_FUZZ_RANDOM=1 to explore new ones (how a pydicom warning quoting a name was found).
+DERANDOMIZE = not os.environ.get("GATEWAY_FUZZ_RANDOM")
 _mutation = st.one_of(
     st.tuples(st.just("flip"), st.floats(0, 1), st.integers(0, 255)),
     st.tuples(st.just("cut"), st.floats(0, 1), st.just(0)),
@@ -81,7 +85,7 @@ def test_mutated_objects_never_crash_leak_or_block_good_ones(tmp_path: Path, ort
     try:
         assoc = ae.associate("127.0.0.1", gateway.port, ae_title="GATEWAY")
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
         @given(st.integers(0, len(bases) - 1), st.lists(_mutation, min_size=1, max_size=4))
         def send_one(base: int, mutations: list[tuple[str, float, object]]) -> None:
