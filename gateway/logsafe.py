@@ -17,9 +17,12 @@ _QUOTED = re.compile(r"""['"].*""", re.DOTALL)
 
 
 class WithholdValues(logging.Filter):
-    """Cuts a record's message at its first quote: what follows is the data's own text."""
+    """Cuts a pydicom record's message at its first quote: what follows is the data's own
+    text. On the handlers, so pydicom's child loggers (pixels, ...) are covered too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "pydicom" and not record.name.startswith("pydicom."):
+            return True
         message = record.getMessage()
         cut = _QUOTED.sub("[value withheld]", message)
         if cut != message:
@@ -35,7 +38,8 @@ def configure() -> None:
     # A protect job still running when its next tick comes is expected (coalesce, one at a
     # time); apscheduler warns about each skipped tick. Job failures are logged by its executor.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
-    logging.getLogger("pydicom").addFilter(WithholdValues())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(WithholdValues())
     # pydicom's warn_and_log also raises each message as a Python warning, printed unfiltered
     # to stderr (the service's log); the logger line above already carries it.
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")

@@ -16,12 +16,13 @@ from tests.conftest import encode
 
 
 def test_a_quoted_value_is_withheld_and_the_diagnosis_kept(caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger("pydicom.test-logsafe")
-    logger.addFilter(WithholdValues())
+    caplog.handler.addFilter(WithholdValues())
     with caplog.at_level(logging.WARNING):
-        logger.warning("Invalid value for VR UI: '%s'. Please see <...>", "DOE^JANE^Q")
-        logger.warning("Expected explicit VR, found implicit")
-    assert caplog.messages == ["Invalid value for VR UI: [value withheld]", "Expected explicit VR, found implicit"]
+        logging.getLogger("pydicom.pixels.utils").warning("Invalid value for VR UI: '%s'. Please see", "DOE^JANE^Q")
+        logging.getLogger("pydicom").warning("Expected explicit VR, found implicit")
+        logging.getLogger("gateway.listener").warning("refused %r", "CT_ROOM3")  # ours: quotes are ours
+    assert caplog.messages == ["Invalid value for VR UI: [value withheld]", "Expected explicit VR, found implicit",
+                               "refused 'CT_ROOM3'"]
 
 
 def test_a_damaged_value_holding_a_name_never_reaches_the_commands_output(tmp_path: Path) -> None:
