@@ -24,10 +24,12 @@ from gateway import logsafe
 from gateway.config import Config, ConfigError, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.keyring import Keyring, KeyringError
+from gateway.metrics import SPOOL_STATES
 from gateway.plugin import PluginError, available
 from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_batches
-from gateway.stages import build_stages
 from gateway.restore import restore_series
+from gateway.stages import build_stages
+from gateway.worker import route_spec
 
 log = logging.getLogger("gateway")
 # The transforms' torch threads sleep while they wait instead of spinning: on a machine whose
@@ -136,7 +138,7 @@ def _check_plugins(config: Config) -> None:
         if route.plugin not in installed:
             raise ConfigError(f"routes[{i}].plugin: no plugin named {route.plugin!r} is installed; installed: {installed}")
         try:
-            build_stages(RouteSpec(plugin=route.plugin, plugin_settings=route.plugin_settings, redaction=route.redaction))
+            build_stages(route_spec(config, route.name))
         except (PluginError, TypeError, ValueError) as exc:
             raise ConfigError(f"routes[{i}] ({route.name}): plugin_settings or redaction not accepted: {exc}") from None
 
@@ -150,7 +152,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     spool = Spool(config.spool.path)
     counts = spool.counts()
     print("objects by state:")
-    for state in ("received", "protected", "forwarded", "done", "quarantined", "failed", "superseded"):
+    for state in SPOOL_STATES:
         print(f"  {state:12} {counts.get(state, 0)}")
     problems = spool.problem_series()
     print(f"series needing attention: {len(problems)}")
