@@ -69,14 +69,23 @@ class StatusHttp(_Strict):
     port: int = Field(11180, ge=0, le=65535)
 
 
-class Sender(_Strict):
-    """A modality allowed to send; ``host`` (an IP address) is checked where given."""
+class _Peer(_Strict):
+    """A calling AE title, with the IP address and TLS certificate common name it must
+    come from where those are given."""
 
     ae_title: str
     host: str | None = None
-    certificate_subject: str | None = None  # common name its TLS certificate must carry
+    certificate_subject: str | None = None
 
     _check_ae = field_validator("ae_title")(_ae_title)
+
+    def matches(self, ae_title: str, address: str, subject: str | None) -> bool:
+        """AE title, address and certificate checked together."""
+        return self.ae_title == ae_title and self.host in (None, address) and self.certificate_subject in (None, subject)
+
+
+class Sender(_Peer):
+    """A modality allowed to send."""
 
 
 class Orthanc(_Strict):
@@ -169,15 +178,10 @@ class Route(_Strict):
     redaction: dict[str, Any] | None = None
 
 
-class Workstation(_Strict):
+class Workstation(_Peer):
     """A querying AE title and what it may see: originals, the protected data, or nothing."""
 
-    ae_title: str
-    host: str | None = None
     policy: Literal["restore", "pseudonymized", "deny"]
-    certificate_subject: str | None = None  # common name its TLS certificate must carry
-
-    _check_ae = field_validator("ae_title")(_ae_title)
 
 
 class Destination(_Strict):
@@ -197,11 +201,7 @@ class Retrieval(_Strict):
     def policy(self, ae_title: str, address: str, subject: str | None = None) -> str | None:
         """The policy of a calling AE title from ``address`` (with the TLS certificate's
         common name ``subject``); None when it is unknown."""
-        for ws in self.workstations:
-            if (ws.ae_title == ae_title and ws.host in (None, address)
-                    and ws.certificate_subject in (None, subject)):
-                return ws.policy
-        return None
+        return next((ws.policy for ws in self.workstations if ws.matches(ae_title, address, subject)), None)
 
     def destination(self, ae_title: str) -> Destination | None:
         return next((d for d in self.destinations if d.ae_title == ae_title), None)

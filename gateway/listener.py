@@ -113,8 +113,7 @@ class Listener:
             self._server.shutdown()
 
     def _is_sender(self, calling: str, address: str, subject: str | None) -> bool:
-        return any(s.ae_title == calling and s.host in (None, address) and s.certificate_subject in (None, subject)
-                   for s in self._senders)
+        return any(s.matches(calling, address, subject) for s in self._senders)
 
     def _on_requested(self, event: Event) -> None:
         """Accept configured senders and workstations whose policy is not deny, from their
