@@ -23,6 +23,7 @@ from tqdm import tqdm
 from gateway import logsafe
 from gateway.config import Config, ConfigError, load_config
 from gateway.deid.profile import OPTIONS
+from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
 from gateway.metrics import SPOOL_STATES
 from gateway.plugin import PluginError, available
@@ -96,9 +97,18 @@ def _parser() -> argparse.ArgumentParser:
         ("init", cmd_keys_init, "create a keyring (mode 0600)"),
         ("rotate", cmd_keys_rotate, "add a new active key-encryption key"),
         ("list", cmd_keys_list, "list key ids (never the keys)"),
+        ("export-authenticity", cmd_keys_export_authenticity,
+         "write the authenticity keys for Orthanc's filter (--out FILE, mode 0600)"),
     ):
         s = keys.add_parser(name, help=text)
         s.add_argument("--keyring", type=Path, required=True)
+        if name == "rotate":
+            s.add_argument("--authenticity", action="store_true",
+                           help="rotate the key that tags objects for Orthanc instead of the envelope key")
+        if name == "export-authenticity":
+            s.add_argument("--out", type=Path, required=True)
+            s.add_argument("--only-active", action="store_true",
+                           help="retire older keys (once every gateway signs with the active one)")
         s.set_defaults(func=fn)
     return p
 
@@ -120,7 +130,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logging.getLogger().setLevel(config.log_level)
     _check_plugins(config)
-    service = Service(config, Keyring.load(config.keyring))
+    ring = Keyring.load(config.keyring)
+    if not ring.authenticity:
+        raise KeyringError(f"keyring {config.keyring} has no authenticity key, so Orthanc would refuse every object: "
+                           "run 'gateway keys rotate --authenticity' and 'gateway keys export-authenticity'")
+    try:
+        service = Service(config, ring)
+    except IndexFormatError as exc:
+        raise UsageError(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -174,18 +191,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from gateway.index import Index
+    from gateway.index import Index, IndexFormatError, entry_of
     from gateway.pacs_reader import PacsReader
 
     config = load_config(args.config)
     ring = Keyring.load(config.keyring)
     reader = PacsReader(config.orthanc)
-    index = Index(config.spool.path / "index.sqlite3")
+    path = config.spool.path / "index.sqlite3"
+    try:
+        index = Index(path)
+    except IndexFormatError:  # an older gateway's index: keep it aside, build the new one
+        for old in path.parent.glob(path.name + "*"):
+            old.rename(old.with_name(old.name + ".old"))
+        print(f"the old index was moved aside as {path.name}.old")
+        index = Index(path)
     ids = reader.all_instances()
     failed = 0
     for instance_id in tqdm(ids, unit="obj", desc="reindex"):
         try:
-            index.add_protected(reader.file(instance_id), ring)
+            index.put(*entry_of(reader.file(instance_id), instance_id, ring))
         except Exception as exc:  # noqa: BLE001 - one bad object must not stop the rebuild
             failed += 1
             log.error("object %s not indexed: %s", instance_id, type(exc).__name__)
@@ -294,6 +318,11 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     ring = Keyring.load(args.keyring)
+    if args.authenticity:
+        new = ring.rotate_authenticity()
+        print(f"added authenticity key {new}; export it to Orthanc ('gateway keys export-authenticity') "
+              "before the gateway forwards again, then restart the gateway")
+        return 0
     new = ring.rotate()
     print(f"added key {new}; it seals new envelopes; {len(ring.keks) - 1} older key(s) kept for opening")
     return 0
@@ -303,6 +332,18 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     ring = Keyring.load(args.keyring)
     for key_id in ring.keks:
         print(f"{key_id}  created {ring.created.get(key_id, '?')}{'  (active)' if key_id == ring.active else ''}")
+    for key_id in ring.authenticity:
+        active = "  (active)" if key_id == ring.authenticity_active else ""
+        print(f"{key_id}  created {ring.created.get(key_id, '?')}  authenticity{active}")
+    return 0
+
+
+def cmd_keys_export_authenticity(args: argparse.Namespace) -> int:
+    ring = Keyring.load(args.keyring)
+    if not ring.authenticity:
+        raise UsageError(f"{args.keyring} has no authenticity key: add one with 'gateway keys rotate --authenticity'")
+    ring.export_authenticity(args.out, only_active=args.only_active)
+    print(f"wrote {1 if args.only_active else len(ring.authenticity)} authenticity key(s) to {args.out} (mode 0600): give it to Orthanc's user")
     return 0
 
 

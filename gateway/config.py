@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.deid.profile import OPTIONS, Profile
+from gateway.retrieval.vocabulary import Policy
 
 
 class ConfigError(Exception):
@@ -179,17 +180,21 @@ class Route(_Strict):
 
 
 class Workstation(_Peer):
-    """A querying AE title and what it may see: originals, the protected data, or nothing."""
+    """A querying AE title and what it may see: originals, the protected data, or nothing;
+    and how many studies one C-MOVE or C-GET may name."""
 
-    policy: Literal["restore", "pseudonymized", "deny"]
+    policy: Policy
+    max_studies_per_retrieve: int = Field(20, ge=1, le=10000)
 
 
 class Destination(_Strict):
-    """Where C-MOVE may send: registered AE title, host and port."""
+    """Where C-MOVE may send: registered AE title, host and port, and the workstation
+    entries (by AE title) that own it. It receives what its owners may see, never more."""
 
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    owners: list[str] = Field(min_length=1)
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
@@ -198,13 +203,33 @@ class Retrieval(_Strict):
     workstations: list[Workstation] = []
     destinations: list[Destination] = []
 
-    def policy(self, ae_title: str, address: str, subject: str | None = None) -> str | None:
-        """The policy of a calling AE title from ``address`` (with the TLS certificate's
+    @model_validator(mode="after")
+    def _owners_exist(self) -> Retrieval:
+        known = {ws.ae_title: ws.policy for ws in self.workstations}
+        for i, dest in enumerate(self.destinations):
+            for owner in dest.owners:
+                if owner not in known:
+                    raise ValueError(f"destinations.{i}.owners: {owner!r} is not a workstation's AE title; "
+                                     f"a destination belongs to workstations listed under retrieval.workstations")
+                if known[owner] is Policy.DENY:
+                    raise ValueError(f"destinations.{i}.owners: {owner!r} has policy deny and cannot own a destination")
+        return self
+
+    def workstation(self, ae_title: str, address: str, subject: str | None = None) -> Workstation | None:
+        """The entry of a calling AE title from ``address`` (with the TLS certificate's
         common name ``subject``); None when it is unknown."""
-        return next((ws.policy for ws in self.workstations if ws.matches(ae_title, address, subject)), None)
+        return next((ws for ws in self.workstations if ws.matches(ae_title, address, subject)), None)
+
+    def policy(self, ae_title: str, address: str, subject: str | None = None) -> Policy | None:
+        ws = self.workstation(ae_title, address, subject)
+        return None if ws is None else ws.policy
 
     def destination(self, ae_title: str) -> Destination | None:
         return next((d for d in self.destinations if d.ae_title == ae_title), None)
+
+    def destination_policy(self, destination: Destination) -> Policy:
+        """What a destination may receive: the least of its owners' policies."""
+        return Policy.least(*(ws.policy for ws in self.workstations if ws.ae_title in destination.owners))
 
 
 class Config(_Strict):

@@ -2,9 +2,10 @@
 
 Uses the Orthanc team's client (``orthanc-api-client``). An object counts as forwarded
 only when Orthanc answers that it stored it (``Success``) or already holds it
-(``AlreadyStored``: the protected UIDs are deterministic, so a resend after a crash is
-recognised and stored once). Connection problems are retried with exponential backoff;
-a refusal (Orthanc's filter plugin, a bad file) is permanent and shown in status.
+(``AlreadyStored``). Connection problems are retried with exponential backoff; a refusal
+(Orthanc's filter plugin, a bad file) is permanent and shown in status. ``copies`` and
+``delete`` let ``gateway/publish.py`` keep one copy per SOP instance when a correction
+supersedes an object.
 """
 
 from __future__ import annotations
@@ -35,6 +36,23 @@ class Forwarder:
     def __init__(self, settings: Orthanc) -> None:
         self._client = OrthancApiClient(settings.url, user=settings.username, pwd=settings.secret())
         self._timeout = settings.timeout_seconds
+
+    def copies(self, sop_uid: str) -> list[str]:
+        """Orthanc's ids of every instance holding this (pseudonymous) SOP Instance UID."""
+        body = {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}}
+        return sorted(self._call("post", "tools/find", json=body).json())
+
+    def delete(self, orthanc_id: str) -> None:
+        """Remove one instance (Orthanc removes its series, study and patient once empty)."""
+        self._call("delete", f"instances/{orthanc_id}")
+
+    def _call(self, method: str, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        try:
+            return getattr(self._client, method)(path, timeout=self._timeout, **kwargs)
+        except HttpError as exc:
+            raise Unreachable(f"Orthanc answered HTTP {exc.http_status_code or 0} to {method.upper()} {path.split('/')[0]}") from None
+        except (OrthancConnectionError, OrthancTimeout) as exc:
+            raise Unreachable(f"Orthanc is not reachable ({type(exc).__name__})") from None
 
     def send(self, data: bytes) -> str:
         """Upload one object; return Orthanc's instance id once it is stored."""

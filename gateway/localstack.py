@@ -61,6 +61,11 @@ class OrthancServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def authenticity_keys(self) -> Path:
+        """Where the filter plugin reads the gateway's authenticity keys (the gateway exports them)."""
+        return self.folder / "authenticity-keys.json"
+
     def write_config(self) -> Path:
         config = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
         storage = self.folder / "storage"
@@ -73,6 +78,7 @@ class OrthancServer:
             RemoteAccessAllowed=False,
             RegisteredUsers={ORTHANC_USER: self.password},
             PythonScript=str(ORTHANC_DIR / "accept_protected.py"),
+            PrivacyGateway={"AuthenticityKeys": str(self.authenticity_keys)},
         )
         modalities = {"gateway": {"AET": self.gateway_aet, "Host": "127.0.0.1", "Port": self.gateway_port,
                                   "AllowStore": True, "AllowEcho": True, "AllowFind": True,
@@ -150,6 +156,7 @@ class GatewayProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not self.keyring.exists():
             run_cli("keys", "init", "--keyring", str(self.keyring))
+        run_cli("keys", "export-authenticity", "--keyring", str(self.keyring), "--out", str(self.orthanc.authenticity_keys))
         config = {
             "listener": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port},
             "senders": self.senders,
