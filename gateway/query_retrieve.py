@@ -39,7 +39,7 @@ from gateway.netutil import keep_responses, no_delay
 from gateway.pacs_reader import PacsReader
 from gateway.restore import restore_series
 from gateway.stages import is_series_level
-from gateway.tls import peer_common_name
+from gateway.tls import destination_tls_args, peer_common_name
 
 log = logging.getLogger("gateway.qr")
 
@@ -136,7 +136,8 @@ class QueryRetrieve:
             return
         plan = self._plan(event.identifier, policy)
         contexts = [build_context(sop, ts or ExplicitVRLittleEndian) for sop, ts in sorted({(p[2], p[3]) for p in plan if p[2]})]
-        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses)]}
+        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses)],
+                                   "tls_args": destination_tls_args(destination)}
         if contexts:
             options["contexts"] = contexts[:128]
         yield destination.host, destination.port, options
