@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 
-from orthanc_api_client import OrthancApiClient
 from orthanc_api_client.exceptions import ConnectionError as OrthancConnectionError
 from orthanc_api_client.exceptions import HttpError
 from orthanc_api_client.exceptions import TimeoutError as OrthancTimeout
 
 from gateway.config import Orthanc
-from gateway.tls import describe_tls_failure, orthanc_request_options
+from gateway.tls import describe_tls_failure, orthanc_client, orthanc_request_options
 
 log = logging.getLogger("gateway.forward")
 
@@ -35,7 +34,7 @@ class Forwarder:
     """Uploads protected objects to one Orthanc."""
 
     def __init__(self, settings: Orthanc) -> None:
-        self._client = OrthancApiClient(settings.url, user=settings.username, pwd=settings.secret())
+        self._client = orthanc_client(settings)
         self._options = {"timeout": settings.timeout_seconds, **orthanc_request_options(settings)}
 
     def send(self, data: bytes) -> str:

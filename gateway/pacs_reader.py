@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from orthanc_api_client import OrthancApiClient
 
 from gateway.config import Orthanc
-from gateway.tls import orthanc_request_options
+from gateway.tls import orthanc_client, orthanc_request_options
 
 _LEVELS = {"PATIENT": "Patient", "STUDY": "Study", "SERIES": "Series", "IMAGE": "Instance"}
 
@@ -16,7 +15,7 @@ class PacsReader:
     """Orthanc's REST API, read side."""
 
     def __init__(self, settings: Orthanc) -> None:
-        self._client = OrthancApiClient(settings.url, user=settings.username, pwd=settings.secret())
+        self._client = orthanc_client(settings)
         self._options = {"timeout": settings.timeout_seconds, **orthanc_request_options(settings)}
 
     def find(self, level: str, query: dict[str, str]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
+from orthanc_api_client import OrthancApiClient
 from pynetdicom.association import Association
 
 from gateway.config import ConfigError, Destination, Orthanc, Tls
@@ -91,6 +92,18 @@ def destination_tls_args(destination: Destination) -> tuple[ssl.SSLContext, str]
 
 
 # -- Orthanc ------------------------------------------------------------------------------
+
+
+def orthanc_client(settings: Orthanc) -> OrthancApiClient:
+    """The Orthanc team's client, except that a TLS failure is not retried inside one
+    request: the client's urllib3 retries count it as an "other" error and try it ten
+    times with backoff (minutes in one call) though a certificate that fails verification
+    fails the same way each time. The forwarder's own backoff, which records why, takes
+    over. (The client keeps its session private; its adapter's retry policy is the hook.)"""
+    client = OrthancApiClient(settings.url, user=settings.username, pwd=settings.secret())
+    adapter = client._http_session.get_adapter(settings.url)  # noqa: SLF001 - see above
+    adapter.max_retries = adapter.max_retries.new(other=0)
+    return client
 
 
 def orthanc_request_options(settings: Orthanc) -> dict[str, Any]:
