@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway import cli
-from gateway.config import ConfigError, StatusHttp, Tls, load_config
+from gateway.config import ConfigError, Orthanc, StatusHttp, Tls, load_config
+from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.metrics import Metrics
 from gateway.spool import Spool
 from gateway.status_http import StatusServer
@@ -134,5 +136,42 @@ def test_the_status_endpoint_serves_https_only_to_clients_of_the_site_ca(tmp_pat
             with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
                 get(client)
         assert get("monitor") == 200  # refused clients did not take the server down
+    finally:
+        server.stop()
+
+
+def test_the_forwarder_reports_why_tls_with_orthanc_failed_without_retrying_inside_the_request(tmp_path: Path) -> None:
+    """An https server that wants client certificates of the site CA stands in for Orthanc."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    site_ca = issue(pki, "site-ca", None, ca=True)
+    issue(pki, "orthanc", site_ca)
+    issue(pki, "gateway", site_ca)
+    issue(pki, "other-ca", None, ca=True)
+    server = StatusServer(StatusHttp(host="127.0.0.1", port=0, tls=Tls(
+        certificate=pki / "orthanc.crt", private_key=pki / "orthanc.key", ca_certificates=pki / "site-ca.crt",
+        require_client_certificate=True)), Spool(tmp_path / "spool"), Metrics())
+    server.start()
+
+    def send(ca: str, client: bool) -> str:
+        settings = Orthanc(url=f"https://127.0.0.1:{server.port}", username="gw", password="pw", timeout_seconds=10,
+                           ca_certificates=pki / f"{ca}.crt",
+                           client_certificate=pki / "gateway.crt" if client else None,
+                           client_private_key=pki / "gateway.key" if client else None)
+        with pytest.raises(Unreachable) as info:
+            Forwarder(settings).send(b"DICM")
+        return str(info.value)
+
+    try:
+        started = time.monotonic()
+        assert "Orthanc's certificate is not trusted (self-signed certificate in certificate chain)" in send(
+            "other-ca", client=True)
+        assert "TLS with Orthanc failed" in send("site-ca", client=False)
+        assert time.monotonic() - started < 5  # not urllib3's ten retries with backoff
+        # Right CA and client certificate: TLS passes, and the stand-in's 405 is the answer.
+        with pytest.raises(Refused, match="HTTP 405"):
+            Forwarder(Orthanc(url=f"https://127.0.0.1:{server.port}", username="gw", password="pw",
+                              ca_certificates=pki / "site-ca.crt", client_certificate=pki / "gateway.crt",
+                              client_private_key=pki / "gateway.key")).send(b"")
     finally:
         server.stop()
