@@ -171,8 +171,11 @@ def _check_legs(config: Config, serving: bool) -> None:
     if config.orthanc.url.startswith("http://") and not is_loopback(orthanc_host):
         log.warning("orthanc.url is plain http to %s: the REST password and protected objects cross the network "
                     "unencrypted; use https:// unless this is a private network", orthanc_host)
+    context = tls.orthanc_context(config.orthanc)  # files that cannot be used stop even a serving gateway
+    if context is None:
+        return
     try:
-        tls.check_orthanc_certificate(config.orthanc)
+        tls.check_orthanc_certificate(config.orthanc, context)
     except ConfigError as exc:
         if not serving:
             raise

@@ -48,6 +48,8 @@ class Forwarder:
             raise Refused(f"Orthanc refused the object (HTTP {status})") from None
         except (OrthancConnectionError, OrthancTimeout) as exc:
             raise Unreachable(describe_tls_failure(exc) or f"Orthanc is not reachable ({type(exc).__name__})") from None
+        except OSError as exc:  # requests could not read the CA bundle or client certificate
+            raise Unreachable(f"TLS files for Orthanc not usable: {exc}") from None
         if response is None:  # the client returns None for a cut-off answer (ChunkedEncodingError, ...)
             raise Unreachable("Orthanc's answer was cut off")
         body = response.json()

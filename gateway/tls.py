@@ -66,6 +66,7 @@ class _SubjectCheckedSocket(ssl.SSLSocket):
         got = _common_name(self.getpeercert())
         if got != expected:
             raise ssl.SSLCertVerificationError(
+                ssl.SSL_ERROR_SSL,
                 f"the destination's certificate names {got!r}, not the configured certificate_subject {expected!r}")
 
 
@@ -115,22 +116,29 @@ def orthanc_request_options(settings: Orthanc) -> dict[str, Any]:
     return options
 
 
-def check_orthanc_certificate(settings: Orthanc) -> None:
-    """For an https Orthanc: handshake as the forwarder would (chain and host name);
-    ConfigError saying what is wrong. Nothing to check for http."""
-    url = urlsplit(settings.url)
-    if url.scheme != "https":
-        return
-    host, port = url.hostname or "", url.port or 443
+def orthanc_context(settings: Orthanc) -> ssl.SSLContext | None:
+    """What the forwarder trusts and presents, for an https Orthanc (None for http);
+    ConfigError where the CA bundle or the client certificate cannot be used."""
+    if urlsplit(settings.url).scheme != "https":
+        return None
     try:
         ctx = ssl.create_default_context(cafile=str(settings.ca_certificates) if settings.ca_certificates else None)
         if settings.client_certificate is not None:
             ctx.load_cert_chain(settings.client_certificate, settings.client_private_key)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"orthanc: cannot use the CA bundle or client certificate: {exc}") from None
+    return ctx
+
+
+def check_orthanc_certificate(settings: Orthanc, context: ssl.SSLContext) -> None:
+    """Handshake with an https Orthanc as the forwarder would (chain and host name);
+    ConfigError saying what is wrong."""
+    url = urlsplit(settings.url)
+    host, port = url.hostname or "", url.port or 443
     try:
-        with socket.create_connection((host, port), timeout=settings.timeout_seconds) as raw:
-            with ctx.wrap_socket(raw, server_hostname=host):
+        # At most 10 s: a serving gateway waits for this before it takes objects.
+        with socket.create_connection((host, port), timeout=min(settings.timeout_seconds, 10)) as raw:
+            with context.wrap_socket(raw, server_hostname=host):
                 pass
     except ssl.SSLCertVerificationError as exc:
         raise ConfigError(f"orthanc.url: Orthanc's certificate is not trusted ({exc.verify_message}); it must chain to "

@@ -96,6 +96,11 @@ def test_check_config_refuses_an_orthanc_without_https_listening(tmp_path: Path)
     with pytest.raises(ConfigError, match="no TLS connection to 127.0.0.1:9"):
         cli._check_legs(load_config(tmp_path / "gw.yaml"), serving=False)
     cli._check_legs(load_config(tmp_path / "gw.yaml"), serving=True)  # serving: logged, spool keeps objects
+    (tmp_path / "gw.yaml").write_text(text.replace("password: pw", "password: pw, ca_certificates: missing.crt"))
+    with pytest.raises(ConfigError, match="cannot use the CA bundle"):  # a file problem stops even serving
+        cli._check_legs(load_config(tmp_path / "gw.yaml"), serving=True)
+    with pytest.raises(Unreachable, match="TLS files for Orthanc not usable"):  # deleted while running: retried
+        Forwarder(load_config(tmp_path / "gw.yaml").orthanc).send(b"DICM")
 
 
 def test_the_status_endpoint_binds_beyond_loopback_only_with_client_certificates(tmp_path: Path) -> None:
