@@ -10,18 +10,20 @@ import argparse
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
 from gateway import logsafe
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, is_loopback, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
@@ -120,6 +122,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     Keyring.load(config.keyring)
     _check_plugins(config)
+    _check_legs(config, serving=False)
     print(f"{args.config}: OK ({len(config.routes)} route(s), {len(config.senders)} sender(s))")
     return 0
 
@@ -130,6 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logging.getLogger().setLevel(config.log_level)
     _check_plugins(config)
+    _check_legs(config, serving=True)
     ring = Keyring.load(config.keyring)
     if not ring.authenticity:
         raise KeyringError(f"keyring {config.keyring} has no authenticity key, so Orthanc would refuse every object: "
@@ -158,6 +162,41 @@ def _check_plugins(config: Config) -> None:
             build_stages(route_spec(config, route.name))
         except (PluginError, TypeError, ValueError) as exc:
             raise ConfigError(f"routes[{i}] ({route.name}): plugin_settings or redaction not accepted: {exc}") from None
+
+
+def _check_legs(config: Config, serving: bool) -> None:
+    """The TLS files of every leg load, Orthanc's certificate chains to the configured CA,
+    and each leg left in clear text is named in a warning. A serving gateway whose Orthanc
+    fails the check still starts: objects wait durably in the spool (status shows why)
+    rather than modalities being turned away."""
+    from gateway import tls
+
+    for i, destination in enumerate(config.retrieval.destinations):
+        try:
+            tls.destination_tls_args(destination)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"retrieval.destinations.{i} ({destination.ae_title}): TLS files not usable: {exc}") from None
+    if config.status_http.tls is not None:
+        try:
+            tls.server_context(config.status_http.tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"status_http.tls: certificate, key or CA not usable: {exc}") from None
+    for destination in config.retrieval.cleartext_originals():
+        log.warning("C-MOVE destination %s (%s:%d) receives restored originals WITHOUT TLS "
+                    "(allow_cleartext_originals: true)", destination.ae_title, destination.host, destination.port)
+    orthanc_host = urlsplit(config.orthanc.url).hostname or ""
+    if config.orthanc.url.startswith("http://") and not is_loopback(orthanc_host):
+        log.warning("orthanc.url is plain http to %s: the REST password and protected objects cross the network "
+                    "unencrypted; use https:// unless this is a private network", orthanc_host)
+    context = tls.orthanc_context(config.orthanc)  # files that cannot be used stop even a serving gateway
+    if context is None:
+        return
+    try:
+        tls.check_orthanc_certificate(config.orthanc, context)
+    except ConfigError as exc:
+        if not serving:
+            raise
+        log.error("%s; objects wait in the spool until it is fixed", exc)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ class Service:
                                  self.metrics)
         self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index, self.audit)
         web = config.status_http
-        self.status = StatusServer(web.host, web.port, self.spool, self.metrics) if web.enabled else None
+        self.status = StatusServer(web, self.spool, self.metrics) if web.enabled else None
 
     def start(self) -> None:
         recovered = self.spool.recover(self.listener.describe)

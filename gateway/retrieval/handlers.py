@@ -32,7 +32,7 @@ from gateway.retrieval.identifier import IdentifierError, selection
 from gateway.retrieval.planner import Planned, TooManyStudies, plan
 from gateway.retrieval.sending import Refused, prepared
 from gateway.retrieval.vocabulary import LEVEL_NAMES, Policy, Status
-from gateway.tls import peer_common_name
+from gateway.tls import destination_tls_args, peer_common_name
 
 log = logging.getLogger("gateway.qr")
 
@@ -106,12 +106,18 @@ class QueryRetrieve:
             return
         policy = Policy.least(ws.policy, self.config.retrieval.destination_policy(destination))
         planned, refusal = self._plan(event, ws, policy)
-        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses)]}
+        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses)],
+                                   "tls_args": destination_tls_args(destination)}
         contexts = sorted({(p.entry.sop_class, p.entry.transfer_syntax if policy is Policy.RESTORE else "")
                            for p in planned if p.entry.sop_class})
         if contexts:
             options["contexts"] = [build_context(sop, ts or ExplicitVRLittleEndian) for sop, ts in contexts][:128]
-        yield destination.host, destination.port, options
+        try:
+            yield destination.host, destination.port, options
+        except GeneratorExit:  # pynetdicom drops the handler when the destination cannot be reached
+            self.audit.record(ae, address, "C-MOVE", "failed", destination=name,
+                              reason="the destination refused the association or is unreachable")
+            raise
         if refusal is not None:
             yield from self._refuse(refusal, ae, address, "C-MOVE", name)
             return

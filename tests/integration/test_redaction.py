@@ -29,7 +29,7 @@ from tests.integration.test_retrieval import ENV, getscu, movescu
 def stack(tmp_path: Path, orthanc: OrthancServer) -> Iterator[tuple[GatewayProcess, int, dict[str, Path]]]:
     port = free_port()
     retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
-                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"]}]}
+                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"], "allow_cleartext_originals": True}]}
     routes = [{"name": "burned-in", "plugin": "none", "redaction": {}}]  # every detector
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, routes=routes, extra={"retrieval": retrieval}).start()
     folder = tmp_path / "study"

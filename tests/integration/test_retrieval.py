@@ -27,7 +27,7 @@ def stack(tmp_path: Path, orthanc: OrthancServer) -> Iterator[tuple[GatewayProce
         "workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"},
                          {"ae_title": "WS_PSEUDO", "policy": "pseudonymized"},
                          {"ae_title": "WS_DENY", "policy": "deny"}],
-        "destinations": [{"ae_title": ae, "host": "127.0.0.1", "port": port, "owners": [ae]} for ae, port in ports.items()],
+        "destinations": [{"ae_title": ae, "host": "127.0.0.1", "port": port, "owners": [ae], "allow_cleartext_originals": True} for ae, port in ports.items()],
     }
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, extra={"retrieval": retrieval}).start()
     files = write_study(tmp_path / "study", (3, 2), size=64)
@@ -190,7 +190,7 @@ def test_rotation_reindex_and_a_tampered_object(tmp_path: Path, orthanc: Orthanc
 def test_a_move_reports_progress_and_can_be_cancelled(tmp_path: Path, orthanc: OrthancServer) -> None:
     port = free_port()
     retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
-                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"]}]}
+                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"], "allow_cleartext_originals": True}]}
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, extra={"retrieval": retrieval}).start()
     try:
         files = write_study(tmp_path / "study", (40,), size=64)

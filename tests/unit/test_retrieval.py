@@ -112,7 +112,7 @@ def test_batches_split_series_unless_a_stage_needs_the_whole_series() -> None:
 def test_destinations_receive_what_their_owners_may_see() -> None:
     retrieval = Retrieval.model_validate({
         "workstations": [{"ae_title": "READ", "policy": "restore"}, {"ae_title": "RESEARCH", "policy": "pseudonymized"}],
-        "destinations": [{"ae_title": "READ", "host": "h", "port": 1, "owners": ["READ"]},
+        "destinations": [{"ae_title": "READ", "host": "h", "port": 1, "owners": ["READ"], "allow_cleartext_originals": True},
                          {"ae_title": "SHARED", "host": "h", "port": 2, "owners": ["READ", "RESEARCH"]},
                          {"ae_title": "RESEARCH", "host": "h", "port": 3, "owners": ["RESEARCH"]}]})
     policy = {d.ae_title: retrieval.destination_policy(d) for d in retrieval.destinations}
