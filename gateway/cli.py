@@ -20,7 +20,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from gateway import logsafe
+from gateway import logsafe, quarantine
 from gateway.config import Config, ConfigError, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.keyring import Keyring, KeyringError
@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--plugin", default="none", help="privacy transform (installed: %(default)s, ...)")
         s.set_defaults(func=fn)
 
+    quarantine.add_commands(sub)
+
     keys = sub.add_parser("keys", help="manage the keyring").add_subparsers(required=True, metavar="ACTION")
     for name, fn, text in (
         ("init", cmd_keys_init, "create a keyring (mode 0600)"),
@@ -149,7 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not config.spool.path.exists():
         raise UsageError(f"spool {config.spool.path} does not exist yet: the gateway has not run with this config")
-    spool = Spool(config.spool.path)
+    spool = Spool(config.spool.path, intake=False)  # a running gateway may be receiving
     counts = spool.counts()
     print("objects by state:")
     for state in SPOOL_STATES:

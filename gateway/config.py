@@ -55,6 +55,10 @@ class Listener(_Strict):
     # Non-image objects (SR, encapsulated PDF, ...): refused at C-STORE, kept in
     # quarantine for an admin, or protected like images (headers only).
     non_image: Literal["refuse", "quarantine", "protect"] = "refuse"
+    # Objects that did not arrive whole (pixel data cut short, lengths past the end, broken
+    # fragments): refused with a failure status so the modality sends again, or, for sites
+    # that must keep everything, acknowledged and their series quarantined.
+    damaged: Literal["refuse", "quarantine"] = "refuse"
     tls: Tls | None = None
 
     _check_ae = field_validator("ae_title")(_ae_title)
@@ -111,6 +115,12 @@ class Orthanc(_Strict):
 class Spool(_Strict):
     path: Path
     retention_hours: float = Field(0, ge=0)
+    # Below this much free space on the spool's file system a C-STORE answers 0xA700 (the
+    # modality retries later) instead of filling the disk the database and workers need.
+    free_space_reserve_mb: float = Field(256, ge=0)
+    # Quarantined and refused-by-Orthanc originals (full identity) are deleted this long
+    # after they were set aside, with an audit line.
+    quarantine_retention_days: float = Field(30, gt=0)
 
 
 class Scheduler(_Strict):
