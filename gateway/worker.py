@@ -146,7 +146,7 @@ class Worker:
         attempts = self._backoff.get(token, (0, 0.0))[0]
         delay = min(sched.retry_initial_seconds * 2 ** min(attempts, 20), sched.retry_max_seconds)
         self._backoff[token] = (attempts + 1, time.time() + delay)
-        log.error("series %s waits %.0f s for the spool (%s: %s); it is not quarantined", token, delay,
+        log.error("series %s waits %.1f s for the spool (%s: %s); it is not quarantined", token, delay,
                   type(exc).__name__, _infrastructure_text(exc))
 
     def _quarantine(self, token: str, route: str | None, reason: str, ids: list[int]) -> None:
