@@ -33,7 +33,7 @@ UNDEFINED = 0xFFFFFFFF
 PIXEL_TAGS = {0x7FE00010: None, 0x7FE00008: 32, 0x7FE00009: 64}  # Pixel, Float, Double Float Pixel Data
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-_PIXEL_ATTRIBUTES = {0x00280002: "samples", 0x00280004: "photometric", 0x00280008: "frames",
+_PIXEL_ATTRIBUTES = {0x00080016: "sop_class", 0x00280002: "samples", 0x00280004: "photometric", 0x00280008: "frames",
                      0x00280010: "rows", 0x00280011: "columns", 0x00280100: "bits"}
 # Real objects nest a handful of levels; far deeper nesting only exhausts the readers after us.
 MAX_DEPTH = 64
@@ -68,15 +68,15 @@ def _skip_file_meta(fh: BinaryIO, size: int) -> UID:
     """Position ``fh`` at the data set; return its transfer syntax (from the file meta)."""
     fh.seek(128)
     if fh.read(4) != b"DICM":
-        fh.seek(0)  # no preamble: a bare data set, implicit VR little endian by default
-        return UID("1.2.840.10008.1.2")
-    syntax = "1.2.840.10008.1.2"
+        fh.seek(0)  # no preamble: a bare data set
+        return _guess_syntax(fh)
+    syntax = ""
     while True:
         start = fh.tell()
         head = fh.read(8)
         if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
             fh.seek(start)
-            return UID(syntax)
+            return UID(syntax) if syntax else _guess_syntax(fh)
         elem, vr = struct.unpack("<H", head[2:4])[0], head[4:6]
         length = struct.unpack("<L", fh.read(4))[0] if vr in LONG_VRS else struct.unpack("<H", head[6:8])[0]
         if length == UNDEFINED or fh.tell() + length > size:
@@ -84,6 +84,16 @@ def _skip_file_meta(fh: BinaryIO, size: int) -> UID:
         value = fh.read(length)
         if elem == 0x0010:
             syntax = value.rstrip(b"\0 ").decode("ascii", "replace")
+
+
+def _guess_syntax(fh: BinaryIO) -> UID:
+    """No transfer syntax named: little endian, explicit VR if the first element looks it
+    (as pydicom guesses)."""
+    start = fh.tell()
+    head = fh.read(6)
+    fh.seek(start)
+    explicit = len(head) == 6 and b"AA" <= head[4:6] <= b"ZZ"
+    return UID("1.2.840.10008.1.2.1" if explicit else "1.2.840.10008.1.2")
 
 
 def _walk(fh: BinaryIO, start: int, size: int, implicit: bool, little: bool) -> _Image:
@@ -204,7 +214,7 @@ def _walk_fragments(fh: BinaryIO, size: int, length_struct: struct.Struct, tag_s
 
 
 def _attribute(raw: bytes, tag: int, short_struct: struct.Struct) -> object:
-    if tag in (0x00280004, 0x00280008):  # CS, IS: text
+    if tag in (0x00080016, 0x00280004, 0x00280008):  # UI, CS, IS: text
         return raw.rstrip(b"\0 ").decode("ascii", "replace").strip()
     return short_struct.unpack(raw[:2])[0] if len(raw) >= 2 else None
 
@@ -212,8 +222,10 @@ def _attribute(raw: bytes, tag: int, short_struct: struct.Struct) -> object:
 def _check_pixels(image: _Image, syntax: UID) -> None:
     values = image.values
     if image.pixel_tag is None:
-        if values.get("rows") and values.get("columns"):
-            raise Damaged("Rows and Columns but no pixel data")
+        # An image storage object cut at an element boundary parses cleanly: what is
+        # missing is its pixel data (Type 1 in every image IOD).
+        if values.get("rows") and values.get("columns") or "Image Storage" in UID(str(values.get("sop_class"))).name:
+            raise Damaged("an image without pixel data")
         return
     if syntax.is_encapsulated and image.pixel_tag == 0x7FE00010:
         if image.pixel_length != UNDEFINED:
