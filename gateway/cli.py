@@ -20,7 +20,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from gateway import logsafe, quarantine
+from gateway import logsafe, preflight, quarantine
 from gateway.config import Config, ConfigError, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.keyring import Keyring, KeyringError
@@ -110,9 +110,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    preflight.check_files(config)
     Keyring.load(config.keyring)
     _check_plugins(config)
     print(f"{args.config}: OK ({len(config.routes)} route(s), {len(config.senders)} sender(s))")
+    warning = preflight.orthanc_warning(config)
+    if warning:
+        print(f"warning: {warning}")
     return 0
 
 
@@ -121,6 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     logging.getLogger().setLevel(config.log_level)
+    preflight.check_files(config)
     _check_plugins(config)
     service = Service(config, Keyring.load(config.keyring))
     stop = threading.Event()
