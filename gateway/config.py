@@ -115,8 +115,9 @@ class Orthanc(_Strict):
 class Spool(_Strict):
     path: Path
     retention_hours: float = Field(0, ge=0)
-    # Below this much free space on the spool's file system a C-STORE answers 0xA700 (the
-    # modality retries later) instead of filling the disk the database and workers need.
+    # A C-STORE answers 0xA700 (the modality retries later) unless, after room for the
+    # protected copies of every object waiting to be protected (this one included), this
+    # much free space remains for the database, the logs and objects arriving meanwhile.
     free_space_reserve_mb: float = Field(256, ge=0)
     # Quarantined and refused-by-Orthanc originals (full identity) are deleted this long
     # after they were set aside, with an audit line.

@@ -199,7 +199,8 @@ class Listener:
             return self._refuse(calling, address, None, SOP_CLASS_NOT_SUPPORTED,
                                 "the request names a SOP class that is not a storage class")
         received = event.dataset_path
-        if self.spool.free_bytes() < self.config.spool.free_space_reserve_mb * 2**20:
+        # This object's protected copy will need about its size again, beyond the reserve.
+        if self.spool.room() - received.stat().st_size < self.config.spool.free_space_reserve_mb * 2**20:
             log.error("C-STORE from %s answered out-of-resources: the spool is below its free-space reserve",
                       calling)
             return OUT_OF_RESOURCES, "spool below its free-space reserve; send again later"
@@ -211,7 +212,7 @@ class Listener:
             return self._refuse(calling, address, None, CANNOT_UNDERSTAND,
                                 f"object cannot be read ({type(exc).__name__})")
         context_class = str(event.context.abstract_syntax)
-        if context_class not in (sop_class, str(event.request.AffectedSOPClassUID)) or sop_class != context_class:
+        if context_class != sop_class or context_class != str(event.request.AffectedSOPClassUID):
             return self._refuse(calling, address, sop_token, DOES_NOT_MATCH_SOP_CLASS,
                                 "SOP Class UID of the data set differs from the request's")
         if self.config.listener.non_image == "refuse" and not is_image(sop_class):

@@ -136,8 +136,11 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # the files are the durable record; see recover()
         self._db.executescript(SCHEMA)
+        # Columns added after spools were first made.
         if "forced_route" not in {r[1] for r in self._db.execute("PRAGMA table_info(series)")}:
-            self._db.execute("ALTER TABLE series ADD COLUMN forced_route TEXT")  # spools made before reroute
+            self._db.execute("ALTER TABLE series ADD COLUMN forced_route TEXT")
+        if "size" not in {r[1] for r in self._db.execute("PRAGMA table_info(instances)")}:
+            self._db.execute("ALTER TABLE instances ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -145,9 +148,15 @@ class Spool:
 
     # -- intake ---------------------------------------------------------------------
 
-    def free_bytes(self) -> int:
-        """Free space on the spool's file system (for the listener's reserve)."""
-        return shutil.disk_usage(self.root).free
+    def room(self) -> int:
+        """Free space on the spool's file system beyond what the objects waiting to be
+        protected will take for their protected copies (about their own size each).
+        Intake that kept only a fixed reserve filled the disk with originals whose copies
+        then had no room: nothing was forwarded, so nothing was ever purged."""
+        with self._lock:
+            (pending,) = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM instances WHERE state='received'"
+                                          ).fetchone()
+        return shutil.disk_usage(self.root).free - int(pending)
 
     def accept(self, data: bytes | Path, calling_ae: str, series_token: str, sop_token: str,
                modality: str, sop_class_uid: str, damage: str | None = None) -> int:
@@ -190,14 +199,15 @@ class Spool:
     def _add_row(self, path: Path, series_token: str, sop_token: str, modality: str, sop_class_uid: str,
                  error: str | None = None) -> int:
         calling_ae = bytes.fromhex(path.name.split(".")[1]).decode()
+        size = path.stat().st_size
         now = time.time()
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 cur = self._db.execute(
                     "INSERT INTO instances (path, calling_ae, series_token, sop_token, modality, sop_class_uid,"
-                    " received_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (path.name, calling_ae, series_token, sop_token, modality, sop_class_uid, now, error),
+                    " received_at, error, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (path.name, calling_ae, series_token, sop_token, modality, sop_class_uid, now, error, size),
                 )
                 self._db.execute(
                     "INSERT INTO series (series_token, state, last_received, updated_at) VALUES (?, 'receiving', ?, ?)"
