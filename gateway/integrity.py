@@ -54,14 +54,17 @@ class _Image:
 
 def verify(path: Path) -> None:
     """Raise ``Damaged`` unless the DICOM file at ``path`` is structurally whole."""
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        syntax = _skip_file_meta(fh, size)
-        if syntax.is_deflated:
-            _verify_deflated(path)
-            return
-        image = _walk(fh, fh.tell(), size, syntax.is_implicit_VR, syntax.is_little_endian)
-    _check_pixels(image, syntax)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            syntax = _skip_file_meta(fh, size)
+            if syntax.is_deflated:
+                _verify_deflated(path)
+                return
+            image = _walk(fh, fh.tell(), size, syntax.is_implicit_VR, syntax.is_little_endian)
+        _check_pixels(image, syntax)
+    except (struct.error, ValueError):  # a short read in the file meta, an unknown transfer syntax
+        raise Damaged("file meta cut short or transfer syntax unknown") from None
 
 
 def _skip_file_meta(fh: BinaryIO, size: int) -> UID:
