@@ -152,3 +152,28 @@ def test_a_second_spool_beside_the_service_leaves_objects_being_received(tmp_pat
 def test_infrastructure_faults_are_told_from_the_series_faults(exc: BaseException, infra: bool) -> None:
     assert is_infrastructure(exc) is infra
 
+
+
+def test_a_whole_resend_replaces_a_damaged_copy_kept_for_quarantine(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for name, damage in (("cut", "pixel data length goes past what arrived"), ("whole", None)):
+        src = tmp_path / name
+        src.write_bytes(b"object")
+        spool.accept(src, "MODALITY", "2.25.5", "2.25.5.1", "CT", "1.2.840.10008.5.1.4.1.1.2", damage=damage)
+    (latest,) = spool.received("2.25.5")
+    assert latest.damage is None and spool.counts()["superseded"] == 1
+
+
+def test_objects_orthanc_refused_are_set_aside_and_can_be_released(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    src = tmp_path / "refused.dcm"
+    src.write_bytes(b"object")
+    row = spool.accept(src, "MODALITY", "2.25.6", "2.25.6.1", "CT", "1.2.840.10008.5.1.4.1.1.2")
+    spool.write_output(row, b"protected copy")
+    spool.protected("2.25.6", "default", [row])
+    spool.failed(row, "Orthanc refused the object (HTTP 400)")
+    (aside,) = spool.set_aside()
+    assert (aside.series_token, aside.objects) == ("2.25.6", 1)
+    assert spool.release("2.25.6", None) == 1
+    assert not (spool.outbox / f"{row}.dcm").exists() and [i.id for i in spool.received("2.25.6")] == [row]
+    assert spool.set_aside() == []
