@@ -22,7 +22,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from gateway import logsafe
+from gateway import logsafe, preflight, quarantine
 from gateway.config import Config, ConfigError, is_loopback, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.index import IndexFormatError
@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--plugin", default="none", help="privacy transform (installed: %(default)s, ...)")
         s.set_defaults(func=fn)
 
+    quarantine.add_commands(sub)
+
     keys = sub.add_parser("keys", help="manage the keyring").add_subparsers(required=True, metavar="ACTION")
     for name, fn, text in (
         ("init", cmd_keys_init, "create a keyring (mode 0600)"),
@@ -122,10 +124,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    preflight.check_files(config)
     Keyring.load(config.keyring)
     _check_plugins(config)
     _check_legs(config, serving=False)
     print(f"{args.config}: OK ({len(config.routes)} route(s), {len(config.senders)} sender(s))")
+    warning = preflight.orthanc_warning(config)
+    if warning:
+        print(f"warning: {warning}")
     return 0
 
 
@@ -134,6 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     logging.getLogger().setLevel(config.log_level)
+    preflight.check_files(config)
     _check_plugins(config)
     _check_legs(config, serving=True)
     ring = Keyring.load(config.keyring)
@@ -183,6 +190,10 @@ def _check_legs(config: Config, serving: bool) -> None:
             tls.server_context(config.status_http.tls)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"status_http.tls: certificate, key or CA not usable: {exc}") from None
+    web = config.status_http
+    if web.enabled and not is_loopback(web.host) and (web.tls is None or not web.tls.require_client_certificate):
+        log.warning("status endpoint on %s:%d serves plain HTTP off loopback (status_http.allow_plaintext: true)",
+                    web.host, web.port)
     for destination in config.retrieval.cleartext_originals():
         log.warning("C-MOVE destination %s (%s:%d) receives restored originals WITHOUT TLS "
                     "(allow_cleartext_originals: true)", destination.ae_title, destination.host, destination.port)
@@ -207,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not config.spool.path.exists():
         raise UsageError(f"spool {config.spool.path} does not exist yet: the gateway has not run with this config")
-    spool = Spool(config.spool.path)
+    spool = Spool(config.spool.path, intake=False)  # a running gateway may be receiving
     counts = spool.counts()
     print("objects by state:")
     for state in SPOOL_STATES:

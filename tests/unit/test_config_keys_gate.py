@@ -121,7 +121,8 @@ def test_the_shipped_example_configuration_is_valid() -> None:
     config = load_config(Path(__file__).parents[2] / "deploy" / "gateway.example.yaml")
     assert config.retrieval.policy("READING_1", "10.1.5.20") == "restore"
     assert config.retrieval.policy("READING_1", "10.9.9.9") is None  # from another address: unknown
-    assert config.listener.non_image == "refuse" and config.status_http.host == "127.0.0.1"
+    # the example is the compose deployment's: status on the compose network (issue 14), not published
+    assert config.listener.non_image == "refuse" and config.status_http.host == "0.0.0.0"
 
 
 def test_tls_settings_are_checked_and_paths_resolved(tmp_path: Path) -> None:
