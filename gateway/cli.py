@@ -20,12 +20,12 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from gateway import logsafe
+from gateway import frames, logsafe
 from gateway.config import Config, ConfigError, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.keyring import Keyring, KeyringError
 from gateway.metrics import SPOOL_STATES
-from gateway.plugin import PluginError, available
+from gateway.plugin import PluginError, available, refused_kinds
 from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_batches
 from gateway.restore import restore_series
 from gateway.stages import build_stages
@@ -110,6 +110,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     Keyring.load(config.keyring)
     _check_plugins(config)
+    for line in _refusals(config):
+        print(line)
     print(f"{args.config}: OK ({len(config.routes)} route(s), {len(config.senders)} sender(s))")
     return 0
 
@@ -141,6 +143,26 @@ def _check_plugins(config: Config) -> None:
             build_stages(route_spec(config, route.name))
         except (PluginError, TypeError, ValueError) as exc:
             raise ConfigError(f"routes[{i}] ({route.name}): plugin_settings or redaction not accepted: {exc}") from None
+
+
+def _refusals(config: Config) -> list[str]:
+    """What each route's transforms quarantine whatever their settings, and where the route's
+    match takes objects that may carry it (e.g. 32-bit RT Dose on an ae_aes route)."""
+    lines = []
+    missing = ", ".join(frames.undecodable_families())
+    for i, route in enumerate(config.routes):
+        named = [*(route.match.modality or []), *(route.match.sop_class_uid or [])]
+        for stage in build_stages(route_spec(config, route.name)):
+            kinds = refused_kinds(stage)
+            if not kinds:
+                continue
+            what = [f"{k} (here: {missing})" if k == frames.UNDECODABLE and missing else k for k in kinds]
+            line = f"routes[{i}] ({route.name}): {stage.name} quarantines {'; '.join(what)}"
+            hits = [f"{n} may be {frames.MAY_CARRY[n]}" for n in named if frames.MAY_CARRY.get(n) in kinds]
+            if hits:
+                line += f". Its match takes objects that: {'; '.join(hits)}"
+            lines.append(line)
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:

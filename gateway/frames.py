@@ -24,9 +24,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.pixels import get_decoder
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
 
 from gateway.plugin import PluginError
+
+# Kinds of pixel data a transform may refuse (its ``refuses``; check-config names them per route).
+FLOAT = "float pixel data"
+WIDE = "32-bit pixel data"
+ONE_BIT = "1-bit pixel data"
+UNDECODABLE = "compressed pixel data no installed decoder reads"
+# What a route's match may name whose objects can carry such pixel data.
+MAY_CARRY = {
+    "RTDOSE": WIDE, "1.2.840.10008.5.1.4.1.1.481.2": WIDE,  # RT Dose: 16 or 32 bits
+    "SEG": ONE_BIT, "1.2.840.10008.5.1.4.1.1.66.4": ONE_BIT,  # binary segmentations
+    "1.2.840.10008.5.1.4.1.1.30": FLOAT,  # Parametric Map
+}
+
+_FAMILIES = ("MPEG2", "MPEG-4 AVC/H.264", "HEVC/H.265", "JPEG 2000 Part 2", "JPIP", "SMPTE ST 2110")
 
 # Sample layouts whose stored words are the samples themselves (one per pixel and channel).
 WORD_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL")
@@ -74,8 +89,24 @@ class Frames:
 def has_pixels(ds: Dataset) -> bool:
     """Whether ``ds`` has integer pixel data; float and double pixel data raise PluginError."""
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-        raise PluginError("float or double pixel data is not supported")
+        raise PluginError(f"{FLOAT} (float or double) is not supported")
     return "PixelData" in ds
+
+
+def undecodable_families() -> list[str]:
+    """Compressed transfer syntaxes pydicom knows but no installed handler decodes, by family."""
+    missing = set()
+    for uid in AllTransferSyntaxes:
+        if not uid.is_compressed:
+            continue
+        try:
+            available = get_decoder(uid).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            name = uid.name.removeprefix("Fragmentable ")
+            missing.add(next((f for f in _FAMILIES if name.startswith(f)), name))
+    return sorted(missing)
 
 
 def is_native(ds: Dataset) -> bool:
@@ -158,7 +189,7 @@ def _read(ds: Dataset) -> Frames:
         raise PluginError("the object has no pixel data")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if int(ds.get("BitsAllocated", 0)) == 1:
-        raise PluginError("1-bit pixel data is not supported")
+        raise PluginError(f"{ONE_BIT} is not supported")
     if is_native(ds):
         layout = native_layout(ds)
         return Frames(unpack(bytes(ds.PixelData), layout), layout, photometric, encoded=None)

@@ -12,7 +12,7 @@ Any image gateway.frames reads is taken: native or compressed (the original enco
 then travels in the payload for the exact restore), grey or colour (the network sees each
 sample plane as a grey image: models/ae_lite.md), one frame or many (latent and lossless
 code per frame). 8- and 16-bit samples only; 32-bit, 1-bit and float pixel data are
-refused (``LIMITS``), so the series is quarantined.
+refused (``refuses``), so the series is quarantined.
 
 Settings (route ``plugin_settings``):
 - ``model``: ``ae_lite`` (default; ours, fast) or ``ae_paper`` (the paper's network).
@@ -48,13 +48,12 @@ from plugins.ae_aes import cipher_pixels, preview
 from plugins.ae_aes.payload import Payload
 
 MODES = ("encrypted", "preview")
-# What this transform refuses whatever the settings (check-config names it for a route).
-LIMITS = ("32-bit, 1-bit and float pixel data",)
 
 
 class AeAesTransform:
     name = "ae_aes"
     series_level = False
+    refuses = (frames.WIDE, frames.ONE_BIT, frames.FLOAT, frames.UNDECODABLE)
 
     def __init__(self, model: str = "ae_lite", mode: str = "encrypted", denoise: bool = False,
                  effort: int = 4, batch: int = 8, device: str = "cpu") -> None:

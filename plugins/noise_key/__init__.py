@@ -38,8 +38,6 @@ from plugins.noise_key.samples import Layout
 # Attributes that describe the original's values and would be false for the noisy copy
 # (the envelope's copy of the original header brings them back on restore).
 STALE_ATTRIBUTES = ("SmallestImagePixelValue", "LargestImagePixelValue")
-# What this transform refuses whatever the settings (check-config names it for a route).
-LIMITS = ("float pixel data",)
 
 
 def noise_key(ctx: Context, sop_uid: str) -> bytes:
@@ -64,6 +62,7 @@ class NoiseKeyTransform:
 
     name = "noise_key"
     series_level = False
+    refuses = (frames.FLOAT, frames.UNDECODABLE)
 
     def __init__(self, strength: float = 1.0) -> None:
         if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1:
@@ -82,7 +81,7 @@ class NoiseKeyTransform:
         if pixel_tag_of(ds) is None:
             return b""  # no image (e.g. a report in the series): nothing to hide
         if "PixelData" not in ds:
-            raise PluginError("float pixel data is not supported")
+            raise PluginError(f"{frames.FLOAT} is not supported")
         original = frames.to_native(ds) or b""
         layout = Layout.of(ds)
         value = bytes(ds.PixelData)
