@@ -82,6 +82,7 @@ class RouteSpec:
     plugin: str = "none"
     plugin_settings: dict[str, Any] = field(default_factory=dict)
     redaction: dict[str, Any] | None = None
+    protected_syntax: str = "uncompressed"  # or "lossless": gateway.lossless_copy
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The transforms a route applies, in order, and how to find them again on restore.
 
 Burned-in text redaction (when a route asks for it) runs first, then the route's privacy
-plugin. Both have the plugin shape (gateway.plugin.Transform); the envelope records each
+plugin, then (``protected_syntax: lossless``) the lossless copy for Orthanc. Both have the plugin shape (gateway.plugin.Transform); the envelope records each
 stage's name, so restore finds the same code without the route's configuration.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from gateway import plugin
+from gateway import lossless_copy, plugin
+from gateway.lossless_copy import LosslessCopy
 from gateway.plugin import Transform
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ def build_stages(route: RouteSpec) -> list[Transform]:
     if route.redaction is not None:
         stages.append(_redaction(route.redaction))
     stages.append(plugin.load(route.plugin, route.plugin_settings))
+    if route.protected_syntax == "lossless":
+        stages.append(LosslessCopy())
     return stages
 
 
@@ -38,6 +41,8 @@ def is_series_level(name: str) -> bool:
 
 def stage_by_name(name: str) -> Transform:
     """The stage that wrote a record called ``name``, with default settings."""
+    if name == lossless_copy.NAME:
+        return LosslessCopy()
     return _redaction({}) if name == REDACTION else plugin.load(name)
 
 

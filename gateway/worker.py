@@ -33,6 +33,7 @@ def route_spec(config: Config, route_name: str) -> RouteSpec:
         plugin=route.plugin,
         plugin_settings=dict(route.plugin_settings),
         redaction=dict(route.redaction) if route.redaction is not None else None,
+        protected_syntax=route.protected_syntax,
     )
 
 

@@ -159,3 +159,11 @@ def test_check_config_names_what_each_route_quarantines(tmp_path: Path, capsys) 
     assert "here: HEVC/H.265, JPEG 2000 Part 2" in out  # no decoder installed for these
     assert "routes[1] (noisy): noise_key quarantines float pixel data" in out
     assert "routes[2]" not in out  # `none` leaves pixels alone: it refuses nothing
+
+
+def test_a_route_may_ask_for_a_lossless_protected_copy(tmp_path: Path) -> None:
+    lossless = GOOD.replace("routes: [{name: all, plugin: none}]",
+                            "routes: [{name: all, plugin: none, protected_syntax: lossless}]")
+    assert load_config(_write(tmp_path, lossless)).routes[0].protected_syntax == "lossless"
+    with pytest.raises(ConfigError, match="routes.0.protected_syntax"):
+        load_config(_write(tmp_path, lossless.replace("protected_syntax: lossless", "protected_syntax: jpeg")))

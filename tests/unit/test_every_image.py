@@ -17,6 +17,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from gateway import frames
+from gateway.envelope import stage_names as envelope_stage_names
 from gateway.keyring import Keyring
 from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
 from gateway.restore import restore_series
@@ -104,3 +105,48 @@ def test_frames_write_back_native_layouts_byte_for_byte() -> None:
         assert image.encoded is None and image.array.shape[-1] == int(ds.SamplesPerPixel)
         frames.write(ds, image)
         assert bytes(ds.PixelData) == value
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(("name", "plugin", "settings", "compressed"), [
+    ("693_UNCR.dcm", "none", {}, True),  # native CT: JPEG 2000 in Orthanc, a fifth of the bytes
+    ("color-pl.dcm", "none", {}, True),  # planar RGB: planar again on restore
+    ("MR_small_padded.dcm", "none", {}, True),  # the padding after the samples comes back
+    ("emri_small_RLE.dcm", "ae_aes", {"mode": "preview"}, True),  # decoded, previewed, recompressed
+    ("MR_small.dcm", "noise_key", {}, False),  # full-strength noise does not compress: stays uncompressed
+    ("MR_small.dcm", "ae_aes", {}, False),  # ciphertext does not compress
+    ("SC_rgb_32bit.dcm", "none", {}, False),  # 32-bit: the encoder does not take it
+    ("SC_rgb_expb_16bit_2frame.dcm", "none", {}, None),  # big endian: whatever the encoder does, exact
+    ("JPEG-LL.dcm", "none", {}, None),  # untouched JPEG original: left in its own syntax
+])
+def test_a_lossless_route_stores_jpeg2000_where_exact_and_smaller(name: str, plugin: str, settings: dict,  # type: ignore[type-arg]
+                                                                    compressed: bool | None, keyring: Keyring) -> None:
+    raw = _raw(name)
+    route = RouteSpec(plugin=plugin, plugin_settings=settings, protected_syntax="lossless")
+    [out] = protect_series([raw], route, keyring, MemoryDataKeys())
+    protected = pydicom.dcmread(io.BytesIO(out.data))
+    syntax = protected.file_meta.TransferSyntaxUID
+    if compressed is not None:
+        assert (syntax == pydicom.uid.JPEG2000Lossless) is compressed
+    if compressed:
+        assert len(out.data) < 0.9 * len(protect_series([raw], RouteSpec(plugin=plugin, plugin_settings=settings),
+                                                        keyring, MemoryDataKeys())[0].data)
+    if name == "JPEG-LL.dcm":
+        assert syntax == pydicom.dcmread(io.BytesIO(raw)).file_meta.TransferSyntaxUID
+    assert "lossless" in envelope_stage_names(protected)
+    [restored] = restore_series([out.data], keyring)
+    assert restored.error is None and restored.data == raw
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_redacted_jpeg_cine_is_stored_jpeg2000_lossless_and_restores(keyring: Keyring) -> None:
+    raw = _raw("examples_ybr_color.dcm")
+    corner = {"detectors": ["rules"], "default_rules": False, "pad": 0,
+              "rules": [{"name": "corner", "regions": [[0, 0, 8, 6]]}]}
+    [out] = protect_series([raw], RouteSpec(redaction=corner, protected_syntax="lossless"), keyring, MemoryDataKeys())
+    protected = pydicom.dcmread(io.BytesIO(out.data))
+    assert protected.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+    assert envelope_stage_names(protected) == ["redaction", "none", "lossless"]
+    assert (protected.pixel_array[:, 0:6, 0:8, :] == 0).all()  # blank in every frame, as stored
+    [restored] = restore_series([out.data], keyring)
+    assert restored.error is None and restored.data == raw
