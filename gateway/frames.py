@@ -196,8 +196,8 @@ def _read(ds: Dataset) -> Frames:
     try:
         decoded = np.asarray(ds.pixel_array)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means: cannot protect
-        raise PluginError(f"pixel data ({ds.file_meta.TransferSyntaxUID.name}) cannot be decoded "
-                          f"({type(exc).__name__})") from None
+        raise PluginError(f"pixel data cannot be decoded ({ds.file_meta.TransferSyntaxUID.name}: "
+                          f"{type(exc).__name__})") from None
     spp = int(ds.get("SamplesPerPixel", 1))
     if spp == 3 and photometric.startswith("YBR"):
         photometric = "RGB"  # pydicom converts YBR (and JPEG 2000's RCT/ICT) to RGB when it decodes
