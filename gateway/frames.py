@@ -184,6 +184,33 @@ def unpack(value: bytes, layout: Layout) -> np.ndarray:
     return shaped.astype(np.dtype(lay.dtype).newbyteorder("="))
 
 
+def _decode(ds: Dataset) -> tuple[np.ndarray, str]:
+    """(frames, rows, cols, samples) and their photometric interpretation (YBR becomes RGB),
+    frame by frame: pydicom's whole-volume colour conversion would hold the volume in float64."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    out: np.ndarray | None = None
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    count = 0
+    for arr, meta in get_decoder(ds.file_meta.TransferSyntaxUID).iter_array(ds, as_rgb=True):
+        if out is None:
+            out = np.empty((frames, int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1))), arr.dtype)
+        out[count] = arr.reshape(out.shape[1:])
+        count += 1
+        value = meta.get("photometric_interpretation", photometric)
+        photometric = str(getattr(value, "value", value))
+    if out is None or count != frames:
+        raise ValueError("fewer frames decoded than Number of Frames says")
+    return out, photometric
+
+
+def _decode_whole(ds: Dataset, photometric: str) -> tuple[np.ndarray, str]:
+    spp = int(ds.get("SamplesPerPixel", 1))
+    array = np.ascontiguousarray(ds.pixel_array)
+    if spp == 3 and photometric.startswith("YBR"):
+        photometric = "RGB"  # pydicom converts YBR (and JPEG 2000's RCT/ICT) to RGB when it decodes
+    return array.reshape(int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns), spp), photometric
+
+
 def _read(ds: Dataset) -> Frames:
     if not has_pixels(ds):
         raise PluginError("the object has no pixel data")
@@ -194,16 +221,15 @@ def _read(ds: Dataset) -> Frames:
         layout = native_layout(ds)
         return Frames(unpack(bytes(ds.PixelData), layout), layout, photometric, encoded=None)
     try:
-        decoded = np.asarray(ds.pixel_array)
+        try:
+            array, photometric = _decode(ds)
+        except Exception:  # noqa: BLE001 - pydicom's frame iterator fails on a few files its whole-volume path reads
+            array, photometric = _decode_whole(ds, photometric)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means: cannot protect
         raise PluginError(f"pixel data cannot be decoded ({ds.file_meta.TransferSyntaxUID.name}: "
                           f"{type(exc).__name__})") from None
-    spp = int(ds.get("SamplesPerPixel", 1))
-    if spp == 3 and photometric.startswith("YBR"):
-        photometric = "RGB"  # pydicom converts YBR (and JPEG 2000's RCT/ICT) to RGB when it decodes
-    layout = Layout(int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns), spp,
-                    decoded.dtype.newbyteorder("<").str, planar=False)
-    if decoded.dtype.itemsize * 8 != int(ds.BitsAllocated):
+    if array.dtype.itemsize * 8 != int(ds.BitsAllocated):
         raise PluginError("decoded pixel data does not match Bits Allocated")
-    array = np.ascontiguousarray(decoded).reshape(layout.frames, layout.rows, layout.cols, spp)
+    f, r, c, spp = array.shape
+    layout = Layout(f, r, c, spp, array.dtype.newbyteorder("<").str, planar=False)
     return Frames(array, layout, photometric, encoded=bytes(ds.PixelData))

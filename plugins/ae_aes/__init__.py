@@ -48,6 +48,7 @@ from plugins.ae_aes import cipher_pixels, preview
 from plugins.ae_aes.payload import Payload
 
 MODES = ("encrypted", "preview")
+PLANES_AT_ONCE = 16  # grey planes per encoder call (memory)
 
 
 class AeAesTransform:
@@ -78,7 +79,7 @@ class AeAesTransform:
     def _protect_group(self, group: list[Dataset], predictor: ae_runtime.AePredictor, pool: ThreadPoolExecutor,
                        ctx: Context) -> list[bytes]:
         images = [_read(ds) for ds in group]
-        encoded = [predictor.encode(_planes(fr.array)) for fr in images]
+        encoded = [_encode(predictor, _planes(fr.array)) for fr in images]
         payloads = [Payload(self.model, fr.layout, latent, fr.array if fr.encoded is None else None,
                             bytes(ds.PixelData[fr.layout.image_bytes:]) if fr.encoded is None else b"", fr.encoded)
                     for ds, fr, (latent, _, _) in zip(group, images, encoded, strict=True)]
@@ -137,7 +138,14 @@ def _read(ds: Dataset) -> Frames:
 def _planes(array: np.ndarray) -> np.ndarray:
     """(frames, rows, cols, samples) -> (frames * samples, rows, cols) grey planes for the network."""
     f, r, c, s = array.shape
-    return array.transpose(0, 3, 1, 2).reshape(f * s, r, c).astype(np.int64)
+    return array.transpose(0, 3, 1, 2).reshape(f * s, r, c)
+
+
+def _encode(predictor: ae_runtime.AePredictor, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The encoder over ``PLANES_AT_ONCE`` planes at a time: a 120-frame colour cine is 360
+    planes, whose activations at once would take gigabytes."""
+    parts = [predictor.encode(planes[i : i + PLANES_AT_ONCE]) for i in range(0, len(planes), PLANES_AT_ONCE)]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
 
 
 def _chunks(items: list[Dataset], size: int) -> list[list[Dataset]]:

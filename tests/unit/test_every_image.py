@@ -150,3 +150,29 @@ def test_a_redacted_jpeg_cine_is_stored_jpeg2000_lossless_and_restores(keyring: 
     assert (protected.pixel_array[:, 0:6, 0:8, :] == 0).all()  # blank in every frame, as stored
     [restored] = restore_series([out.data], keyring)
     assert restored.error is None and restored.data == raw
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("plugin", ["ae_aes", "noise_key"])
+def test_a_multi_frame_object_missing_frames_is_quarantined(plugin: str, keyring: Keyring) -> None:
+    ds = pydicom.dcmread(io.BytesIO(_raw("emri_small_RLE.dcm")))
+    ds.NumberOfFrames = 11  # the header promises a frame the pixel data does not hold
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(Quarantine, match="cannot be decoded"):
+        protect_series([buf.getvalue()], RouteSpec(plugin=plugin), keyring, MemoryDataKeys())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_an_altered_lossless_copy_never_restores_to_something_else(keyring: Keyring) -> None:
+    raw = _raw("693_UNCR.dcm")
+    [out] = protect_series([raw], RouteSpec(protected_syntax="lossless"), keyring, MemoryDataKeys())
+    ds = pydicom.dcmread(io.BytesIO(out.data))
+    fragments = list(pydicom.encaps.generate_fragments(ds.PixelData))
+    stream = bytearray(fragments[0])
+    stream[len(stream) // 2] ^= 0x40  # one bit of the JPEG 2000 code stream
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(stream)])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    [restored] = restore_series([buf.getvalue()], keyring)
+    assert restored.data is None and restored.error
