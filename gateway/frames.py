@@ -39,6 +39,9 @@ MAY_CARRY = {
     "RTDOSE": WIDE, "1.2.840.10008.5.1.4.1.1.481.2": WIDE,  # RT Dose: 16 or 32 bits
     "SEG": ONE_BIT, "1.2.840.10008.5.1.4.1.1.66.4": ONE_BIT,  # binary segmentations
     "1.2.840.10008.5.1.4.1.1.30": FLOAT,  # Parametric Map
+    # video (MPEG-2, H.264, HEVC): endoscopy, and the video endoscopic, microscopic, photographic classes
+    "ES": UNDECODABLE, "1.2.840.10008.5.1.4.1.1.77.1.1.1": UNDECODABLE,
+    "1.2.840.10008.5.1.4.1.1.77.1.2.1": UNDECODABLE, "1.2.840.10008.5.1.4.1.1.77.1.4.1": UNDECODABLE,
 }
 
 _FAMILIES = ("MPEG2", "MPEG-4 AVC/H.264", "HEVC/H.265", "JPEG 2000 Part 2", "JPIP", "SMPTE ST 2110")
