@@ -158,7 +158,8 @@ def _refusals(config: Config) -> list[str]:
                 continue
             what = [f"{k} (here: {missing})" if k == frames.UNDECODABLE and missing else k for k in kinds]
             line = f"routes[{i}] ({route.name}): {stage.name} quarantines {'; '.join(what)}"
-            hits = [f"{n} may be {frames.MAY_CARRY[n]}" for n in named if frames.MAY_CARRY.get(n) in kinds]
+            hits = [f"{n} may be {frames.MAY_CARRY[n]}" for n in named if frames.MAY_CARRY.get(n) in kinds
+                    and (missing or frames.MAY_CARRY[n] != frames.UNDECODABLE)]
             if hits:
                 line += f". Its match takes objects that: {'; '.join(hits)}"
             lines.append(line)
