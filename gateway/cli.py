@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--option", action="append", default=[], choices=sorted(OPTIONS),
                            help="a PS3.15 option (repeatable)")
             s.add_argument("--plugin", default="none", help="privacy transform (installed: %(default)s, ...)")
+            s.add_argument("--protected-syntax", default="uncompressed", choices=["uncompressed", "lossless"],
+                           help="store decoded or changed pixels as JPEG 2000 lossless where exact and smaller")
         s.set_defaults(func=fn)
 
     keys = sub.add_parser("keys", help="manage the keyring").add_subparsers(required=True, metavar="ACTION")
@@ -246,7 +248,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     ring = Keyring.load(args.keyring)
     if args.plugin not in available():
         raise UsageError(f"no plugin named {args.plugin!r}; installed: {available()}")
-    route = RouteSpec(options=frozenset(args.option), plugin=args.plugin)
+    route = RouteSpec(options=frozenset(args.option), plugin=args.plugin, protected_syntax=args.protected_syntax)
     files = _dicom_files(args.input)
     single = args.input.is_file() and args.output.suffix.lower() == ".dcm"
     if not single:

@@ -27,7 +27,8 @@ from gateway.frames import Layout
 from gateway.plugin import Context, PluginError
 
 NAME = "lossless"
-log = logging.getLogger("gateway.lossless_copy")
+# openjpeg logs one INFO line per encoded tile: noise for every object at the gateway's INFO level
+logging.getLogger("openjpeg").setLevel(logging.WARNING)
 
 
 class LosslessCopy:
