@@ -22,13 +22,13 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from gateway import logsafe, preflight, quarantine
+from gateway import frames, logsafe, preflight, quarantine
 from gateway.config import Config, ConfigError, is_loopback, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
 from gateway.metrics import SPOOL_STATES
-from gateway.plugin import PluginError, available
+from gateway.plugin import PluginError, available, refused_kinds
 from gateway.protect import Quarantine, protect_batches
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--option", action="append", default=[], choices=sorted(OPTIONS),
                            help="a PS3.15 option (repeatable)")
             s.add_argument("--plugin", default="none", help="privacy transform (installed: %(default)s, ...)")
+            s.add_argument("--protected-syntax", default="uncompressed", choices=["uncompressed", "lossless"],
+                           help="store decoded or changed pixels as JPEG 2000 lossless where exact and smaller")
         s.set_defaults(func=fn)
 
     quarantine.add_commands(sub)
@@ -128,6 +130,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     Keyring.load(config.keyring)
     _check_plugins(config)
     _check_legs(config, serving=False)
+    for line in _refusals(config):
+        print(line)
     print(f"{args.config}: OK ({len(config.routes)} route(s), {len(config.senders)} sender(s))")
     warning = preflight.orthanc_warning(config)
     if warning:
@@ -210,6 +214,27 @@ def _check_legs(config: Config, serving: bool) -> None:
         if not serving:
             raise
         log.error("%s; objects wait in the spool until it is fixed", exc)
+
+
+def _refusals(config: Config) -> list[str]:
+    """What each route's transforms quarantine whatever their settings, and where the route's
+    match takes objects that may carry it (e.g. 32-bit RT Dose on an ae_aes route)."""
+    lines = []
+    missing = ", ".join(frames.undecodable_families())
+    for i, route in enumerate(config.routes):
+        named = [*(route.match.modality or []), *(route.match.sop_class_uid or [])]
+        for stage in build_stages(route_spec(config, route.name)):
+            kinds = refused_kinds(stage)
+            if not kinds:
+                continue
+            what = [f"{k} (here: {missing})" if k == frames.UNDECODABLE and missing else k for k in kinds]
+            line = f"routes[{i}] ({route.name}): {stage.name} quarantines {'; '.join(what)}"
+            hits = [f"{n} may be {frames.MAY_CARRY[n]}" for n in named if frames.MAY_CARRY.get(n) in kinds
+                    and (missing or frames.MAY_CARRY[n] != frames.UNDECODABLE)]
+            if hits:
+                line += f". Its match takes objects that: {'; '.join(hits)}"
+            lines.append(line)
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -299,7 +324,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     ring = Keyring.load(args.keyring)
     if args.plugin not in available():
         raise UsageError(f"no plugin named {args.plugin!r}; installed: {available()}")
-    route = RouteSpec(options=frozenset(args.option), plugin=args.plugin)
+    route = RouteSpec(options=frozenset(args.option), plugin=args.plugin, protected_syntax=args.protected_syntax)
     files = _dicom_files(args.input)
     single = args.input.is_file() and args.output.suffix.lower() == ".dcm"
     if not single:

@@ -229,6 +229,9 @@ class Route(_Strict):
     plugin: str = "none"
     plugin_settings: dict[str, Any] = {}
     redaction: dict[str, Any] | None = None
+    # The copy Orthanc stores where a transform decoded or changed the pixels: uncompressed,
+    # or JPEG 2000 lossless where that is exact and smaller (gateway/lossless_copy.py).
+    protected_syntax: Literal["uncompressed", "lossless"] = "uncompressed"
 
 
 class Workstation(_Peer):

@@ -30,8 +30,8 @@ from tests.conftest import encode
 # A fixed region on every image: exercises every pixel layout without any detector cost.
 CORNERS = {"detectors": ["rules"], "default_rules": False, "pad": 0,
            "rules": [{"name": "corners", "regions": [[0, 0, 8, 6], [-5, -4, 0, 0]]}]}
-# Objects the stage refuses on purpose (quarantine is the safe outcome), besides the
-# retired big-endian syntax and 1-bit data (checked from the file): name -> why.
+# Objects the stage refuses on purpose (quarantine is the safe outcome), besides 1-bit
+# data (checked from the file): name -> why. Big-endian pixels are edited in place.
 REFUSED = {
     "JPEG-lossy.dcm": "undecodable", "JPEG2000-embedded-sequence-delimiter.dcm": "undecodable",
     "MR_truncated.dcm": "truncated", "badVR.dcm": "invalid attributes",
@@ -40,8 +40,6 @@ REFUSED = {
 
 
 def _refusal(ds: Dataset, name: str) -> str | None:
-    if ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRBigEndian:
-        return "retired big-endian transfer syntax"
     if ds.get("BitsAllocated") == 1:
         return "1-bit pixel data"
     return REFUSED.get(name)
