@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.util import random_noise
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.plugin import Context
 from models.ae_runtime import AePredictor, load
 from models.training_data import held_out_real, phantom

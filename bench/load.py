@@ -35,9 +35,9 @@ from pydicom.uid import generate_uid
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.keyring import Keyring
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, storescu
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.pseudonym import Pseudonymizer
 
 

@@ -27,7 +27,7 @@ from gateway.config import Config, ConfigError, is_loopback, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
-from gateway.metrics import SPOOL_STATES
+from gateway.spool import SPOOL_STATES
 from gateway.plugin import PluginError, available, refused_kinds
 from gateway.protect import Quarantine, protect_batches
 from gateway.route_spec import RouteSpec

@@ -13,9 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.spool import Spool
+from gateway.spool import SPOOL_STATES, Spool
 
-SPOOL_STATES = ("received", "protected", "forwarded", "done", "quarantined", "failed", "superseded", "purged")
 QUARANTINE_ACTIONS = ("release", "reroute", "delete", "retention_purge")
 
 

@@ -30,6 +30,9 @@ from pathlib import Path
 from gateway import envelope
 from gateway.keyring import Keyring
 
+# Every state an object of the spool can be in, in the order it moves through them.
+SPOOL_STATES = ("received", "protected", "forwarded", "done", "quarantined", "failed", "superseded", "purged")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     id INTEGER PRIMARY KEY,

@@ -32,7 +32,7 @@ from gateway.plugin import Context, PluginError
 from gateway.redaction import ocr, pixels, roi, tophat
 from gateway.redaction import rules as region_rules
 from gateway.redaction.boxes import Box, clip
-from gateway.redaction.matching import Matcher
+from gateway.redaction.ocr_matching import Matcher
 
 DETECTORS = ("rules", "roi", "tophat", "ocr")
 log = logging.getLogger("gateway.redaction")

@@ -72,7 +72,7 @@ class QueryRetrieve:
         for study_uid, answer in found:
             if event.is_cancelled:
                 self.audit.record(ae, address, "C-FIND", "cancelled", level=level, matches=sent)
-                yield Status.CANCELLED, None
+                yield Status.CANCEL, None
                 return
             studies.add(study_uid)
             sent += 1
@@ -144,7 +144,7 @@ class QueryRetrieve:
             chosen = selection(event.identifier, patient_root=sop_class in _PATIENT_ROOT)
             return plan(self.index.entries(self.keyring), chosen, policy, ws.max_studies_per_retrieve), None
         except IdentifierError as exc:
-            return [], _status(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            return [], _status(Status.DOES_NOT_MATCH_SOP_CLASS, str(exc))
         except TooManyStudies as exc:
             return [], _status(Status.UNABLE_TO_PROCESS, str(exc))
 
@@ -162,7 +162,7 @@ class QueryRetrieve:
         for ds in prepared(planned, policy, self.reader.file, self.keyring):
             if event.is_cancelled:
                 self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
-                yield Status.CANCELLED, None
+                yield Status.CANCEL, None
                 return
             if isinstance(ds, Refused):
                 failed += 1

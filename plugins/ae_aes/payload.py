@@ -26,12 +26,12 @@ bytes, and a second lossless code of the same pixels beside it would only add by
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
 
+from gateway import framing
 from gateway.frames import Layout
 from gateway.plugin import PluginError
 
@@ -61,15 +61,11 @@ class Payload:
             blobs += [code_frame(frame, offset, effort) for frame, offset in zip(self.frames, lo, strict=True)]
             blobs.append(self.tail)
         blobs[1] = json.dumps(head).encode()
-        return b"".join(struct.pack(">I", len(b)) + b for b in blobs)
+        return framing.pack(blobs)
 
     @classmethod
     def decode(cls, data: bytes) -> Payload:
-        blobs, pos = [], 0
-        while pos + 4 <= len(data):
-            (size,) = struct.unpack_from(">I", data, pos)
-            blobs.append(data[pos + 4 : pos + 4 + size])
-            pos += 4 + size
+        blobs = framing.unpack(data)
         if not blobs or blobs[0] != MAGIC:
             raise PluginError("ae_aes payload has an unknown format version")
         try:

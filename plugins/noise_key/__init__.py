@@ -33,7 +33,7 @@ from gateway.original import pixel_tag_of
 from gateway.plugin import Context, PluginError
 from plugins.noise_key.noise import gaussian_chunks
 from plugins.noise_key.record import Record
-from plugins.noise_key.samples import Layout
+from plugins.noise_key.samples import SampleLayout
 
 # Attributes that describe the original's values and would be false for the noisy copy
 # (the envelope's copy of the original header brings them back on restore).
@@ -45,7 +45,7 @@ def noise_key(ctx: Context, sop_uid: str) -> bytes:
     return ctx.key(f"noise_key/{sop_uid}")
 
 
-def shift(layout: Layout, low: np.ndarray, key: bytes, nonce: bytes, strength: float, sign: int) -> np.ndarray:
+def shift(layout: SampleLayout, low: np.ndarray, key: bytes, nonce: bytes, strength: float, sign: int) -> np.ndarray:
     """``(low + sign * noise) mod 2**BitsStored``, block by block to bound memory."""
     out = np.empty_like(low)
     modulus = layout.modulus
@@ -83,7 +83,7 @@ class NoiseKeyTransform:
         if "PixelData" not in ds:
             raise PluginError(f"{frames.FLOAT} is not supported")
         original = frames.to_native(ds) or b""
-        layout = Layout.of(ds)
+        layout = SampleLayout.of(ds)
         value = bytes(ds.PixelData)
         words = layout.words(value)
         low = layout.low(words)
@@ -102,7 +102,7 @@ class NoiseKeyTransform:
             return
         if "PixelData" not in ds:
             raise PluginError("the protected object has no pixel data")
-        layout = Layout.of(ds)
+        layout = SampleLayout.of(ds)
         value = bytes(ds.PixelData)
         low = layout.low(layout.words(value))
         plain = shift(layout, low, noise_key(ctx, str(ds.SOPInstanceUID)), record.nonce, record.strength, -1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, have_tools
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, have_tools
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ if not have_tools():  # .ci/run installs both; a developer machine may not have 
                 allow_module_level=True)
 
 
-# Identifying values the integration tests send (gateway.synthetic's fictional patients).
+# Identifying values the integration tests send (testkit.synthetic's fictional patients).
 HANDLED_IDENTITY = ("DOE^JANE", "JANE", "PID-4711-0815", "19610412", "ACC20240517", "SAINT EXAMPLE", "GREGORY",
                     "CUDDY", "ELM STREET", "ROE^RICHARD", "RICHARD")
 

@@ -21,7 +21,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from gateway import envelope
-from gateway.localstack import GatewayProcess, OrthancServer, free_port
+from testkit.localstack import GatewayProcess, OrthancServer, free_port
 from gateway.original import dataset_bytes
 from tests.integration.conftest import wait_for
 from tests.integration.test_retrieval import ENV

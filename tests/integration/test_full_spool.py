@@ -18,8 +18,8 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from gateway import synthetic
-from gateway.localstack import GatewayProcess, OrthancServer
+from testkit import synthetic
+from testkit.localstack import GatewayProcess, OrthancServer
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
 

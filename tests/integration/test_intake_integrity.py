@@ -19,8 +19,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode as encode_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from gateway import synthetic
-from gateway.localstack import GatewayProcess, OrthancServer
+from testkit import synthetic
+from testkit.localstack import GatewayProcess, OrthancServer
 from tests.conftest import encode
 from tests.integration.conftest import wait_for
 

@@ -9,8 +9,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from gateway import synthetic
-from gateway.localstack import REPO, GatewayProcess, OrthancServer, run_cli, storescu
+from testkit import synthetic
+from testkit.localstack import REPO, GatewayProcess, OrthancServer, run_cli, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import HANDLED_IDENTITY, wait_for
 

@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, JPEG2000Lossless
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import protect_series

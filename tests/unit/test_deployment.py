@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.localstack import REPO, free_port
+from testkit.localstack import REPO, free_port
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.config import Config
 from gateway.integrity import Damaged, verify
 from gateway.spool import Spool

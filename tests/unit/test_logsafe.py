@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.logsafe import WithholdValues
 from tests.conftest import encode
