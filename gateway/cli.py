@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
         s = keys.add_parser(name, help=text)
         s.add_argument("--keyring", type=Path, required=True)
         s.set_defaults(func=fn)
+        if name == "rotate":
+            s.add_argument("--config", type=Path, help="audit the rotation in this gateway's audit log and repository")
     return p
 
 
@@ -295,8 +297,24 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     ring = Keyring.load(args.keyring)
     new = ring.rotate()
+    if args.config is not None:
+        _audit_rotation(load_config(args.config), new)
     print(f"added key {new}; it seals new envelopes; {len(ring.keks) - 1} older key(s) kept for opening")
     return 0
+
+
+def _audit_rotation(config: Config, key_id: str) -> None:
+    """The operator (login name) and the new key's id, never key material."""
+    import getpass
+
+    from gateway.atna import forwarder_for
+    from gateway.audit import AuditLog
+
+    forward = forwarder_for(config)
+    AuditLog(config.spool.path / "audit.jsonl", forward=forward).record(getpass.getuser(), "", "key-rotation", "success",
+                                                                        key_id=key_id)
+    if forward is not None:
+        forward.close()
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:

@@ -207,6 +207,29 @@ class Retrieval(_Strict):
         return next((d for d in self.destinations if d.ae_title == ae_title), None)
 
 
+class AuditRepository(_Strict):
+    """The site's audit record repository (IHE ATNA): DICOM audit messages over syslog."""
+
+    host: str
+    port: int = Field(514, ge=1, le=65535)
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    ca_certificates: Path | None = None  # tls: the CA that signs the repository (else the system's)
+    certificate: Path | None = None  # tls: the gateway's client certificate, where the repository asks
+    private_key: Path | None = None
+    server_name: str | None = None  # tls: the name in the repository's certificate, if not ``host``
+    audit_source_id: str | None = None  # defaults to the listener's AE title
+    enterprise_site_id: str | None = None
+    timeout_seconds: float = Field(5, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> AuditRepository:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both 'certificate' and 'private_key', or neither")
+        if self.transport != "tls" and (self.certificate or self.ca_certificates or self.server_name):
+            raise ValueError("certificates and server_name are for transport: tls")
+        return self
+
+
 class Config(_Strict):
     listener: Listener = Listener()
     senders: list[Sender] = Field(min_length=1)
@@ -218,6 +241,7 @@ class Config(_Strict):
     routes: list[Route] = Field(min_length=1)
     retrieval: Retrieval = Retrieval()
     status_http: StatusHttp = StatusHttp()
+    audit_repository: AuditRepository | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -275,8 +299,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         listener = listener.model_copy(update={"tls": tls.model_copy(update={
             "certificate": fix(tls.certificate), "private_key": fix(tls.private_key),
             "ca_certificates": None if tls.ca_certificates is None else fix(tls.ca_certificates)})})
+    audit = config.audit_repository
+    if audit is not None:
+        audit = audit.model_copy(update={k: fix(getattr(audit, k)) for k in ("ca_certificates", "certificate", "private_key")
+                                         if getattr(audit, k) is not None})
     return config.model_copy(
         update={
+            "audit_repository": audit,
             "keyring": fix(config.keyring),
             "spool": config.spool.model_copy(update={"path": fix(config.spool.path)}),
             "orthanc": orthanc,

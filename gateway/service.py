@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from gateway.atna import forwarder_for
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.forwarder import Forwarder
@@ -28,13 +29,14 @@ class Service:
         self.config = config
         self.spool = Spool(config.spool.path)
         self.index = Index(config.spool.path / "index.sqlite3")
-        self.audit = AuditLog(config.spool.path / "audit.jsonl")
+        self.audit_repository = forwarder_for(config)
+        self.audit = AuditLog(config.spool.path / "audit.jsonl", forward=self.audit_repository)
         self.metrics = Metrics()
         self.metrics.watch(self.spool)
         qr = QueryRetrieve(config, keyring, self.index, PacsReader(config.orthanc), self.audit, self.metrics)
         self.listener = Listener(config, self.spool, Pseudonymizer(keyring.pseudonym_secret), qr, self.audit,
                                  self.metrics)
-        self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index)
+        self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index, audit=self.audit)
         web = config.status_http
         self.status = StatusServer(web.host, web.port, self.spool, self.metrics) if web.enabled else None
 
@@ -56,4 +58,6 @@ class Service:
         self.worker.stop()
         self.spool.close()
         self.index.close()
+        if self.audit_repository is not None:
+            self.audit_repository.close()
         log.info("stopped")

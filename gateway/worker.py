@@ -12,6 +12,7 @@ import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.index import Index
@@ -39,8 +40,10 @@ def route_spec(config: Config, route_name: str) -> RouteSpec:
 class Worker:
     """The jobs of one gateway process."""
 
-    def __init__(self, config: Config, keyring: Keyring, spool: Spool, forwarder: Forwarder, index: Index) -> None:
+    def __init__(self, config: Config, keyring: Keyring, spool: Spool, forwarder: Forwarder, index: Index,
+                 audit: AuditLog | None = None) -> None:
         self.config = config
+        self.audit = audit
         self.index = index
         self.keyring = keyring
         self.spool = spool
@@ -116,6 +119,9 @@ class Worker:
     def _quarantine(self, token: str, route: str | None, reason: str, ids: list[int]) -> None:
         self.spool.quarantine(token, route, reason, ids)
         log.warning("series %s quarantined (%d objects): %s", token, len(ids), reason)
+        if self.audit is not None:
+            self.audit.record("", "", "quarantine", "quarantined", series=token, route=route, objects=len(ids),
+                              reason=reason)
 
     # -- forward ------------------------------------------------------------------------
 
