@@ -85,7 +85,16 @@ class _Peer(_Strict):
 
 
 class Sender(_Peer):
-    """A modality allowed to send."""
+    """A modality allowed to send. ``storage_commitment_port``: where it takes the
+    Storage Commitment result (N-EVENT-REPORT) when its request's association has closed."""
+
+    storage_commitment_port: int | None = Field(None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _port_needs_host(self) -> Sender:
+        if self.storage_commitment_port is not None and self.host is None:
+            raise ValueError("storage_commitment_port needs the sender's host (where to send the result)")
+        return self
 
 
 class Orthanc(_Strict):
@@ -176,6 +185,19 @@ class Route(_Strict):
     plugin: str = "none"
     plugin_settings: dict[str, Any] = {}
     redaction: dict[str, Any] | None = None
+    # Storage Commitment answers success once an object is durable in the spool ("intake"),
+    # or only once Orthanc confirmed its protected copy ("orthanc").
+    commitment: Literal["intake", "orthanc"] = "intake"
+
+
+class StorageCommitment(_Strict):
+    """Storage Commitment Push Model SCP (PS3.4 Annex J)."""
+
+    # An instance the request names but the spool never received fails after this long.
+    missing_after_seconds: float = Field(30, ge=0)
+    # Instances still on their way to Orthanc (commitment: orthanc) fail after this long.
+    timeout_seconds: float = Field(3600, gt=0)
+    poll_seconds: float = Field(0.5, gt=0)
 
 
 class Workstation(_Peer):
@@ -242,6 +264,7 @@ class Config(_Strict):
     retrieval: Retrieval = Retrieval()
     status_http: StatusHttp = StatusHttp()
     audit_repository: AuditRepository | None = None
+    storage_commitment: StorageCommitment = StorageCommitment()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
@@ -38,6 +39,7 @@ from gateway.pseudonym import Pseudonymizer
 from gateway.query_retrieve import QueryRetrieve
 from gateway.sop_classes import is_image
 from gateway.spool import Described, Spool, SpoolError
+from gateway.storage_commitment import StorageCommitment
 from gateway.tls import peer_common_name, server_context
 
 log = logging.getLogger("gateway.listener")
@@ -64,8 +66,9 @@ class Listener:
     """A pynetdicom SCP: storage in front of the spool, Q/R in front of Orthanc."""
 
     def __init__(self, config: Config, spool: Spool, pseudonyms: Pseudonymizer, qr: QueryRetrieve,
-                 audit: AuditLog, metrics: Metrics) -> None:
+                 audit: AuditLog, metrics: Metrics, commitment: StorageCommitment | None = None) -> None:
         self.config = config
+        self.commitment = commitment
         self.metrics = metrics
         self.spool = spool
         self.pseudonyms = pseudonyms
@@ -82,6 +85,8 @@ class Listener:
         ae.add_supported_context(Verification)
         for model in QR_MODELS:
             ae.add_supported_context(model)
+        if commitment is not None:
+            ae.add_supported_context(StorageCommitmentPushModel)
         ae.requested_contexts = StoragePresentationContexts  # C-MOVE to a destination
         self.ae = ae
         # Objects stream to a file in the spool as they arrive, so a 2 GB study never sits
@@ -101,6 +106,8 @@ class Listener:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_CONN_OPEN, no_delay),
         ]
+        if self.commitment is not None:
+            handlers.append((evt.EVT_N_ACTION, self.commitment.on_n_action))
         listen = self.config.listener
         ssl_context = server_context(listen.tls) if listen.tls is not None else None
         self._server = self.ae.start_server((listen.host, listen.port), block=False, evt_handlers=handlers,

@@ -16,6 +16,7 @@ from gateway.pacs_reader import PacsReader
 from gateway.pseudonym import Pseudonymizer
 from gateway.query_retrieve import QueryRetrieve
 from gateway.spool import Spool
+from gateway.storage_commitment import StorageCommitment
 from gateway.status_http import StatusServer
 from gateway.worker import Worker
 
@@ -34,8 +35,9 @@ class Service:
         self.metrics = Metrics()
         self.metrics.watch(self.spool)
         qr = QueryRetrieve(config, keyring, self.index, PacsReader(config.orthanc), self.audit, self.metrics)
-        self.listener = Listener(config, self.spool, Pseudonymizer(keyring.pseudonym_secret), qr, self.audit,
-                                 self.metrics)
+        pseudonyms = Pseudonymizer(keyring.pseudonym_secret)
+        self.commitment = StorageCommitment(config, self.spool, pseudonyms)
+        self.listener = Listener(config, self.spool, pseudonyms, qr, self.audit, self.metrics, self.commitment)
         self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index, audit=self.audit)
         web = config.status_http
         self.status = StatusServer(web.host, web.port, self.spool, self.metrics) if web.enabled else None
@@ -46,6 +48,7 @@ class Service:
             log.warning("spool: %d received object(s) had lost their index row (power loss?) and got it back",
                         recovered)
         self.worker.start()
+        self.commitment.start()
         self.listener.start()
         if self.status is not None:
             self.status.start()
@@ -55,6 +58,7 @@ class Service:
         if self.status is not None:
             self.status.stop()
         self.listener.stop()
+        self.commitment.stop()
         self.worker.stop()
         self.spool.close()
         self.index.close()

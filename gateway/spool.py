@@ -315,6 +315,19 @@ class Spool:
                 return kek_id, wrapped, key
         return row[0], row[1], envelope.unwrap(keyring, row[0], row[1])
 
+    def latest(self, sop_tokens: list[str]) -> dict[str, tuple[str, str, str, str]]:
+        """Each SOP token's newest row (a re-send supersedes): (state, calling AE, modality,
+        SOP class UID). Tokens never received are absent."""
+        found: dict[str, tuple[str, str, str, str]] = {}
+        with self._lock:
+            for start in range(0, len(sop_tokens), 500):
+                chunk = sop_tokens[start:start + 500]
+                rows = self._db.execute(
+                    "SELECT sop_token, state, calling_ae, modality, sop_class_uid FROM instances WHERE sop_token IN"
+                    f" ({','.join('?' * len(chunk))}) ORDER BY id", chunk).fetchall()
+                found.update({r[0]: (r[1], r[2], r[3], r[4]) for r in rows})
+        return found
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM instances GROUP BY state").fetchall()
