@@ -15,6 +15,7 @@ import threading
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -26,10 +27,14 @@ from gateway.deid.profile import OPTIONS
 from gateway.keyring import Keyring, KeyringError
 from gateway.metrics import SPOOL_STATES
 from gateway.plugin import PluginError, available
+from gateway.reload import check_reloadable, pid_file, signal_running
 from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_batches
 from gateway.restore import restore_series
 from gateway.stages import build_stages
 from gateway.worker import route_spec
+
+if TYPE_CHECKING:
+    from gateway.service import Service
 
 log = logging.getLogger("gateway")
 # The transforms' torch threads sleep while they wait instead of spinning: on a machine whose
@@ -60,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the DICOM listener and the protect/forward workers")
     s.add_argument("--config", type=Path, required=True)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("reload", help="check a configuration file, then make the running gateway use it (SIGHUP)")
+    s.add_argument("--config", type=Path, required=True)
+    s.set_defaults(func=cmd_reload)
 
     s = sub.add_parser("check-config", help="validate a configuration file and exit")
     s.add_argument("--config", type=Path, required=True)
@@ -123,12 +132,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(config.log_level)
     _check_plugins(config)
     service = Service(config, Keyring.load(config.keyring))
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     service.start()
-    stop.wait()
+    pid_file(config).write_text(f"{os.getpid()}\n")
+    while not stop.is_set():
+        if reload.wait(0.2):
+            reload.clear()
+            _reload(service, args.config)
+    pid_file(config).unlink(missing_ok=True)
     service.stop()
+    return 0
+
+
+def _reload(service: Service, path: Path) -> None:
+    """SIGHUP: read the file again; a bad one is refused with the messages a start would
+    print, and the running configuration stays."""
+    try:
+        new = load_config(path)
+        _check_plugins(new)
+        check_reloadable(service.config, new, path)
+    except ConfigError as exc:
+        log.error("configuration not reloaded, the previous one keeps running: %s", exc)
+        return
+    service.apply(new)
+    log.info("configuration reloaded from %s (%d route(s), %d sender(s))", path, len(new.routes), len(new.senders))
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Check the file as ``check-config`` does, then signal the running gateway."""
+    config = load_config(args.config)
+    Keyring.load(config.keyring)
+    _check_plugins(config)
+    pid = signal_running(config)
+    print(f"{args.config}: OK; reload signalled to the gateway (pid {pid}); its log says when it took effect")
     return 0
 
 

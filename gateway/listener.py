@@ -74,7 +74,6 @@ class Listener:
         self.pseudonyms = pseudonyms
         self.qr = qr
         self.audit = audit
-        self._senders = config.senders
         ae = AE(ae_title=config.listener.ae_title)
         ae.maximum_associations = config.listener.max_associations
         ae.maximum_pdu_size = config.listener.max_pdu
@@ -120,7 +119,7 @@ class Listener:
             self._server.shutdown()
 
     def _is_sender(self, calling: str, address: str, subject: str | None) -> bool:
-        return any(s.matches(calling, address, subject) for s in self._senders)
+        return any(s.matches(calling, address, subject) for s in self.config.senders)
 
     def _on_requested(self, event: Event) -> None:
         """Accept configured senders and workstations whose policy is not deny, from their

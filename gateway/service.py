@@ -53,6 +53,19 @@ class Service:
         if self.status is not None:
             self.status.start()
 
+    def apply(self, new: Config) -> None:
+        """Run under ``new`` from the next association, series or request on (a reload);
+        the caller has checked it (``gateway.reload.check_reloadable``)."""
+        if new.audit_repository != self.config.audit_repository:
+            old_forward = self.audit_repository
+            self.audit_repository = forwarder_for(new)
+            self.audit.forward = self.audit_repository
+            if old_forward is not None:
+                old_forward.close()
+        for part in (self, self.listener, self.listener.qr, self.worker, self.commitment):
+            part.config = new
+        logging.getLogger().setLevel(new.log_level)
+
     def stop(self) -> None:
         """Stop taking objects first, then let the workers finish their current step."""
         if self.status is not None:
