@@ -176,12 +176,15 @@ def _check_plugins(config: Config) -> None:
     a misspelt setting found at the first study would quarantine it."""
     installed = available()
     for i, route in enumerate(config.routes):
-        if route.plugin not in installed:
-            raise ConfigError(f"routes[{i}].plugin: no plugin named {route.plugin!r} is installed; installed: {installed}")
-        try:
-            build_stages(route_spec(config, route.name))
-        except (PluginError, TypeError, ValueError) as exc:
-            raise ConfigError(f"routes[{i}] ({route.name}): plugin_settings or redaction not accepted: {exc}") from None
+        for dest in route.destinations:
+            where = f"routes[{i}]" + ("" if dest.plugin is None else f".destinations ({dest.destination})")
+            spec = route_spec(config, route.name, dest.destination)
+            if spec.plugin not in installed:
+                raise ConfigError(f"{where}.plugin: no plugin named {spec.plugin!r} is installed; installed: {installed}")
+            try:
+                build_stages(spec)
+            except (PluginError, TypeError, ValueError) as exc:
+                raise ConfigError(f"{where} ({route.name}): plugin_settings or redaction not accepted: {exc}") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -195,6 +198,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("objects by state:")
     for state in SPOOL_STATES:
         print(f"  {state:12} {counts.get(state, 0)}")
+    deliveries = spool.delivery_counts()
+    if deliveries:
+        print("copies for further destinations:")
+        for (name, state), n in sorted(deliveries.items()):
+            print(f"  {name:16} {state:10} {n}")
     problems = spool.problem_series()
     print(f"series needing attention: {len(problems)}")
     for token, state, reason, when in problems:

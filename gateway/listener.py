@@ -168,7 +168,8 @@ class Listener:
             return SOP_CLASS_NOT_SUPPORTED
         try:
             self.spool.accept(received, calling_ae=calling, series_token=series_token, sop_token=sop_token,
-                              modality=modality, sop_class_uid=sop_class)
+                              modality=modality, sop_class_uid=sop_class,
+                              called_ae=str(event.assoc.acceptor.ae_title).strip(), address=event.assoc.requestor.address)
         except SpoolError as exc:
             log.error("C-STORE of %s from %s answered out-of-resources: %s", sop_token, calling, exc)
             return OUT_OF_RESOURCES

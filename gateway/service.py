@@ -62,7 +62,7 @@ class Service:
             self.audit.forward = self.audit_repository
             if old_forward is not None:
                 old_forward.close()
-        for part in (self, self.listener, self.listener.qr, self.worker, self.commitment):
+        for part in (self, self.listener, self.listener.qr, self.worker, self.worker.deliverer, self.commitment):
             part.config = new
         logging.getLogger().setLevel(new.log_level)
 

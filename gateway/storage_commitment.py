@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +32,10 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from gateway.config import Config, Sender
+from gateway.config import Config, Route, Sender
+from gateway.delivery import header_and_origin
 from gateway.pseudonym import Pseudonymizer
-from gateway.spool import Spool
+from gateway.spool import Incoming, Spool
 from gateway.tls import peer_common_name
 
 log = logging.getLogger("gateway.commitment")
@@ -65,11 +67,13 @@ class Request:
     retry_at: float = 0.0  # after a failed delivery, when to try the modality again
 
 
-def outcome(request: Request, rows: dict[str, tuple[str, str, str, str]], tokens: list[str], config: Config,
-            now: float) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]] | None:
+def outcome(request: Request, rows: dict[str, tuple[str, Incoming]], tokens: list[str], config: Config,
+            now: float, route_of: Callable[[Incoming], Route | None]) -> tuple[list[tuple[str, str]],
+                                                                              list[tuple[str, str, int]]] | None:
     """(committed, failed with reason) once every reference is settled; None while any still waits.
 
-    ``rows``: the spool's newest row per SOP token; ``tokens``: each reference's token, in order.
+    ``rows``: the spool's newest row per SOP token (state, row); ``tokens``: each reference's
+    token, in order; ``route_of``: the route a row takes.
     """
     settings = config.storage_commitment
     waited = now - request.received_at
@@ -82,11 +86,11 @@ def outcome(request: Request, rows: dict[str, tuple[str, str, str, str]], tokens
                 return None
             failed.append((sop_class, sop_uid, NO_SUCH_INSTANCE))
             continue
-        state, calling_ae, modality, stored_class = row
-        if stored_class != sop_class:
+        state, item = row
+        if item.sop_class_uid != sop_class:
             failed.append((sop_class, sop_uid, CLASS_INSTANCE_CONFLICT))
             continue
-        route = config.route_for(calling_ae, modality, stored_class)
+        route = route_of(item)
         wanted = _IN_ORTHANC if route is not None and route.commitment == "orthanc" else _IN_SPOOL
         if state in wanted:
             committed.append((sop_class, sop_uid))
@@ -209,7 +213,7 @@ class StorageCommitment:
             if time.time() < request.retry_at:
                 continue
             tokens = [self.pseudonyms.uid(uid) for _, uid in request.references]
-            result = outcome(request, self.spool.latest(tokens), tokens, self.config, time.time())
+            result = outcome(request, self.spool.latest(tokens), tokens, self.config, time.time(), self._route_of)
             if result is None:
                 continue
             if self._report(request, *event_information(request.transaction_uid, *result)):
@@ -220,6 +224,14 @@ class StorageCommitment:
                          len(result[0]), len(result[1]), request.calling_ae)
             else:
                 request.retry_at = time.time() + _RETRY_SECONDS
+
+    def _route_of(self, item: Incoming) -> Route | None:
+        """The route the object takes: by its header while the spool still has the file."""
+        try:
+            header, called, address = header_and_origin(item, self.config)
+        except Exception:  # noqa: BLE001 - purged, moved or unreadable: the header-free rules decide
+            header, called, address = None, "", ""
+        return self.config.route_for(item.calling_ae, item.modality, item.sop_class_uid, called, address, header)
 
     def _report(self, request: Request, event_type: int, info: Dataset) -> bool:
         """Send the N-EVENT-REPORT; True once the modality answered it."""

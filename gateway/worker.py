@@ -14,6 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway.audit import AuditLog
 from gateway.config import Config
+from gateway.delivery import Deliverer, header_and_origin, stage_copies, study_still_receiving
 from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.index import Index
 from gateway.keyring import Keyring
@@ -25,15 +26,20 @@ from gateway.spool import Spool, SpoolError
 log = logging.getLogger("gateway.worker")
 
 
-def route_spec(config: Config, route_name: str) -> RouteSpec:
+def route_spec(config: Config, route_name: str, destination: str = "orthanc") -> RouteSpec:
+    """The stages for one destination of a route: its own profile and transform where it
+    names them, the route's otherwise."""
     route = next(r for r in config.routes if r.name == route_name)
-    profile = config.profiles[route.profile]
+    dest = next((d for d in route.destinations if d.destination == destination), None)
+    own = dest.model_dump(exclude_none=True) if dest is not None else {}
+    profile = config.profiles[own.get("profile", route.profile)]
+    redaction = own.get("redaction", route.redaction)
     return RouteSpec(
         options=frozenset(profile.options),
         keep_private=tuple((k.group, k.creator) for k in profile.keep_private),
-        plugin=route.plugin,
-        plugin_settings=dict(route.plugin_settings),
-        redaction=dict(route.redaction) if route.redaction is not None else None,
+        plugin=own.get("plugin", route.plugin),
+        plugin_settings=dict(own.get("plugin_settings", route.plugin_settings)),
+        redaction=dict(redaction) if redaction is not None else None,
     )
 
 
@@ -50,16 +56,19 @@ class Worker:
         self.forwarder = forwarder
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._stop = threading.Event()
+        self.deliverer = Deliverer(config, spool)
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds
         self._scheduler.add_job(self._guard(self.process_settled), "interval", seconds=every, id="protect")
         self._scheduler.add_job(self._guard(self.forward_due), "interval", seconds=every, id="forward")
+        self._scheduler.add_job(self._guard(self.deliverer.deliver_due), "interval", seconds=every, id="deliver")
         self._scheduler.add_job(self._guard(self.purge), "interval", seconds=max(every, 60), id="purge")
         self._scheduler.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self.deliverer.stop()
         self._scheduler.shutdown(wait=True)
 
     def _guard(self, job):  # type: ignore[no-untyped-def]
@@ -84,22 +93,33 @@ class Worker:
         if not items:
             return
         first = items[0]
-        route = self.config.route_for(first.calling_ae, first.modality, first.sop_class_uid)
         ids = [i.id for i in items]
+        try:
+            header, called, address = header_and_origin(first, self.config)
+        except Exception as exc:  # noqa: BLE001 - as for any unreadable object: type only
+            self._quarantine(token, None, f"header cannot be read for routing ({type(exc).__name__})", ids)
+            return
+        route = self.config.route_for(first.calling_ae, first.modality, first.sop_class_uid, called, address, header)
         if route is None:
             self._quarantine(token, None, "no route matches this series", ids)
             return
+        study = str(header.get("StudyInstanceUID", "")) if header is not None else ""
+        if route.level == "study" and study_still_receiving(self.spool, token, study, self.config.scheduler.settle_seconds):
+            return  # the study has not settled: its series go together, later
+        to_main = any(d.destination == "orthanc" for d in route.destinations)
         if self.config.listener.non_image != "protect" and not all(is_image(i.sop_class_uid) for i in items):
             self._quarantine(token, route.name, "non-image objects are kept for review (listener.non_image)", ids)
             return
         written: list[int] = []
         try:
-            for batch in protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
-                                         self.spool):
+            for batch in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
+                                          self.spool) if to_main else ()):
                 for protected in batch:
                     self.spool.write_output(ids[len(written)], protected.data)
                     written.append(ids[len(written)])
                 batch.clear()  # on disk now: free it before the next batch is made
+            staged = stage_copies(self.config, self.keyring, self.spool, route, token, items,
+                                  lambda name: route_spec(self.config, route.name, name))
         except (Quarantine, PluginError) as exc:
             self.spool.discard_outputs(written)
             self._quarantine(token, route.name, str(exc), ids)
@@ -113,8 +133,13 @@ class Worker:
             self.spool.discard_outputs(written)
             self._quarantine(token, route.name, f"internal error while protecting ({type(exc).__name__})", ids)
             return
-        self.spool.protected(token, route.name, ids)
-        log.info("series %s: %d objects protected by route %s", token, len(ids), route.name)
+        self.spool.release_deliveries(staged)
+        if to_main:
+            self.spool.protected(token, route.name, ids)
+        else:
+            self.spool.handed_on(token, route.name, ids)
+        log.info("series %s: %d objects protected by route %s for %s", token, len(ids), route.name,
+                 ", ".join(d.destination for d in route.destinations))
 
     def _quarantine(self, token: str, route: str | None, reason: str, ids: list[int]) -> None:
         self.spool.quarantine(token, route, reason, ids)
