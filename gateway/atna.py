@@ -57,6 +57,7 @@ _OUTCOME = {"success": "0", "cancelled": "0", "partial": "4", "refused": "4", "q
 # syslog: facility 10 (security/authorization), severity 5 (notice), as IHE ATNA asks.
 _PRI = 10 * 8 + 5
 MSGID = "IHE+RFC-3881"
+_LOCAL = {None, "", "-", "gateway"}  # who/address of lines the gateway wrote about itself
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,13 @@ def messages(entry: dict[str, Any], source: Source) -> list[bytes]:
     if action == "quarantine":
         return [_alert(when, indicator, OBJECT_SECURITY_CHANGED, source, entry, URI,
                        f"urn:oid:{entry['series']}", f"series quarantined: {entry.get('reason', '')}")]
+    if action == "supersede":  # a corrected object replaced Orthanc's copy
+        msg = _message(INSTANCES_ACCESSED, "U", when, indicator, source)
+        _participant(msg, source.ae_title, True, source.host, APPLICATION)
+        _source(msg, source)
+        obj = _object(msg, str(entry.get("study", "")), "2", "3", STUDY_UID)
+        _detail(obj, "Supersede", f"{entry.get('copies_replaced', 0)} earlier copy(ies) replaced by a correction")
+        return [_xml(msg)]
     if action == "key-rotation":
         return [_alert(when, indicator, SECURITY_CONFIGURATION, source, entry, URI,
                        f"urn:gateway:key:{entry.get('key_id', '')}", "key-encryption key rotated")]
@@ -130,8 +138,9 @@ def _alert(when: str, indicator: str, kind: Code, source: Source, entry: dict[st
            subject: str, description: str) -> bytes:
     msg = _message(SECURITY_ALERT, "E", when, indicator, source, kind)
     _participant(msg, source.ae_title, False, source.host, APPLICATION)
-    if entry.get("ae_title"):
-        _participant(msg, str(entry["ae_title"]), True, entry.get("address") or None, None)
+    if entry.get("ae_title") not in _LOCAL:
+        address = entry.get("address")
+        _participant(msg, str(entry["ae_title"]), True, None if address in _LOCAL else address, None)
     _source(msg, source)
     obj = _object(msg, subject, "2", "13", id_type)
     _detail(obj, "Alert Description", description)

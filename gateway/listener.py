@@ -36,7 +36,7 @@ from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
-from gateway.query_retrieve import QueryRetrieve
+from gateway.retrieval.handlers import QueryRetrieve
 from gateway.sop_classes import is_image
 from gateway.spool import Described, Spool, SpoolError
 from gateway.storage_commitment import StorageCommitment

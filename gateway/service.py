@@ -14,7 +14,7 @@ from gateway.listener import Listener
 from gateway.metrics import Metrics
 from gateway.pacs_reader import PacsReader
 from gateway.pseudonym import Pseudonymizer
-from gateway.query_retrieve import QueryRetrieve
+from gateway.retrieval.handlers import QueryRetrieve
 from gateway.spool import Spool
 from gateway.storage_commitment import StorageCommitment
 from gateway.status_http import StatusServer
@@ -38,9 +38,9 @@ class Service:
         pseudonyms = Pseudonymizer(keyring.pseudonym_secret)
         self.commitment = StorageCommitment(config, self.spool, pseudonyms)
         self.listener = Listener(config, self.spool, pseudonyms, qr, self.audit, self.metrics, self.commitment)
-        self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index, audit=self.audit)
+        self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index, self.audit)
         web = config.status_http
-        self.status = StatusServer(web.host, web.port, self.spool, self.metrics) if web.enabled else None
+        self.status = StatusServer(web, self.spool, self.metrics) if web.enabled else None
 
     def start(self) -> None:
         recovered = self.spool.recover(self.listener.describe)

@@ -34,12 +34,14 @@ CASES = {
                                   studies=["2.25.1"]),
     "refused C-MOVE": entry("C-MOVE", "refused", policy="deny", destination="NOWHERE"),
     "quarantine": {**entry("quarantine", "quarantined", series="2.25.9", route="ct", objects=3,
-                           reason="gate: identifying value in (0010,0010)"), "ae_title": "", "address": ""},
+                           reason="gate: identifying value in (0010,0010)"), "ae_title": "gateway", "address": "-"},
+    "supersede": {**entry("supersede", "success", study="2.25.5", instance="abc", copies_replaced=1),
+                  "ae_title": "gateway", "address": "-"},
     "key rotation": {**entry("key-rotation", "success", key_id="kek-0002"), "ae_title": "operator"},
 }
 EVENTS = {"refused association": ["110113"], "query": ["110112"], "refused query": ["110112"],
           "restore by C-GET": ["110104", "110103"], "pseudonymized C-MOVE": ["110104"], "refused C-MOVE": ["110104"],
-          "quarantine": ["110113"], "key rotation": ["110113"]}
+          "quarantine": ["110113"], "supersede": ["110103"], "key rotation": ["110113"]}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -71,6 +73,11 @@ def test_outcomes_and_participants_say_who_did_what() -> None:
                                                                                                          "2.25.2"]
     assert all(o.findtext("Anonymized") == "false" for o in accessed.findall("ParticipantObjectIdentification"))
     assert transferred.find("EventIdentification").get("EventDateTime") == "2026-12-02T01:02:03+01:00"
+
+
+def test_lines_about_the_gateway_itself_name_only_the_gateway() -> None:
+    alert = etree.fromstring(messages(CASES["quarantine"], SOURCE)[0])
+    assert [p.get("UserID") for p in alert.findall("ActiveParticipant")] == ["GATEWAY"]
 
 
 def test_a_retrieval_that_sent_nothing_is_no_restore() -> None:
