@@ -14,8 +14,6 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from gateway.atna import AuditForwarder, Source
@@ -24,7 +22,7 @@ from gateway.config import AuditRepository
 from gateway.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu, wait_port
 from tests.conftest import write_study
 from tests.integration.conftest import HANDLED_IDENTITY, wait_for
-from tests.integration.test_hardening import _issue
+from tests.pki import issue
 from tests.integration.test_retrieval import getscu
 from tests.unit.test_atna import SCHEMA
 
@@ -58,10 +56,7 @@ class Rsyslog:
 
     def start(self) -> Rsyslog:
         self.folder.mkdir(parents=True, exist_ok=True)
-        _issue(self.folder, "arr-ca", None, ca=True)
-        ca_cert = x509.load_pem_x509_certificate((self.folder / "arr-ca.crt").read_bytes())
-        ca_key = serialization.load_pem_private_key((self.folder / "arr-ca.key").read_bytes(), None)
-        _issue(self.folder, "arr", (ca_cert, ca_key))  # type: ignore[arg-type]
+        issue(self.folder, "arr", issue(self.folder, "arr-ca", None, ca=True))
         self.tcp, self.udp, self.tls = free_port(), free_port(), free_port()
         f = self.folder
         (f / "rsyslog.conf").write_text(f"""
