@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from gateway.config import AuditRepository
+from gateway.config import AuditRepository, Config
 
 log = logging.getLogger("gateway.atna")
 
@@ -308,9 +308,9 @@ class AuditForwarder:
         self.sender.close()
 
 
-def forwarder_for(config: Any) -> AuditForwarder | None:
+def forwarder_for(config: Config) -> AuditForwarder | None:
     """The forwarder a configuration asks for (``audit_repository``), or None."""
-    repo: AuditRepository | None = config.audit_repository
+    repo = config.audit_repository
     if repo is None:
         return None
     listen = config.listener
