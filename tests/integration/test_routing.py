@@ -86,8 +86,8 @@ def test_ct_and_sr_of_one_study_go_to_their_destinations(tmp_path: Path, orthanc
         research, archive = nodes["RESEARCH"][1], nodes["ARCHIVE"][1]
         wait_for(lambda: len(list(research.iterdir())) == 2 and len(list(archive.iterdir())) == 1, timeout=60)
         wait_for(lambda: len(orthanc.get("/instances")) == 2, timeout=30)
-        status = wait_for(lambda: (text := gateway.status()) if "research         delivered  2" in text else None)
-        assert "archive          delivered  1" in status
+        wait_for(lambda: "research         delivered  2" in gateway.status())
+        assert "archive          delivered  1" in gateway.status()
     finally:
         gateway.stop()
     (report,) = [pydicom.dcmread(p) for p in archive.iterdir()]
