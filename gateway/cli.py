@@ -30,11 +30,13 @@ from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
 from gateway.metrics import SPOOL_STATES
 from gateway.plugin import PluginError, available
+from gateway.protect import Quarantine, protect_batches
 from gateway.reload import check_reloadable, pid_file, signal_running
-from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_batches
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
 from gateway.restore import restore_series
 from gateway.stages import build_stages
-from gateway.worker import route_spec
+from gateway.route_spec import route_spec
 
 if TYPE_CHECKING:
     from gateway.service import Service

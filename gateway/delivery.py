@@ -24,7 +24,8 @@ from gateway.config import Config, DicomDestination, Route
 from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.keyring import Keyring
 from gateway.netutil import no_delay
-from gateway.protect import RouteSpec, protect_batches
+from gateway.protect import protect_batches
+from gateway.route_spec import RouteSpec
 from gateway.spool import Incoming, Spool, origin
 
 log = logging.getLogger("gateway.delivery")

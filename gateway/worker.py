@@ -22,28 +22,12 @@ from gateway.index import Index
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.publish import Outcome, publish
-from gateway.protect import Quarantine, RouteSpec, protect_batches
+from gateway.protect import Quarantine, protect_batches
+from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
 from gateway.spool import Spool, SpoolError
 
 log = logging.getLogger("gateway.worker")
-
-
-def route_spec(config: Config, route_name: str, destination: str = "orthanc") -> RouteSpec:
-    """The stages for one destination of a route: its own profile and transform where it
-    names them, the route's otherwise."""
-    route = next(r for r in config.routes if r.name == route_name)
-    dest = next((d for d in route.destinations if d.destination == destination), None)
-    own = dest.model_dump(exclude_none=True) if dest is not None else {}
-    profile = config.profiles[own.get("profile", route.profile)]
-    redaction = own.get("redaction", route.redaction)
-    return RouteSpec(
-        options=frozenset(profile.options),
-        keep_private=tuple((k.group, k.creator) for k in profile.keep_private),
-        plugin=own.get("plugin", route.plugin),
-        plugin_settings=dict(own.get("plugin_settings", route.plugin_settings)),
-        redaction=dict(redaction) if redaction is not None else None,
-    )
 
 
 class Worker:
