@@ -26,7 +26,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.config import AuditRepository, Config
@@ -209,12 +209,12 @@ def _datetime(stamp: str | None) -> str:
             return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").isoformat()
         except ValueError:
             pass
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def syslog_frame(payload: bytes, hostname: str, app_name: str = "gateway") -> bytes:
     """One RFC 5424 message: header, no structured data, the XML as MSG."""
-    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     header = f"<{_PRI}>1 {stamp} {hostname[:255] or '-'} {app_name} {os.getpid()} {MSGID} - "
     return header.encode("ascii", "replace") + payload
 

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
@@ -160,7 +159,7 @@ class StorageCommitment:
         if self._sender(calling, address, peer_common_name(assoc)) is None:
             log.warning("storage commitment from %s refused: not a configured sender", calling)
             return NOT_AUTHORIZED, None
-        if event.request.ActionTypeID != 1:
+        if getattr(event.request, "ActionTypeID", None) != 1:  # 1: Request Storage Commitment
             return NO_SUCH_ACTION, None
         info = event.action_information
         try:

@@ -47,7 +47,7 @@ def transcode(original: bytes, target: UID | str) -> bytes:
     target = UID(str(target))
     if target not in FALLBACKS:
         raise ValueError(f"transcoding writes only {', '.join(ts.name for ts in FALLBACKS)}, not {target.name}")
-    ds = pydicom.dcmread(io.BytesIO(original))
+    ds: Dataset = pydicom.dcmread(io.BytesIO(original))
     source = UID(str(ds.file_meta.TransferSyntaxUID))
     if source == target:
         return original

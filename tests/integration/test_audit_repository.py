@@ -22,8 +22,8 @@ from gateway.config import AuditRepository
 from gateway.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu, wait_port
 from tests.conftest import write_study
 from tests.integration.conftest import HANDLED_IDENTITY, wait_for
-from tests.pki import issue
 from tests.integration.test_retrieval import getscu
+from tests.pki import issue
 from tests.unit.test_atna import SCHEMA
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"

@@ -56,7 +56,7 @@ def test_reload_adds_a_sender_without_dropping_an_open_association(tmp_path: Pat
         gateway.senders.append({"ae_title": "A_TITLE_TOO_LONG_X"})
         gateway.write_config()
         refused = subprocess.run([sys.executable, "-m", "gateway.cli", "reload", "--config", str(gateway.config_path)],
-                                 capture_output=True, text=True, cwd=REPO)
+                                 check=False, capture_output=True, text=True, cwd=REPO)
         assert refused.returncode == 2
         assert "senders.2.ae_title: an AE title is 1 to 16 ASCII characters" in refused.stderr
         assert gateway.process is not None

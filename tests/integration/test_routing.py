@@ -81,7 +81,8 @@ def test_ct_and_sr_of_one_study_go_to_their_destinations(tmp_path: Path, orthanc
         files = write_study(tmp_path / "study", (2,), size=32)
         sr = _sr_like(files[0], tmp_path / "study" / "report.dcm")
         result = subprocess.run(["dcmsend", "-aet", "MODALITY", "-aec", "GATEWAY", "+sd", "127.0.0.1",
-                                 str(gateway.port), str(tmp_path / "study")], capture_output=True, text=True)
+                                 str(gateway.port), str(tmp_path / "study")], check=False, capture_output=True,
+                                text=True)
         assert result.returncode == 0, result.stderr
         research, archive = nodes["RESEARCH"][1], nodes["ARCHIVE"][1]
         wait_for(lambda: len(list(research.iterdir())) == 2 and len(list(archive.iterdir())) == 1, timeout=60)

@@ -12,8 +12,8 @@ from pydicom.dataset import Dataset
 
 from gateway.config import Config, Match
 from gateway.delivery import study_still_receiving
-from gateway.spool import Spool, origin
 from gateway.route_spec import route_spec
+from gateway.spool import Spool, origin
 from tests.conftest import encode
 
 BASE: dict[str, Any] = {

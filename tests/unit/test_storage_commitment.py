@@ -9,8 +9,15 @@ import pytest
 from gateway.config import Config
 from gateway.pseudonym import Pseudonymizer
 from gateway.spool import Incoming, Spool
-from gateway.storage_commitment import (CLASS_INSTANCE_CONFLICT, NO_SUCH_INSTANCE, PROCESSING_FAILURE, Request,
-                                        StorageCommitment, event_information, outcome)
+from gateway.storage_commitment import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_INSTANCE,
+    PROCESSING_FAILURE,
+    Request,
+    StorageCommitment,
+    event_information,
+    outcome,
+)
 
 CT, MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
 
