@@ -88,25 +88,29 @@ def _prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyrin
         except Exception as exc:  # noqa: BLE001 - Orthanc lost it or is down: this object fails
             raws.append(Refused(f"not available from Orthanc ({type(exc).__name__})"))
     if policy is Policy.PSEUDONYMIZED:
-        checked = [r if isinstance(r, Refused) else _checked_bytes(r, item.entry.sop_uid, keyring)
-                   for r, item in zip(raws, batch, strict=True)]
-        return [r if isinstance(r, Refused) else fitted(r, accepted) for r in checked]
-    return [r if isinstance(r, Refused) else fitted(r, accepted) for r in _restored(batch, raws, keyring)]
+        out: list[Dataset | Refused] = []
+        for raw, item in zip(raws, batch, strict=True):
+            checked = raw if isinstance(raw, Refused) else egress_checked(raw, item.entry.sop_uid, keyring)
+            out.append(checked if isinstance(checked, Refused) else fitted(
+                raw, str(checked.SOPClassUID), str(checked.file_meta.TransferSyntaxUID), accepted, checked))  # type: ignore[arg-type]  # raw is bytes here
+        return out
+    return [r if isinstance(r, Refused) else fitted(r, item.entry.sop_class, item.entry.transfer_syntax, accepted)
+            for r, item in zip(_restored(batch, raws, keyring), batch, strict=True)]
 
 
-def fitted(data: bytes, accepted: Accepted) -> Dataset | Refused:
-    """``data`` (a verified object) as a dataset in a transfer syntax the receiver accepted."""
-    head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    own = str(head.file_meta.TransferSyntaxUID)
-    target = choose(own, accepted.get(str(head.SOPClassUID), frozenset()))
+def fitted(data: bytes, sop_class: str, syntax: str, accepted: Accepted, parsed: Dataset | None = None
+           ) -> Dataset | Refused:
+    """``data`` (a verified object of ``sop_class`` in ``syntax``; ``parsed`` where it was read
+    already) as a dataset in a transfer syntax the receiver accepted."""
+    target = choose(syntax, accepted.get(sop_class, frozenset()))
     if target is None:
-        return Refused(f"the receiver accepts neither {UID(own).name} nor uncompressed data for this SOP class")
-    if target != own:
-        try:
-            data = transcode(data, target)
-        except TranscodeError as exc:
-            return Refused(f"cannot be decoded for a receiver that takes only uncompressed data: {exc}")
-    return pydicom.dcmread(io.BytesIO(data))
+        return Refused(f"the receiver accepts neither {UID(syntax).name} nor uncompressed data for this SOP class")
+    if target == syntax:
+        return parsed if parsed is not None else pydicom.dcmread(io.BytesIO(data))
+    try:
+        return pydicom.dcmread(io.BytesIO(transcode(data, target)))
+    except TranscodeError as exc:
+        return Refused(f"cannot be decoded for a receiver that takes only uncompressed data: {exc}")
 
 
 def _restored(batch: list[Planned], raws: list[bytes | Refused], keyring: Keyring) -> list[bytes | Refused]:
@@ -126,11 +130,6 @@ def _restored(batch: list[Planned], raws: list[bytes | Refused], keyring: Keyrin
             else:
                 out[i] = outcome.data
     return out
-
-
-def _checked_bytes(raw: bytes, sop_uid: str, keyring: Keyring) -> bytes | Refused:
-    checked = egress_checked(raw, sop_uid, keyring)
-    return checked if isinstance(checked, Refused) else raw
 
 
 def egress_checked(raw: bytes, sop_uid: str, keyring: Keyring) -> Dataset | Refused:
