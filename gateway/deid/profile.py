@@ -33,6 +33,14 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "retain_institution_identity": ("rtnInstIdOpt", "113112", "Retain Institution Identity Option"),
     "retain_uids": ("rtnUIDsOpt", "113110", "Retain UIDs Option"),
     "clean_descriptors": ("cleanDescOpt", "113105", "Clean Descriptors Option"),
+    "clean_graphics": ("cleanGraphOpt", "113103", "Clean Graphics Option"),
+    "clean_structured_content": ("cleanStructContOpt", "113104", "Clean Structured Content Option"),
+}
+# Attributes the table does not list that carry the same content as a row it does: an
+# overlay's description and label are text about the overlay, so they go with its data.
+SUPPLEMENT = {
+    "(60XX,0022)": ("Overlay Description", "(60XX,3000)"),
+    "(60XX,1500)": ("Overlay Label", "(60XX,3000)"),
 }
 BASIC_CODE = ("113100", "Basic Application Confidentiality Profile")
 
@@ -89,6 +97,8 @@ class Profile:
 @lru_cache(maxsize=1)
 def _table() -> tuple[dict[int, _Row], list[tuple[int, int, _Row]]]:
     rows = json.loads(files("gateway").joinpath("data/ps3.15-table-e.1-1.json").read_text())
+    by_tag = {item["tag"]: item for item in rows}
+    rows += [{**by_tag[like], "tag": tag, "name": name} for tag, (name, like) in SUPPLEMENT.items()]
     exact: dict[int, _Row] = {}
     masks: list[tuple[int, int, _Row]] = []
     for item in rows:
