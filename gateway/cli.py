@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--plugin", default="none", help="privacy transform (installed: %(default)s, ...)")
         s.set_defaults(func=fn)
 
+    _add_describe_profile(sub)
+
     keys = sub.add_parser("keys", help="manage the keyring").add_subparsers(required=True, metavar="ACTION")
     for name, fn, text in (
         ("init", cmd_keys_init, "create a keyring (mode 0600)"),
@@ -101,6 +103,26 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--keyring", type=Path, required=True)
         s.set_defaults(func=fn)
     return p
+
+
+def _add_describe_profile(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    s = sub.add_parser("describe-profile", help="what a route does to each attribute and option (PS3.15)")
+    s.add_argument("--config", type=Path, required=True)
+    s.add_argument("--route", required=True, help="the route's name in the configuration")
+    s.set_defaults(func=cmd_describe_profile)
+
+
+def cmd_describe_profile(args: argparse.Namespace) -> int:
+    from gateway.deid.describe import describe
+
+    config = load_config(args.config)
+    route = next((r for r in config.routes if r.name == args.route), None)
+    if route is None:
+        raise UsageError(f"no route {args.route!r} in {args.config}; routes: {[r.name for r in config.routes]}")
+    spec = route_spec(config, route.name)
+    print(f"Route {route.name}: profile {route.profile}, plugin {route.plugin}")
+    print(describe(spec.options, spec.keep_private))
+    return 0
 
 
 # -- service --------------------------------------------------------------------------

@@ -89,27 +89,39 @@ class Profile:
                 return act
         return None
 
+    def action_of_row(self, tag: str) -> str:
+        """The action for a row of the table, by its tag as the table writes it."""
+        return self._resolve(dict(_rows())[tag])
+
     def method_codes(self) -> list[tuple[str, str]]:
         """CID 7050 codes for De-identification Method Code Sequence."""
         return [BASIC_CODE] + [(OPTIONS[o][1], OPTIONS[o][2]) for o in sorted(self.options)]
 
 
+def table_rows() -> list[tuple[str, str]]:
+    """(tag as the table writes it, attribute name) of every row the profile applies."""
+    return [(tag, row.name) for tag, row in _rows()]
+
+
 @lru_cache(maxsize=1)
-def _table() -> tuple[dict[int, _Row], list[tuple[int, int, _Row]]]:
+def _rows() -> list[tuple[str, _Row]]:
     rows = json.loads(files("gateway").joinpath("data/ps3.15-table-e.1-1.json").read_text())
     by_tag = {item["tag"]: item for item in rows}
     rows += [{**by_tag[like], "tag": tag, "name": name} for tag, (name, like) in SUPPLEMENT.items()]
+    return [
+        (item["tag"], _Row(name=item["name"], basic=item["basicProfile"],
+                           options={k: v for k, v in item.items() if k.endswith("Opt")}))
+        for item in rows
+        if "WHERE GGGG IS ODD" not in item["tag"].upper()  # private: removed by the walker unless a rule keeps them
+    ]
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[dict[int, _Row], list[tuple[int, int, _Row]]]:
     exact: dict[int, _Row] = {}
     masks: list[tuple[int, int, _Row]] = []
-    for item in rows:
-        if "WHERE GGGG IS ODD" in item["tag"].upper():
-            continue  # private attributes: removed by the walker unless a rule keeps them
-        row = _Row(
-            name=item["name"],
-            basic=item["basicProfile"],
-            options={k: v for k, v in item.items() if k.endswith("Opt")},
-        )
-        hexdigits = re.sub(r"[(),]", "", item["tag"]).upper()
+    for tag, row in _rows():
+        hexdigits = re.sub(r"[(),]", "", tag).upper()
         if "X" in hexdigits:
             mask = int("".join("0" if c == "X" else "F" for c in hexdigits), 16)
             value = int(hexdigits.replace("X", "0"), 16)
