@@ -53,7 +53,8 @@ def planted_series(planted: Planted, n: int = 2, size: int = 16, retained: bool 
     """A small CT series whose patient bears ``planted.name``, the name written into every
     kind of place the profile removes or replaces; with ``retained`` also into Window
     Center & Width Explanation, which the profile keeps."""
-    identity = synthetic.Identity(patient_name=planted.name, patient_id=f"PID-{planted.label}")
+    identity = synthetic.Identity(patient_name=planted.name, patient_id=f"PID-{planted.label}",
+                                  accession=f"ACC-{planted.label[:12]}")  # a study of its own
     series = synthetic.ct_series(n, size=size, identity=identity, series_number=series_number)
     text = " ".join(planted.parts)
     for ds in series:
