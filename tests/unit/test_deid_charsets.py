@@ -153,3 +153,23 @@ def test_real_series_are_not_held_back_for_values_that_are_no_identity(keyring: 
     knee[3].WindowCenterWidthExplanation = "PETER DOE"
     with pytest.raises(Quarantine, match=r"\(0028,1055\) WindowCenterWidthExplanation"):
         _protect(knee, keyring)
+
+
+def test_the_gateway_s_own_envelope_block_and_written_values_are_not_searched() -> None:
+    from gateway import envelope
+
+    needles = gate.Needles({"coverless", "REMOVED"}, {"COVERLESS^WARD"}, written={"REMOVED"})
+    ds = Dataset()
+    block = ds.private_block(envelope.GROUP, envelope.CREATOR, create=True)
+    block.add_new(0x06, "LO", ["redaction", "coverless"])  # the stage names the envelope lists
+    ds.LongitudinalTemporalInformationModified = "REMOVED"
+    assert gate.scan(ds, _encode_plain(ds), needles) == []
+    other = ds.private_block(0x0029, "ACME NOTES 1", create=True)
+    other.add_new(0x10, "LO", "coverless")
+    assert [h.where for h in gate.scan(ds, b"", needles)] == ["(0029,1010)"]
+
+
+def _encode_plain(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, implicit_vr=False, little_endian=True)
+    return buf.getvalue()
