@@ -173,3 +173,21 @@ def _encode_plain(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, implicit_vr=False, little_endian=True)
     return buf.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("planted", [NAMES[-1], NAMES[7]], ids=lambda p: p.label)
+def test_a_name_under_a_wrongly_declared_character_set_is_still_caught(planted: Planted, keyring: Keyring) -> None:
+    """Bytes of one character set in an object that declares another (a common modality
+    mistake): UTF-8 declared as Latin-1, ISO 2022 IR 87 declared as IR 13 (Shift JIS)."""
+    declared, wrong = {"utf-8": (b"ISO_IR 192", b"ISO_IR 100")}.get(
+        planted.label, (b"\\ISO 2022 IR 87", b"\\ISO 2022 IR 13"))
+    raws = [encode(ds).replace(declared, wrong) for ds in planted_series(planted, retained=True)]
+    assert all(wrong in raw for raw in raws)
+    with pytest.raises(Quarantine, match=r"\(0028,1055\)"):
+        protect_series(raws, RouteSpec(), keyring, MemoryDataKeys())
+    raws = [encode(ds).replace(declared, wrong) for ds in planted_series(planted)]
+    outs = protect_series(raws, RouteSpec(), keyring, MemoryDataKeys())
+    for part in planted.parts:
+        encoded = _ESCAPE.sub(b"", part.encode("utf-8" if planted.label == "utf-8" else "iso2022_jp"))
+        assert not any(encoded in out.data for out in outs)
