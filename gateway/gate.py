@@ -121,6 +121,7 @@ class Needles:
         self.written_texts = {words(v) for v in self.written}
         self.kept_texts = {k: {words(v) for v in vs} for k, vs in self.kept.items()}
         self.codecs = _codecs(self.charsets)
+        self._raw_cache: dict[frozenset[str], list[tuple[bytes, str]]] = {}
 
     def raw_needles(self, own: set[str]) -> list[tuple[bytes, str]]:
         """Each whole value long enough for the raw search, in every declared encoding.
@@ -128,12 +129,21 @@ class Needles:
         or code value contain: the raw search cannot tell which element it is in. Name parts
         are searched in decoded text only (``PERFUSION`` is a patient's name part and an
         Image Type value)."""
+        key = frozenset(own)
+        if key not in self._raw_cache:  # the same for every object of a series, as a rule
+            self._raw_cache[key] = self._raw_needles(own)
+        return self._raw_cache[key]
+
+    def _raw_needles(self, own: set[str]) -> list[tuple[bytes, str]]:
         kept = {text for texts in self.kept_texts.values() for text in texts}
         needles: dict[bytes, str] = {}
         for value in sorted(self.identifiers | self.patient_names):
             value = value.strip()
+            if width(value) < _RAW_MIN_WIDTH:
+                continue
+            phrase = words(value)
             legit = own if any(c.isdigit() for c in value) else own | kept
-            if width(value) < _RAW_MIN_WIDTH or any(words(value) in text for text in legit):
+            if any(phrase in text for text in legit):
                 continue
             for variant in {value, value.upper()}:
                 for codec in self.codecs:
