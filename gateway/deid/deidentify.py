@@ -35,7 +35,8 @@ _DUMMY = {
     "AS": "000Y", "IS": "0", "DS": "0", "UR": "",
 }
 _DUMMY_TEXTS = {v for v in _DUMMY.values() if v} | {"ANONYMOUS", "ANONYMISED"}
-_TEMPORAL_MARKS = {"MODIFIED", "UNMODIFIED", "REMOVED", "YES", "DCM"}
+# What the gateway writes to mark its work (Longitudinal Temporal Information Modified, ...).
+_MARK_VALUES = {"MODIFIED", "UNMODIFIED", "REMOVED", "YES", "DCM"}
 # Kept attributes naming a device, anatomy or code: a value the original holds in one of
 # them (Manufacturer "UIH", Body Part "KNEE") is not identity there even when a patient or
 # institution bears the same name; the gate is told these values.
@@ -97,7 +98,7 @@ class Deidentifier:
         walk = _Walk(self, result, str(original.get("PatientID", "") or ""), tokens)
         walk.dataset(ds)
         self._mark(ds)
-        result.written |= _DUMMY_TEXTS | _TEMPORAL_MARKS | {str(ds.DeidentificationMethod)}
+        result.written |= _DUMMY_TEXTS | _MARK_VALUES | {str(ds.DeidentificationMethod)}
         result.written |= {text for code in self.profile.method_codes() for text in code}
         charset = original.get("SpecificCharacterSet")
         if charset:
