@@ -120,6 +120,7 @@ class Needles:
                         self.parts.setdefault(f" {word} ", f"{kind} part")
         self.written_texts = {words(v) for v in self.written}
         self.kept_texts = {k: {words(v) for v in vs} for k, vs in self.kept.items()}
+        self.kept_all = set().union(*self.kept_texts.values())
         self.codecs = _codecs(self.charsets)
         self._raw_cache: dict[frozenset[str], list[tuple[bytes, str]]] = {}
 
@@ -135,15 +136,13 @@ class Needles:
         return self._raw_cache[key]
 
     def _raw_needles(self, own: set[str]) -> list[tuple[bytes, str]]:
-        kept = {text for texts in self.kept_texts.values() for text in texts}
         needles: dict[bytes, str] = {}
         for value in sorted(self.identifiers | self.patient_names):
             value = value.strip()
             if width(value) < _RAW_MIN_WIDTH:
                 continue
             phrase = words(value)
-            legit = own if any(c.isdigit() for c in value) else own | kept
-            if any(phrase in text for text in legit):
+            if any(phrase in text for text in own) or any(self.excusable(value, text) for text in self.kept_all):
                 continue
             for variant in {value, value.upper()}:
                 for codec in self.codecs:
@@ -154,11 +153,21 @@ class Needles:
                     needles.setdefault(encoded, self.kinds.get(value, "identifier"))
         return sorted(needles.items())
 
+    def excusable(self, value: str, kept: str) -> bool:
+        """Whether identity ``value`` inside a kept descriptor's text (``kept``, as words) is
+        no identity there: a name without digits that is one word or is itself a whole
+        device, anatomy or code value of the series."""
+        phrase = words(value)
+        return (phrase in kept and not any(c.isdigit() for c in phrase)
+                and (len(phrase.split()) == 1 or phrase in self.kept_all))
+
     def match(self, text: str, vr: str, keyword: str = "") -> str | None:
         """The kind of identity ``text`` (a value of VR ``vr`` in ``keyword``) holds, if any.
 
-        A value the original also held in this kept device, anatomy or code attribute is
-        excused for names, not for values with digits (IDs, dates, UIDs, addresses)."""
+        In a value the original also held in this kept device, anatomy or code attribute, a
+        name of one word (``KNEE`` in ``SENSE-Knee-8``) or one that is itself such a value (an
+        institution called like the Manufacturer, in Detector Description too) is excused; a
+        longer name (``Doe Peter`` in a station name) or a value with digits is not."""
         padded = words(text)
         if padded in self.written_texts:
             return None
@@ -170,7 +179,7 @@ class Needles:
             if not found and vr in _FREE_TEXT_VRS:
                 found = [(p, k) for p, k in self.parts.items() if p in padded]
         for value, kind in found:
-            if not (excused and not any(c.isdigit() for c in value)):
+            if not (excused and self.excusable(value, padded)):
                 return kind
         return None
 

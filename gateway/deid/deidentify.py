@@ -49,6 +49,8 @@ DESCRIPTORS = frozenset({
     "PulseSequenceName", "ScanOptions", "ConvolutionKernel", "FilterType", "ContrastBolusAgent", "ImageType",
     "Laterality", "ImageLaterality", "ViewPosition", "PatientPosition",
     "TransducerData", "TransducerType", "CollimatorType", "Grid",
+    # kept only under the Retain Device Identity Option
+    "StationName", "DeviceLabel", "DeviceDescription", "DeviceSerialNumber",
 })
 # Free text inside a sequence the profile replaces (D) or cleans (C): what the coded
 # parts of an item are not.

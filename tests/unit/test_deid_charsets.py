@@ -191,3 +191,15 @@ def test_a_name_under_a_wrongly_declared_character_set_is_still_caught(planted: 
     for part in planted.parts:
         encoded = _ESCAPE.sub(b"", part.encode("utf-8" if planted.label == "utf-8" else "iso2022_jp"))
         assert not any(encoded in out.data for out in outs)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_station_kept_by_retain_device_identity_may_bear_the_institution_s_name(keyring: Keyring) -> None:
+    series = _real_series("98892001/CT2N")  # GE CT, 2 slices
+    for ds in series:
+        ds.InstitutionName, ds.StationName = "UIH", "UIH-CT2"
+    route = RouteSpec(options=frozenset({"retain_device_identity"}))
+    assert [str(o.StationName) for o in _protect(series, keyring, route)] == ["UIH-CT2"] * 2
+    series[0].StationName = "CT2 of Doe^Peter"  # not what the original held there for the series
+    with pytest.raises(Quarantine, match=r"\(0008,1010\) StationName: PatientName"):
+        _protect(series, keyring, route)
