@@ -15,10 +15,10 @@ each part of a patient's name hits on its own in free text, not in coded values 
 Coded (CS) values hit only when the whole value is an identity that cannot be a defined
 term (a patient called Knee must not stop every knee scan), UIDs only when equal.
 
-Not searched: the gateway's own envelope block, values the profile itself wrote (dummy
-values, ``REMOVED``, pseudonyms), and a value the original also held in the same device,
-anatomy or code attribute that the profile kept (Manufacturer ``UIH`` for an institution
-called UIH). Raw bytes (pixel data, binary private values) are searched for values of 6
+Not searched: the gateway's own envelope block and values the profile itself wrote (dummy
+values, ``REMOVED``, pseudonyms). Excused: in a device, anatomy or code attribute the profile
+kept as the original held it, a one-word name or a name that is itself such a value
+(Manufacturer ``UIH`` for an institution called UIH). Raw bytes (pixel data, binary private values) are searched for values of 6
 character widths or more (a CJK character counts 2) in every encoding the series
 declares, where a chance match in random data is about one in 2^48 per position.
 """
