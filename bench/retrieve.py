@@ -56,7 +56,7 @@ def main() -> None:
         orthanc = OrthancServer(root / "orthanc", gateway_port=free_port(), extra_modalities={
             "bench": {"AET": "WS_BENCH", "Host": "127.0.0.1", "Port": orthanc_ws_port, "AllowMove": True}}).start()
         retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
-                     "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": ws_port}]}
+                     "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": ws_port, "owners": ["WS_RESTORE"], "allow_cleartext_originals": True}]}
         gateway = GatewayProcess(root / "gateway", orthanc, settle_seconds=1, extra={"retrieval": retrieval}).start()
         try:
             storescu(gateway.port, study)

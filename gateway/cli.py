@@ -10,19 +10,22 @@ import argparse
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
 from gateway import logsafe
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, is_loopback, load_config
 from gateway.deid.profile import OPTIONS
+from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
 from gateway.metrics import SPOOL_STATES
 from gateway.plugin import PluginError, available
@@ -98,9 +101,18 @@ def _parser() -> argparse.ArgumentParser:
         ("init", cmd_keys_init, "create a keyring (mode 0600)"),
         ("rotate", cmd_keys_rotate, "add a new active key-encryption key"),
         ("list", cmd_keys_list, "list key ids (never the keys)"),
+        ("export-authenticity", cmd_keys_export_authenticity,
+         "write the authenticity keys for Orthanc's filter (--out FILE, mode 0600)"),
     ):
         s = keys.add_parser(name, help=text)
         s.add_argument("--keyring", type=Path, required=True)
+        if name == "rotate":
+            s.add_argument("--authenticity", action="store_true",
+                           help="rotate the key that tags objects for Orthanc instead of the envelope key")
+        if name == "export-authenticity":
+            s.add_argument("--out", type=Path, required=True)
+            s.add_argument("--only-active", action="store_true",
+                           help="retire older keys (once every gateway signs with the active one)")
         s.set_defaults(func=fn)
     return p
 
@@ -132,6 +144,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     Keyring.load(config.keyring)
     _check_plugins(config)
+    _check_legs(config, serving=False)
     print(f"{args.config}: OK ({len(config.routes)} route(s), {len(config.senders)} sender(s))")
     return 0
 
@@ -142,7 +155,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logging.getLogger().setLevel(config.log_level)
     _check_plugins(config)
-    service = Service(config, Keyring.load(config.keyring))
+    _check_legs(config, serving=True)
+    ring = Keyring.load(config.keyring)
+    if not ring.authenticity:
+        raise KeyringError(f"keyring {config.keyring} has no authenticity key, so Orthanc would refuse every object: "
+                           "run 'gateway keys rotate --authenticity' and 'gateway keys export-authenticity'")
+    try:
+        service = Service(config, ring)
+    except IndexFormatError as exc:
+        raise UsageError(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -163,6 +184,41 @@ def _check_plugins(config: Config) -> None:
             build_stages(route_spec(config, route.name))
         except (PluginError, TypeError, ValueError) as exc:
             raise ConfigError(f"routes[{i}] ({route.name}): plugin_settings or redaction not accepted: {exc}") from None
+
+
+def _check_legs(config: Config, serving: bool) -> None:
+    """The TLS files of every leg load, Orthanc's certificate chains to the configured CA,
+    and each leg left in clear text is named in a warning. A serving gateway whose Orthanc
+    fails the check still starts: objects wait durably in the spool (status shows why)
+    rather than modalities being turned away."""
+    from gateway import tls
+
+    for i, destination in enumerate(config.retrieval.destinations):
+        try:
+            tls.destination_tls_args(destination)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"retrieval.destinations.{i} ({destination.ae_title}): TLS files not usable: {exc}") from None
+    if config.status_http.tls is not None:
+        try:
+            tls.server_context(config.status_http.tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"status_http.tls: certificate, key or CA not usable: {exc}") from None
+    for destination in config.retrieval.cleartext_originals():
+        log.warning("C-MOVE destination %s (%s:%d) receives restored originals WITHOUT TLS "
+                    "(allow_cleartext_originals: true)", destination.ae_title, destination.host, destination.port)
+    orthanc_host = urlsplit(config.orthanc.url).hostname or ""
+    if config.orthanc.url.startswith("http://") and not is_loopback(orthanc_host):
+        log.warning("orthanc.url is plain http to %s: the REST password and protected objects cross the network "
+                    "unencrypted; use https:// unless this is a private network", orthanc_host)
+    context = tls.orthanc_context(config.orthanc)  # files that cannot be used stop even a serving gateway
+    if context is None:
+        return
+    try:
+        tls.check_orthanc_certificate(config.orthanc, context)
+    except ConfigError as exc:
+        if not serving:
+            raise
+        log.error("%s; objects wait in the spool until it is fixed", exc)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -196,18 +252,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from gateway.index import Index
+    from gateway.index import Index, IndexFormatError, entry_of
     from gateway.pacs_reader import PacsReader
 
     config = load_config(args.config)
     ring = Keyring.load(config.keyring)
     reader = PacsReader(config.orthanc)
-    index = Index(config.spool.path / "index.sqlite3")
+    path = config.spool.path / "index.sqlite3"
+    try:
+        index = Index(path)
+    except IndexFormatError:  # an older gateway's index: keep it aside, build the new one
+        for old in path.parent.glob(path.name + "*"):
+            old.rename(old.with_name(old.name + ".old"))
+        print(f"the old index was moved aside as {path.name}.old")
+        index = Index(path)
     ids = reader.all_instances()
     failed = 0
     for instance_id in tqdm(ids, unit="obj", desc="reindex"):
         try:
-            index.add_protected(reader.file(instance_id), ring)
+            index.put(*entry_of(reader.file(instance_id), instance_id, ring))
         except Exception as exc:  # noqa: BLE001 - one bad object must not stop the rebuild
             failed += 1
             log.error("object %s not indexed: %s", instance_id, type(exc).__name__)
@@ -316,6 +379,11 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     ring = Keyring.load(args.keyring)
+    if args.authenticity:
+        new = ring.rotate_authenticity()
+        print(f"added authenticity key {new}; export it to Orthanc ('gateway keys export-authenticity') "
+              "before the gateway forwards again, then restart the gateway")
+        return 0
     new = ring.rotate()
     print(f"added key {new}; it seals new envelopes; {len(ring.keks) - 1} older key(s) kept for opening")
     return 0
@@ -325,6 +393,18 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     ring = Keyring.load(args.keyring)
     for key_id in ring.keks:
         print(f"{key_id}  created {ring.created.get(key_id, '?')}{'  (active)' if key_id == ring.active else ''}")
+    for key_id in ring.authenticity:
+        active = "  (active)" if key_id == ring.authenticity_active else ""
+        print(f"{key_id}  created {ring.created.get(key_id, '?')}  authenticity{active}")
+    return 0
+
+
+def cmd_keys_export_authenticity(args: argparse.Namespace) -> int:
+    ring = Keyring.load(args.keyring)
+    if not ring.authenticity:
+        raise UsageError(f"{args.keyring} has no authenticity key: add one with 'gateway keys rotate --authenticity'")
+    ring.export_authenticity(args.out, only_active=args.only_active)
+    print(f"wrote {1 if args.only_active else len(ring.authenticity)} authenticity key(s) to {args.out} (mode 0600): give it to Orthanc's user")
     return 0
 
 

@@ -7,6 +7,7 @@ silently ignored is how PHI leaks.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.deid.profile import OPTIONS, Profile
+from gateway.retrieval.vocabulary import Policy
 
 
 class ConfigError(Exception):
@@ -32,7 +34,8 @@ def _ae_title(value: str) -> str:
 
 
 class Tls(_Strict):
-    """DICOM TLS on the listener (storage and query/retrieve). PEM files."""
+    """TLS where the gateway is the server: the DICOM listener (storage and
+    query/retrieve), the status endpoint. PEM files."""
 
     certificate: Path
     private_key: Path
@@ -60,13 +63,31 @@ class Listener(_Strict):
     _check_ae = field_validator("ae_title")(_ae_title)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (a bind address or a URL's host)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class StatusHttp(_Strict):
-    """The read-only status endpoint (``/status``, ``/metrics``); loopback unless a site
-    puts it behind its own proxy."""
+    """The read-only status endpoint (``/status``, ``/metrics``): loopback, or HTTPS with
+    client certificates, or behind the site's proxy on loopback."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(11180, ge=0, le=65535)
+    tls: Tls | None = None
+
+    @model_validator(mode="after")
+    def _loopback_or_tls(self) -> StatusHttp:
+        if not is_loopback(self.host) and (self.tls is None or not self.tls.require_client_certificate):
+            raise ValueError(f"host {self.host!r} is not loopback: give tls with require_client_certificate: true, "
+                             "or keep it on 127.0.0.1 behind the site's proxy")
+        return self
 
 
 class _Peer(_Strict):
@@ -94,11 +115,27 @@ class Orthanc(_Strict):
     password: str | None = None
     password_file: Path | None = None
     timeout_seconds: float = Field(30, gt=0)
+    # https:// only: the CA bundle Orthanc's certificate must chain to (the system's trust
+    # store when absent), and the gateway's own certificate where Orthanc asks for one.
+    ca_certificates: Path | None = None
+    client_certificate: Path | None = None
+    client_private_key: Path | None = None
 
     @model_validator(mode="after")
     def _one_password(self) -> Orthanc:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("give exactly one of 'password' or 'password_file'")
+        return self
+
+    @model_validator(mode="after")
+    def _https_settings(self) -> Orthanc:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url {self.url!r}: give an http:// or https:// URL")
+        given = [k for k in ("ca_certificates", "client_certificate", "client_private_key") if getattr(self, k)]
+        if given and not self.url.startswith("https://"):
+            raise ValueError(f"{', '.join(given)} only apply to an https:// url")
+        if (self.client_certificate is None) != (self.client_private_key is None):
+            raise ValueError("give client_certificate and client_private_key together")
         return self
 
     def secret(self) -> str:
@@ -179,32 +216,96 @@ class Route(_Strict):
 
 
 class Workstation(_Peer):
-    """A querying AE title and what it may see: originals, the protected data, or nothing."""
+    """A querying AE title and what it may see: originals, the protected data, or nothing;
+    and how many studies one C-MOVE or C-GET may name."""
 
-    policy: Literal["restore", "pseudonymized", "deny"]
+    policy: Policy
+    max_studies_per_retrieve: int = Field(20, ge=1, le=10000)
 
 
 class Destination(_Strict):
-    """Where C-MOVE may send: registered AE title, host and port."""
+    """Where C-MOVE may send: registered AE title, host and port; the workstation entries (by
+    AE title) that own it (it receives what its owners may see, never more); and whether the
+    leg is DICOM TLS (the destination's certificate checked against ``ca_certificates`` and
+    its common name against ``certificate_subject``; the gateway's own certificate where the
+    destination asks for one)."""
 
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    owners: list[str] = Field(min_length=1)
+    tls: bool = False
+    ca_certificates: Path | None = None
+    certificate_subject: str | None = None
+    client_certificate: Path | None = None
+    client_private_key: Path | None = None
+    # Restored originals (full identity) sent without TLS: only where the site says so.
+    allow_cleartext_originals: bool = False
 
     _check_ae = field_validator("ae_title")(_ae_title)
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> Destination:
+        given = [k for k in ("ca_certificates", "certificate_subject", "client_certificate", "client_private_key")
+                 if getattr(self, k)]
+        if not self.tls and given:
+            raise ValueError(f"{', '.join(given)} only apply with tls: true")
+        if self.tls and (self.ca_certificates is None or not self.certificate_subject):
+            raise ValueError("tls: true needs ca_certificates (the CA that signs the destination's certificate) "
+                             "and certificate_subject (the common name its certificate must carry)")
+        if (self.client_certificate is None) != (self.client_private_key is None):
+            raise ValueError("give client_certificate and client_private_key together")
+        return self
 
 
 class Retrieval(_Strict):
     workstations: list[Workstation] = []
     destinations: list[Destination] = []
 
-    def policy(self, ae_title: str, address: str, subject: str | None = None) -> str | None:
-        """The policy of a calling AE title from ``address`` (with the TLS certificate's
+    @model_validator(mode="after")
+    def _owners_exist(self) -> Retrieval:
+        known = {ws.ae_title: ws.policy for ws in self.workstations}
+        for i, dest in enumerate(self.destinations):
+            for owner in dest.owners:
+                if owner not in known:
+                    raise ValueError(f"destinations.{i}.owners: {owner!r} is not a workstation's AE title; "
+                                     f"a destination belongs to workstations listed under retrieval.workstations")
+                if known[owner] is Policy.DENY:
+                    raise ValueError(f"destinations.{i}.owners: {owner!r} has policy deny and cannot own a destination")
+        return self
+
+    def workstation(self, ae_title: str, address: str, subject: str | None = None) -> Workstation | None:
+        """The entry of a calling AE title from ``address`` (with the TLS certificate's
         common name ``subject``); None when it is unknown."""
-        return next((ws.policy for ws in self.workstations if ws.matches(ae_title, address, subject)), None)
+        return next((ws for ws in self.workstations if ws.matches(ae_title, address, subject)), None)
+
+    def policy(self, ae_title: str, address: str, subject: str | None = None) -> Policy | None:
+        ws = self.workstation(ae_title, address, subject)
+        return None if ws is None else ws.policy
 
     def destination(self, ae_title: str) -> Destination | None:
         return next((d for d in self.destinations if d.ae_title == ae_title), None)
+
+    def destination_policy(self, destination: Destination) -> Policy:
+        """What a destination may receive: the least of its owners' policies."""
+        return Policy.least(*(ws.policy for ws in self.workstations if ws.ae_title in destination.owners))
+
+    def carries_originals(self, destination: Destination) -> bool:
+        """Whether restored originals can reach ``destination``: all its owners are ``restore``."""
+        return self.destination_policy(destination) is Policy.RESTORE
+
+    def cleartext_originals(self) -> list[Destination]:
+        """Destinations allowed to receive originals without TLS (warned about at start)."""
+        return [d for d in self.destinations if not d.tls and self.carries_originals(d)]
+
+    @model_validator(mode="after")
+    def _originals_encrypted(self) -> Retrieval:
+        for i, d in enumerate(self.destinations):
+            if not d.tls and not d.allow_cleartext_originals and self.carries_originals(d):
+                raise ValueError(f"destinations.{i} ({d.ae_title}): restored originals (full identity) can be moved "
+                                 "here and it has no TLS: set tls: true with ca_certificates and certificate_subject, "
+                                 "or allow_cleartext_originals: true to accept the risk on a trusted network")
+        return self
 
 
 class Config(_Strict):
@@ -266,20 +367,25 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     def fix(p: Path) -> Path:
         return p if p.is_absolute() else (base / p).resolve()
 
-    orthanc = config.orthanc
-    if orthanc.password_file is not None:
-        orthanc = orthanc.model_copy(update={"password_file": fix(orthanc.password_file)})
-    listener = config.listener
-    if listener.tls is not None:
-        tls = listener.tls
-        listener = listener.model_copy(update={"tls": tls.model_copy(update={
-            "certificate": fix(tls.certificate), "private_key": fix(tls.private_key),
-            "ca_certificates": None if tls.ca_certificates is None else fix(tls.ca_certificates)})})
+    def fix_all(model: _Strict, *keys: str) -> Any:
+        return model.model_copy(update={k: fix(getattr(model, k)) for k in keys if getattr(model, k) is not None})
+
+    def fix_tls(owner: _Strict) -> Any:
+        tls = getattr(owner, "tls")
+        if tls is None:
+            return owner
+        return owner.model_copy(update={"tls": fix_all(tls, "certificate", "private_key", "ca_certificates")})
+
+    retrieval = config.retrieval.model_copy(update={"destinations": [
+        fix_all(d, "ca_certificates", "client_certificate", "client_private_key") for d in config.retrieval.destinations]})
     return config.model_copy(
         update={
             "keyring": fix(config.keyring),
             "spool": config.spool.model_copy(update={"path": fix(config.spool.path)}),
-            "orthanc": orthanc,
-            "listener": listener,
+            "orthanc": fix_all(config.orthanc, "password_file", "ca_certificates", "client_certificate",
+                               "client_private_key"),
+            "listener": fix_tls(config.listener),
+            "status_http": fix_tls(config.status_http),
+            "retrieval": retrieval,
         }
     )

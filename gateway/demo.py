@@ -80,7 +80,7 @@ def main() -> int:
         ws_port = free_port()
         orthanc = OrthancServer(root / "orthanc", gateway_port=free_port()).start()
         retrieval = {"workstations": [{"ae_title": WORKSTATION, "policy": "restore"}],
-                     "destinations": [{"ae_title": WORKSTATION, "host": "127.0.0.1", "port": ws_port}]}
+                     "destinations": [{"ae_title": WORKSTATION, "host": "127.0.0.1", "port": ws_port, "owners": [WORKSTATION], "allow_cleartext_originals": True}]}
         gateway = GatewayProcess(
             root / "gateway", orthanc, settle_seconds=1,
             profiles={"default": {"options": ["retain_longitudinal_modified_dates", "clean_descriptors"]}},

@@ -37,6 +37,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from gateway.keyring import Keyring
+from gateway import authenticity
 from gateway.original import Cut
 
 GROUP = 0x0013
@@ -113,6 +114,7 @@ def seal(ds: Dataset, payload: Payload, key_id: str, wrapped_key: bytes, data_ke
     block.add_new(0x04, "OB", nonce)
     block.add_new(0x05, "OB", ciphertext)
     block.add_new(0x06, "LO", [name for name, _ in payload.records] or "")
+    block.add_new(authenticity.ELEMENT, "LO", authenticity.PLACEHOLDER)  # tagged at forward time
 
 
 def has_envelope(ds: Dataset) -> bool:

@@ -2,21 +2,22 @@
 
 Uses the Orthanc team's client (``orthanc-api-client``). An object counts as forwarded
 only when Orthanc answers that it stored it (``Success``) or already holds it
-(``AlreadyStored``: the protected UIDs are deterministic, so a resend after a crash is
-recognised and stored once). Connection problems are retried with exponential backoff;
-a refusal (Orthanc's filter plugin, a bad file) is permanent and shown in status.
+(``AlreadyStored``). Connection problems, an https Orthanc whose certificate does not chain
+to the configured CA included, are retried with exponential backoff; a refusal (Orthanc's
+filter plugin, a bad file) is permanent and shown in status. ``copies`` and ``delete`` let
+``gateway/publish.py`` keep one copy per SOP instance when a correction supersedes an object.
 """
 
 from __future__ import annotations
 
 import logging
 
-from orthanc_api_client import OrthancApiClient
 from orthanc_api_client.exceptions import ConnectionError as OrthancConnectionError
 from orthanc_api_client.exceptions import HttpError
 from orthanc_api_client.exceptions import TimeoutError as OrthancTimeout
 
 from gateway.config import Orthanc
+from gateway.tls import describe_tls_failure, orthanc_client, orthanc_request_options
 
 log = logging.getLogger("gateway.forward")
 
@@ -33,20 +34,41 @@ class Forwarder:
     """Uploads protected objects to one Orthanc."""
 
     def __init__(self, settings: Orthanc) -> None:
-        self._client = OrthancApiClient(settings.url, user=settings.username, pwd=settings.secret())
-        self._timeout = settings.timeout_seconds
+        self._client = orthanc_client(settings)
+        self._options = {"timeout": settings.timeout_seconds, **orthanc_request_options(settings)}
+
+    def copies(self, sop_uid: str) -> list[str]:
+        """Orthanc's ids of every instance holding this (pseudonymous) SOP Instance UID."""
+        body = {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}}
+        return sorted(self._call("post", "tools/find", json=body).json())
+
+    def delete(self, orthanc_id: str) -> None:
+        """Remove one instance (Orthanc removes its series, study and patient once empty)."""
+        self._call("delete", f"instances/{orthanc_id}")
+
+    def _call(self, method: str, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        try:
+            return getattr(self._client, method)(path, timeout=self._timeout, **kwargs)
+        except HttpError as exc:
+            raise Unreachable(f"Orthanc answered HTTP {exc.http_status_code or 0} to {method.upper()} {path.split('/')[0]}") from None
+        except (OrthancConnectionError, OrthancTimeout) as exc:
+            raise Unreachable(f"Orthanc is not reachable ({type(exc).__name__})") from None
 
     def send(self, data: bytes) -> str:
         """Upload one object; return Orthanc's instance id once it is stored."""
         try:
-            response = self._client.post("instances", data=data, timeout=self._timeout)
+            response = self._client.post("instances", data=data, **self._options)
         except HttpError as exc:
             status = exc.http_status_code or 0
             if status >= 500 or status in (401, 403, 408, 429):
                 raise Unreachable(f"Orthanc answered HTTP {status}") from None
             raise Refused(f"Orthanc refused the object (HTTP {status})") from None
         except (OrthancConnectionError, OrthancTimeout) as exc:
-            raise Unreachable(f"Orthanc is not reachable ({type(exc).__name__})") from None
+            raise Unreachable(describe_tls_failure(exc) or f"Orthanc is not reachable ({type(exc).__name__})") from None
+        except OSError as exc:  # requests could not read the CA bundle or client certificate
+            raise Unreachable(f"TLS files for Orthanc not usable: {exc}") from None
+        if response is None:  # the client returns None for a cut-off answer (ChunkedEncodingError, ...)
+            raise Unreachable("Orthanc's answer was cut off")
         body = response.json()
         if isinstance(body, list):  # one object sent, one answer expected
             body = body[0] if body else {}

@@ -3,7 +3,9 @@
 The file is JSON, readable by the gateway's user only (mode 0600 is checked on load).
 Rotation adds a new active key-encryption key and keeps the old ones, so envelopes
 sealed under an old key still open. The pseudonym secret never rotates: rotating it
-would split every patient into two pseudonyms.
+would split every patient into two pseudonyms. Authenticity keys (``auth-NNNN``) tag
+every object forwarded to Orthanc (``gateway/authenticity.py``); Orthanc holds a copy
+(``gateway keys export-authenticity``) and refuses objects without a valid tag.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Keyring:
     active: str
     pseudonym_secret: bytes
     path: Path | None = field(default=None, compare=False)
+    authenticity: dict[str, bytes] = field(default_factory=dict)
+    authenticity_active: str = ""
 
     def kek(self, key_id: str) -> bytes:
         try:
@@ -45,6 +49,7 @@ class Keyring:
             raise KeyringError(f"{path} exists already; use 'gateway keys rotate' to add a key")
         ring = cls(keks={}, created={}, active="", pseudonym_secret=secrets.token_bytes(32), path=path)
         ring._add_key()
+        ring._add_authenticity_key()
         ring.save()
         return ring
 
@@ -68,10 +73,15 @@ class Keyring:
                 active=raw["active"],
                 pseudonym_secret=base64.b64decode(raw["pseudonym_secret"]),
                 path=path,
+                # keyrings written before authenticity tags have none: 'keys rotate --authenticity'
+                authenticity={k: base64.b64decode(v) for k, v in raw.get("authenticity", {}).items()},
+                authenticity_active=raw.get("authenticity_active", ""),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise KeyringError(f"keyring {path} is not a valid keyring file ({type(exc).__name__})") from None
-        if ring.active not in keks or any(len(k) != 32 for k in keks.values()):
+        if ring.authenticity and ring.authenticity_active not in ring.authenticity:
+            raise KeyringError(f"keyring {path} is inconsistent: bad active authenticity key")
+        if ring.active not in keks or any(len(k) != 32 for k in [*keks.values(), *ring.authenticity.values()]):
             raise KeyringError(f"keyring {path} is inconsistent: bad active key or key length")
         return ring
 
@@ -80,6 +90,27 @@ class Keyring:
         key_id = self._add_key()
         self.save()
         return key_id
+
+    def rotate_authenticity(self) -> str:
+        """Add a new active authenticity key; Orthanc must get it (export) before the next forward."""
+        key_id = self._add_authenticity_key()
+        self.save()
+        return key_id
+
+    def _add_authenticity_key(self) -> str:
+        key_id = f"auth-{len(self.authenticity) + 1:04d}"
+        self.authenticity[key_id] = secrets.token_bytes(32)
+        self.created[key_id] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.authenticity_active = key_id
+        return key_id
+
+    def export_authenticity(self, out: Path, only_active: bool = False) -> None:
+        """The authenticity keys as Orthanc's filter reads them (mode 0600: only Orthanc's user
+        may read it there). Older keys stay until ``only_active``: a running gateway signs
+        with the key it loaded until it restarts."""
+        keys = {k: v for k, v in self.authenticity.items() if not only_active or k == self.authenticity_active}
+        body = json.dumps({k: base64.b64encode(v).decode() for k, v in keys.items()}, indent=2)
+        _write_private(out, body)
 
     def _add_key(self) -> str:
         key_id = f"kek-{len(self.keks) + 1:04d}"
@@ -98,13 +129,20 @@ class Keyring:
                 "keks": {k: base64.b64encode(v).decode() for k, v in self.keks.items()},
                 "created": self.created,
                 "pseudonym_secret": base64.b64encode(self.pseudonym_secret).decode(),
+                "authenticity": {k: base64.b64encode(v).decode() for k, v in self.authenticity.items()},
+                "authenticity_active": self.authenticity_active,
             },
             indent=2,
         )
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        _write_private(self.path, body)
+
+
+def _write_private(path: Path, body: str) -> None:
+    """Write atomically with mode 0600."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(body)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -35,7 +35,7 @@ from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
-from gateway.query_retrieve import QueryRetrieve
+from gateway.retrieval.handlers import QueryRetrieve
 from gateway.sop_classes import is_image
 from gateway.spool import Described, Spool, SpoolError
 from gateway.tls import peer_common_name, server_context

@@ -55,11 +55,28 @@ class OrthancServer:
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     password: str = "orthanc-test-secret"
+    # REST over https: Orthanc's key and certificate in one PEM and the CA this harness
+    # checks it with; where Orthanc asks for client certificates, the CA they must chain to
+    # and the certificate and key this harness presents.
+    https_pem: Path | None = None
+    https_ca: Path | None = None
+    https_client_ca: Path | None = None
+    https_client: tuple[Path, Path] | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.https_pem else 'http'}://127.0.0.1:{self.http_port}"
+
+    @property
+    def _tls(self) -> dict[str, Any]:
+        return {"verify": str(self.https_ca) if self.https_ca else True,
+                "cert": tuple(map(str, self.https_client)) if self.https_client else None}
+
+    @property
+    def authenticity_keys(self) -> Path:
+        """Where the filter plugin reads the gateway's authenticity keys (the gateway exports them)."""
+        return self.folder / "authenticity-keys.json"
 
     def write_config(self) -> Path:
         config = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
@@ -73,7 +90,12 @@ class OrthancServer:
             RemoteAccessAllowed=False,
             RegisteredUsers={ORTHANC_USER: self.password},
             PythonScript=str(ORTHANC_DIR / "accept_protected.py"),
+            PrivacyGateway={"AuthenticityKeys": str(self.authenticity_keys)},
         )
+        if self.https_pem is not None:
+            config.update(SslEnabled=True, SslCertificate=str(self.https_pem))
+        if self.https_client_ca is not None:
+            config.update(SslVerifyPeers=True, SslTrustedClientCertificates=str(self.https_client_ca))
         modalities = {"gateway": {"AET": self.gateway_aet, "Host": "127.0.0.1", "Port": self.gateway_port,
                                   "AllowStore": True, "AllowEcho": True, "AllowFind": True,
                                   "AllowMove": True, "AllowGet": True}}
@@ -87,13 +109,16 @@ class OrthancServer:
         config = self.write_config()
         log = open(self.folder / "orthanc.log", "ab")
         env = dict(os.environ, TCP_NODELAY="1")
+        if self.https_pem is not None:
+            env["LD_LIBRARY_PATH"] = str(_civetweb_openssl3_shim(self.folder / "tls-shim"))
         self.process = subprocess.Popen(["Orthanc", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited at start; see {self.folder / 'orthanc.log'}")
             try:
-                if requests.get(f"{self.url}/system", auth=(ORTHANC_USER, self.password), timeout=1).ok:
+                if requests.get(f"{self.url}/system", auth=(ORTHANC_USER, self.password), timeout=1,
+                                **self._tls).ok:
                     return self
             except requests.ConnectionError:
                 pass
@@ -105,13 +130,34 @@ class OrthancServer:
         self.process = None
 
     def get(self, path: str) -> Any:
-        r = requests.get(f"{self.url}/{path.lstrip('/')}", auth=(ORTHANC_USER, self.password), timeout=30)
+        r = requests.get(f"{self.url}/{path.lstrip('/')}", auth=(ORTHANC_USER, self.password), timeout=30,
+                         **self._tls)
         r.raise_for_status()
         return r.json() if "json" in r.headers.get("content-type", "") else r.content
 
     def delete(self, path: str) -> None:
-        r = requests.delete(f"{self.url}/{path.lstrip('/')}", auth=(ORTHANC_USER, self.password), timeout=60)
+        r = requests.delete(f"{self.url}/{path.lstrip('/')}", auth=(ORTHANC_USER, self.password), timeout=60,
+                            **self._tls)
         r.raise_for_status()
+
+
+def _civetweb_openssl3_shim(folder: Path) -> Path:
+    """Debian 12's Orthanc 1.10.1 serves https through civetweb 1.15, which loads
+    ``libssl.so`` at run time and calls ``SSL_get_peer_certificate``, a symbol OpenSSL 3 no
+    longer exports (now ``SSL_get1_peer_certificate``): the first https request crashes
+    Orthanc (a NULL call in civetweb-worker). A ``libssl.so`` in ``folder`` that adds the
+    old name over the real library (and a ``libcrypto.so`` that is only the real one, so
+    no -dev package is needed) lets Orthanc's own ``SslEnabled`` work. The orthancteam
+    Docker image has no such problem."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "shim.c"
+    source.write_text("typedef struct ssl_st SSL; typedef struct x509_st X509;\n"
+                      "X509 *SSL_get1_peer_certificate(const SSL *s);\n"
+                      "X509 *SSL_get_peer_certificate(const SSL *s) { return SSL_get1_peer_certificate(s); }\n")
+    for name, real, src in (("libssl.so", "libssl.so.3", str(source)), ("libcrypto.so", "libcrypto.so.3", "/dev/null")):
+        subprocess.run(["cc", "-shared", "-fPIC", "-x", "c", src, "-o", str(folder / name), "-Wl,--no-as-needed",
+                        f"-l:{real}"], check=True, capture_output=True)
+    return folder
 
 
 @dataclass
@@ -150,6 +196,7 @@ class GatewayProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not self.keyring.exists():
             run_cli("keys", "init", "--keyring", str(self.keyring))
+        run_cli("keys", "export-authenticity", "--keyring", str(self.keyring), "--out", str(self.orthanc.authenticity_keys))
         config = {
             "listener": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port},
             "senders": self.senders,

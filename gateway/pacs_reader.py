@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from orthanc_api_client import OrthancApiClient
 
 from gateway.config import Orthanc
+from gateway.tls import orthanc_client, orthanc_request_options
 
 _LEVELS = {"PATIENT": "Patient", "STUDY": "Study", "SERIES": "Series", "IMAGE": "Instance"}
 
@@ -15,20 +15,20 @@ class PacsReader:
     """Orthanc's REST API, read side."""
 
     def __init__(self, settings: Orthanc) -> None:
-        self._client = OrthancApiClient(settings.url, user=settings.username, pwd=settings.secret())
-        self._timeout = settings.timeout_seconds
+        self._client = orthanc_client(settings)
+        self._options = {"timeout": settings.timeout_seconds, **orthanc_request_options(settings)}
 
     def find(self, level: str, query: dict[str, str]) -> list[dict[str, Any]]:
         """Orthanc's own C-FIND-like matching on what it holds (pseudonymous values)."""
         body = {"Level": _LEVELS[level], "Query": query, "Expand": True}
-        return list(self._client.post("tools/find", json=body, timeout=self._timeout).json())
+        return list(self._client.post("tools/find", json=body, **self._options).json())
 
     def study_instances(self, study_uid: str) -> dict[str, str]:
         """SOP Instance UID -> Orthanc instance id, for one (pseudonymous) study."""
         found = self.find("STUDY", {"StudyInstanceUID": study_uid})
         out: dict[str, str] = {}
         for study in found:
-            for inst in self._client.get(f"studies/{study['ID']}/instances", timeout=self._timeout).json():
+            for inst in self._client.get(f"studies/{study['ID']}/instances", **self._options).json():
                 out[inst["MainDicomTags"]["SOPInstanceUID"]] = inst["ID"]
         return out
 
@@ -41,11 +41,11 @@ class PacsReader:
             else:
                 kind = {"PATIENT": "patients", "STUDY": "studies", "SERIES": "series"}[level]
                 ids += [i["ID"] for i in self._client.get(f"{kind}/{item['ID']}/instances",
-                                                           timeout=self._timeout).json()]
+                                                           **self._options).json()]
         return ids
 
     def all_instances(self) -> list[str]:
-        return list(self._client.get("instances", timeout=self._timeout).json())
+        return list(self._client.get("instances", **self._options).json())
 
     def file(self, instance_id: str) -> bytes:
-        return bytes(self._client.get(f"instances/{instance_id}/file", timeout=self._timeout).content)
+        return bytes(self._client.get(f"instances/{instance_id}/file", **self._options).content)

@@ -13,7 +13,7 @@ from gateway.listener import Listener
 from gateway.metrics import Metrics
 from gateway.pacs_reader import PacsReader
 from gateway.pseudonym import Pseudonymizer
-from gateway.query_retrieve import QueryRetrieve
+from gateway.retrieval.handlers import QueryRetrieve
 from gateway.spool import Spool
 from gateway.status_http import StatusServer
 from gateway.worker import Worker
@@ -34,9 +34,9 @@ class Service:
         qr = QueryRetrieve(config, keyring, self.index, PacsReader(config.orthanc), self.audit, self.metrics)
         self.listener = Listener(config, self.spool, Pseudonymizer(keyring.pseudonym_secret), qr, self.audit,
                                  self.metrics)
-        self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index)
+        self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index, self.audit)
         web = config.status_http
-        self.status = StatusServer(web.host, web.port, self.spool, self.metrics) if web.enabled else None
+        self.status = StatusServer(web, self.spool, self.metrics) if web.enabled else None
 
     def start(self) -> None:
         recovered = self.spool.recover(self.listener.describe)

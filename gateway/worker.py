@@ -12,11 +12,15 @@ import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from gateway.audit import AuditLog
+from gateway.authenticity import AuthenticityError
 from gateway.config import Config
+from gateway.envelope import EnvelopeError
 from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.index import Index
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
+from gateway.publish import Outcome, publish
 from gateway.protect import Quarantine, RouteSpec, protect_batches
 from gateway.sop_classes import is_image
 from gateway.spool import Spool, SpoolError
@@ -39,8 +43,10 @@ def route_spec(config: Config, route_name: str) -> RouteSpec:
 class Worker:
     """The jobs of one gateway process."""
 
-    def __init__(self, config: Config, keyring: Keyring, spool: Spool, forwarder: Forwarder, index: Index) -> None:
+    def __init__(self, config: Config, keyring: Keyring, spool: Spool, forwarder: Forwarder, index: Index,
+                 audit: AuditLog) -> None:
         self.config = config
+        self.audit = audit
         self.index = index
         self.keyring = keyring
         self.spool = spool
@@ -131,18 +137,19 @@ class Worker:
     def _forward_one(self, item) -> bool:  # type: ignore[no-untyped-def]
         sched = self.config.scheduler
         try:
-            data = item.out_path.read_bytes()
-            self.forwarder.send(data)
+            published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index)
         except Unreachable as exc:
             delay = min(sched.retry_initial_seconds * 2 ** min(item.attempts, 20), sched.retry_max_seconds)
             self.spool.retry_later(item.id, delay, str(exc))
             log.warning("series %s: forward deferred %.0f s: %s", item.series_token, delay, exc)
             return False
-        except (Refused, OSError, SpoolError) as exc:
+        except (Refused, OSError, SpoolError, EnvelopeError, AuthenticityError) as exc:
             self.spool.failed(item.id, str(exc))
             log.error("series %s: forward failed for good: %s", item.series_token, exc)
             return True
-        self.index.add_protected(data, self.keyring)  # now retrievable by original values
+        if published.outcome is Outcome.SUPERSEDED:
+            self.audit.record("gateway", "-", "supersede", "success", study=published.study_uid,
+                              instance=published.orthanc_id, copies_replaced=published.replaced)
         self.spool.forwarded(item.id)
         return True
 

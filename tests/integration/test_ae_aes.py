@@ -21,7 +21,7 @@ def stack(tmp_path: Path, orthanc: OrthancServer) -> Iterator[tuple[GatewayProce
     port = free_port()
     retrieval = {
         "workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
-        "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port}],
+        "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"], "allow_cleartext_originals": True}],
     }
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, extra={"retrieval": retrieval},
                              routes=[{"name": "ae", "plugin": "ae_aes", "plugin_settings": {"mode": "encrypted"}}])

@@ -28,7 +28,7 @@ LONG = 50  # more than a retrieval batch (32), and enough for the plugin's worke
 def stack(tmp_path: Path, orthanc: OrthancServer) -> Iterator[tuple[GatewayProcess, int, list[Path]]]:
     port = free_port()
     retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
-                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port}]}
+                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"], "allow_cleartext_originals": True}]}
     route = {"name": "coverless", "plugin": "coverless", "plugin_settings": {"fallback": "envelope", "workers": 2}}
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, routes=[route], extra={"retrieval": retrieval}).start()
     folder = tmp_path / "series"

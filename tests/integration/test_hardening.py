@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import subprocess
@@ -13,10 +11,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -24,30 +18,9 @@ from gateway import synthetic
 from gateway.localstack import GatewayProcess, OrthancServer, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
+from tests.pki import issue
 
 ENV = dict(os.environ, TCP_NODELAY="1")
-
-
-def _issue(folder: Path, name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-           ca: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A PEM key and certificate ``name``.key/.crt; self-signed where ``issuer`` is None."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    signer_cert, signer_key = issuer if issuer else (None, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(subject)
-               .issuer_name(signer_cert.subject if signer_cert else subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                        critical=False)
-    cert = builder.sign(signer_key, hashes.SHA256())
-    (folder / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
-    return cert, key
 
 
 def _tls_storescu(port: int, folder: Path, pki: Path, who: str, calling: str = "MODALITY") -> str:
@@ -61,12 +34,12 @@ def _tls_storescu(port: int, folder: Path, pki: Path, who: str, calling: str = "
 def test_dicom_tls_checks_certificate_ae_title_and_address_together(tmp_path: Path, orthanc: OrthancServer) -> None:
     pki = tmp_path / "pki"
     pki.mkdir()
-    site_ca = _issue(pki, "site-ca", None, ca=True)
-    _issue(pki, "gateway", site_ca)
-    _issue(pki, "ct-scanner", site_ca)
-    _issue(pki, "other-device", site_ca)
-    _issue(pki, "reading-room", site_ca)
-    _issue(pki, "rogue", None)  # not signed by the site's CA
+    site_ca = issue(pki, "site-ca", None, ca=True)
+    issue(pki, "gateway", site_ca)
+    issue(pki, "ct-scanner", site_ca)
+    issue(pki, "other-device", site_ca)
+    issue(pki, "reading-room", site_ca)
+    issue(pki, "rogue", None)  # not signed by the site's CA
     tls = {"certificate": str(pki / "gateway.crt"), "private_key": str(pki / "gateway.key"),
            "ca_certificates": str(pki / "site-ca.crt"), "require_client_certificate": True}
     retrieval = {"workstations": [{"ae_title": "WS", "policy": "restore", "certificate_subject": "reading-room"}]}

@@ -18,7 +18,7 @@ from tests.integration.test_retrieval import getscu, movescu
 def test_noise_key_series_is_noisy_in_orthanc_and_exact_on_retrieval(tmp_path: Path, orthanc: OrthancServer) -> None:
     port = free_port()
     retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
-                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port}]}
+                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"], "allow_cleartext_originals": True}]}
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, extra={"retrieval": retrieval},
                              routes=[{"name": "noisy", "plugin": "noise_key", "plugin_settings": {"strength": 1.0}}])
     gateway.start()

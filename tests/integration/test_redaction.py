@@ -29,7 +29,7 @@ from tests.integration.test_retrieval import ENV, getscu, movescu
 def stack(tmp_path: Path, orthanc: OrthancServer) -> Iterator[tuple[GatewayProcess, int, dict[str, Path]]]:
     port = free_port()
     retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
-                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port}]}
+                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"], "allow_cleartext_originals": True}]}
     routes = [{"name": "burned-in", "plugin": "none", "redaction": {}}]  # every detector
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, routes=routes, extra={"retrieval": retrieval}).start()
     folder = tmp_path / "study"
@@ -88,7 +88,7 @@ def test_boxes_are_blank_in_orthanc_and_restore_is_exact(tmp_path: Path, orthanc
         assert dataset_bytes(data) == dataset_bytes(files[name].read_bytes())
 
     # Through DICOM to a restore AE title. The gateway's C-STORE offers uncompressed
-    # syntaxes only (spine: query_retrieve), so the JPEG original cannot travel this way
+    # syntaxes only (spine: gateway/retrieval), so the JPEG original cannot travel this way
     # yet and only the CT arrives; what arrives must be exact.
     study_uid = str(pydicom.dcmread(files["ct"]).StudyInstanceUID)
     ct_uid = str(pydicom.dcmread(files["ct"]).SOPInstanceUID)

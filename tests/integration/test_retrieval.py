@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu
+from gateway.localstack import ORTHANC_USER, GatewayProcess, OrthancServer, free_port, run_cli, storescu
 from gateway.original import dataset_bytes
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
@@ -26,7 +27,7 @@ def stack(tmp_path: Path, orthanc: OrthancServer) -> Iterator[tuple[GatewayProce
         "workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"},
                          {"ae_title": "WS_PSEUDO", "policy": "pseudonymized"},
                          {"ae_title": "WS_DENY", "policy": "deny"}],
-        "destinations": [{"ae_title": ae, "host": "127.0.0.1", "port": port} for ae, port in ports.items()],
+        "destinations": [{"ae_title": ae, "host": "127.0.0.1", "port": port, "owners": [ae], "allow_cleartext_originals": True} for ae, port in ports.items()],
     }
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, extra={"retrieval": retrieval}).start()
     files = write_study(tmp_path / "study", (3, 2), size=64)
@@ -166,16 +167,19 @@ def test_rotation_reindex_and_a_tampered_object(tmp_path: Path, orthanc: Orthanc
                     "StudyInstanceUID")
     assert [ds.StudyInstanceUID for ds in found] == [second_study]
 
-    # an object altered inside the PACS is never sent with the restored identity
+    # an object altered and re-sent to Orthanc over REST is refused by its filter (the tag no longer verifies)
     victim = orthanc.get("instances")[0]
     data = bytearray(orthanc.get(f"instances/{victim}/file"))
     data[-10] ^= 0xFF  # a pixel changed
-    orthanc.delete(f"instances/{victim}")
-    import requests
-
-    from gateway.localstack import ORTHANC_USER
-    requests.post(f"{orthanc.url}/instances", data=bytes(data), auth=(ORTHANC_USER, orthanc.password),
-                  timeout=30).raise_for_status()
+    upload = requests.post(f"{orthanc.url}/instances", data=bytes(data), auth=(ORTHANC_USER, orthanc.password),
+                           timeout=30)
+    assert upload.status_code != 200 or upload.json().get("Status") != "Success"
+    # ... and one altered inside Orthanc's storage is never sent with the restored identity
+    uuid = orthanc.get(f"instances/{victim}/attachments/dicom/info")["Uuid"]
+    stored = orthanc.folder / "storage" / uuid[:2] / uuid[2:4] / uuid
+    stored.write_bytes(bytes(data))
+    orthanc.stop()  # Orthanc caches what it read; a restart reads the altered file
+    orthanc.start()
     output = movescu(gateway, tmp_path / "mixed", "WS_RESTORE", ports["WS_RESTORE"], "WS_RESTORE", first_study)
     output += movescu(gateway, tmp_path / "mixed", "WS_RESTORE", ports["WS_RESTORE"], "WS_RESTORE", second_study)
     assert "Failed" in output or "Warning" in output
@@ -186,7 +190,7 @@ def test_rotation_reindex_and_a_tampered_object(tmp_path: Path, orthanc: Orthanc
 def test_a_move_reports_progress_and_can_be_cancelled(tmp_path: Path, orthanc: OrthancServer) -> None:
     port = free_port()
     retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
-                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port}]}
+                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"], "allow_cleartext_originals": True}]}
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, extra={"retrieval": retrieval}).start()
     try:
         files = write_study(tmp_path / "study", (40,), size=64)

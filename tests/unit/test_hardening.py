@@ -65,7 +65,7 @@ def test_a_series_that_breaks_the_pipeline_is_quarantined_and_the_next_one_goes_
         raise RuntimeError("DOE^JANE broke the decoder")  # exception text may quote content
 
     monkeypatch.setattr(worker_module, "protect_batches", protect)
-    worker = worker_module.Worker(config, keyring=None, spool=spool, forwarder=None, index=None)  # type: ignore[arg-type]
+    worker = worker_module.Worker(config, keyring=None, spool=spool, forwarder=None, index=None, audit=None)  # type: ignore[arg-type]
     worker.process_settled()
     assert calls == [1, 1]
     assert spool.counts() == {"quarantined": 2}

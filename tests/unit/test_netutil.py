@@ -44,14 +44,3 @@ def test_a_request_is_still_served(monkeypatch) -> None:  # type: ignore[no-unty
     assoc._serve_request(req, 5)
     assert served == [(5, req)]
     assert assoc.dimse.get_msg(block=False) == (None, None)
-
-
-def test_retrieval_batches_split_series_unless_a_stage_needs_the_whole_series() -> None:
-    from gateway.query_retrieve import _BATCH, _batches
-
-    plan = [(f"i{n}", "s1", "", "") for n in range(2 * _BATCH + 3)] + [(f"j{n}", "s2", "", "") for n in range(5)]
-    split = _batches(plan, whole=set())
-    assert [len(b) for b in split] == [_BATCH, _BATCH, 8]  # the next batch is restored while one is sent
-    kept = _batches(plan, whole={"s1"})
-    assert [len(b) for b in kept] == [2 * _BATCH + 3, 5]  # coverless restores only whole series
-    assert [e for b in kept for e in b] == plan

@@ -1,0 +1,57 @@
+"""Publishing one protected object: exactly one copy in Orthanc per SOP instance, and the
+retrieval index following that copy.
+
+A modality's correction re-sends the same SOP instances with changed content (a corrected
+name, another patient ID or study). Orthanc keeps the first copy it got (``AlreadyStored``),
+and a changed patient ID gives the instance a second Orthanc id under another patient, so
+a plain upload would leave C-FIND (the index) and C-MOVE (Orthanc) disagreeing. Here every
+copy Orthanc holds of the SOP instance is compared by the original's SHA-256 (from the
+envelope, kept sealed in the index): the same original already held once is a no-op;
+anything else is deleted, the new copy uploaded with its authenticity tag, Orthanc asked
+again that it now holds exactly that one copy, and only then is the index entry replaced.
+A crash in between leaves the protected copy in the spool, so the next attempt repeats
+the steps; nothing of the old identity stays reachable once it succeeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from gateway import authenticity
+from gateway.forwarder import Forwarder, Unreachable
+from gateway.index import Index, entry_of
+from gateway.keyring import Keyring
+
+
+class Outcome(StrEnum):
+    STORED = "stored"  # first copy of this SOP instance
+    UNCHANGED = "unchanged"  # the same original was held already: nothing done
+    SUPERSEDED = "superseded"  # a different original of this SOP instance was replaced
+
+
+@dataclass(frozen=True)
+class Published:
+    orthanc_id: str
+    outcome: Outcome
+    study_uid: str
+    replaced: int  # Orthanc copies deleted
+
+
+def publish(data: bytes, keyring: Keyring, forwarder: Forwarder, index: Index) -> Published:
+    """Store ``data`` (a protected object from the spool) as the one copy of its SOP instance."""
+    entry, sealing = entry_of(data, "", keyring)
+    previous = index.get(entry.sop_uid, keyring)
+    copies = forwarder.copies(entry.sop_uid)
+    if previous is not None and previous.digest == entry.digest and copies == [previous.orthanc_id]:
+        return Published(previous.orthanc_id, Outcome.UNCHANGED, entry.study_uid, 0)
+    for orthanc_id in copies:
+        forwarder.delete(orthanc_id)
+    stored = forwarder.send(authenticity.sign(data, keyring))
+    held = forwarder.copies(entry.sop_uid)
+    if held != [stored]:  # another writer, or a delete Orthanc did not do: try again later
+        raise Unreachable(f"Orthanc holds {len(held)} copies of the instance after the upload, not one")
+    index.put(replace(entry, orthanc_id=stored), sealing)
+    changed = previous is not None and previous.digest != entry.digest
+    outcome = Outcome.SUPERSEDED if changed or copies else Outcome.STORED
+    return Published(stored, outcome, entry.study_uid, len(copies))

@@ -1,0 +1,184 @@
+"""The Query/Retrieve event handlers the listener binds: C-FIND, C-MOVE, C-GET.
+
+Each handler works out who is asking (policy by AE title, address and certificate),
+hands the work to the pure parts (``identifier``, ``answers``, ``planner``,
+``sending``) and writes one audit line per request. A C-MOVE destination receives what
+both the caller and the destination's owners may see, never more: originals only when
+both are ``restore``; otherwise the protected objects. A request that names its objects
+wrongly, or too many studies, is refused with a failure status and an ErrorComment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import build_context
+
+from gateway.audit import AuditLog
+from gateway.config import Config, Workstation
+from gateway.index import Index
+from gateway.keyring import Keyring
+from gateway.metrics import Metrics
+from gateway.netutil import keep_responses, no_delay
+from gateway.pacs_reader import PacsReader
+from gateway.retrieval import answers
+from gateway.retrieval.identifier import IdentifierError, selection
+from gateway.retrieval.planner import Planned, TooManyStudies, plan
+from gateway.retrieval.sending import Refused, prepared
+from gateway.retrieval.vocabulary import LEVEL_NAMES, Policy, Status
+from gateway.tls import destination_tls_args, peer_common_name
+
+log = logging.getLogger("gateway.qr")
+
+_PATIENT_ROOT = {"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.1.3"}  # Patient Root MOVE, GET
+
+
+class QueryRetrieve:
+    """Handlers for the listener's Q/R events."""
+
+    def __init__(self, config: Config, keyring: Keyring, index: Index, reader: PacsReader, audit: AuditLog,
+                 metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.keyring = keyring
+        self.index = index
+        self.reader = reader
+        self.audit = audit
+
+    def caller(self, event: Event) -> tuple[str, str, Workstation | None]:
+        ae = event.assoc.requestor.ae_title.strip()
+        address = event.assoc.requestor.address
+        return ae, address, self.config.retrieval.workstation(ae, address, peer_common_name(event.assoc))
+
+    # -- C-FIND -----------------------------------------------------------------------------
+
+    def on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        ae, address, ws = self.caller(event)
+        query = event.identifier
+        level = str(query.get("QueryRetrieveLevel", "")).upper()
+        if ws is None or ws.policy is Policy.DENY or level not in LEVEL_NAMES:
+            self.audit.record(ae, address, "C-FIND", "refused", level=level, policy=ws and ws.policy)
+            yield Status.UNABLE_TO_PROCESS, None
+            return
+        found = self._find_restore(query, level) if ws.policy is Policy.RESTORE else self._find_pseudonymized(query, level)
+        sent = 0
+        studies: set[str] = set()
+        for study_uid, answer in found:
+            if event.is_cancelled:
+                self.audit.record(ae, address, "C-FIND", "cancelled", level=level, matches=sent)
+                yield Status.CANCELLED, None
+                return
+            studies.add(study_uid)
+            sent += 1
+            yield Status.PENDING, answer
+        self.audit.record(ae, address, "C-FIND", "success", level=level, policy=ws.policy, matches=sent,
+                          studies=sorted(studies))
+
+    def _find_restore(self, query: Dataset, level: str) -> Iterator[tuple[str, Dataset]]:
+        for study_uid, merged in answers.grouped(self.index.entries(self.keyring), level):
+            if answers.matches_all(query, merged):
+                yield study_uid, answers.answer(query, merged, level, self.config.listener.ae_title)
+
+    def _find_pseudonymized(self, query: Dataset, level: str) -> Iterator[tuple[str, Dataset]]:
+        conditions = {e.keyword: str(e.value) for e in query if e.keyword and e.keyword != "QueryRetrieveLevel"
+                      and e.VR != "SQ" and e.value not in (None, "", "*")}
+        for item in self.reader.find(level, conditions):
+            values = {**item.get("PatientMainDicomTags", {}), **item.get("MainDicomTags", {})}
+            study_uid = values.get("StudyInstanceUID", item.get("ParentStudy", ""))
+            yield study_uid, answers.answer(query, values, level, self.config.listener.ae_title)
+
+    # -- C-MOVE and C-GET -------------------------------------------------------------------
+
+    def on_move(self, event: Event) -> Iterator[Any]:
+        ae, address, ws = self.caller(event)
+        name = str(event.move_destination).strip()
+        destination = self.config.retrieval.destination(name)
+        if ws is None or ws.policy is Policy.DENY or destination is None:
+            self.audit.record(ae, address, "C-MOVE", "refused", policy=ws and ws.policy, destination=name,
+                              reason="unknown destination" if ws else "unknown workstation")
+            yield None, None  # pynetdicom answers 0xA801, move destination unknown
+            return
+        policy = Policy.least(ws.policy, self.config.retrieval.destination_policy(destination))
+        planned, refusal = self._plan(event, ws, policy)
+        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses)],
+                                   "tls_args": destination_tls_args(destination)}
+        contexts = sorted({(p.entry.sop_class, p.entry.transfer_syntax if policy is Policy.RESTORE else "")
+                           for p in planned if p.entry.sop_class})
+        if contexts:
+            options["contexts"] = [build_context(sop, ts or ExplicitVRLittleEndian) for sop, ts in contexts][:128]
+        try:
+            yield destination.host, destination.port, options
+        except GeneratorExit:  # pynetdicom drops the handler when the destination cannot be reached
+            self.audit.record(ae, address, "C-MOVE", "failed", destination=name,
+                              reason="the destination refused the association or is unreachable")
+            raise
+        if refusal is not None:
+            yield from self._refuse(refusal, ae, address, "C-MOVE", name)
+            return
+        if policy is not ws.policy:
+            log.info("C-MOVE to %s sends protected objects: the destination's owners may not see originals", name)
+        yield from self._send(event, planned, policy, ae, address, "C-MOVE", name)
+
+    def on_get(self, event: Event) -> Iterator[Any]:
+        ae, address, ws = self.caller(event)
+        if ws is None or ws.policy is Policy.DENY:
+            self.audit.record(ae, address, "C-GET", "refused", policy=ws and ws.policy, reason="unknown workstation")
+            yield 1
+            yield _status(Status.UNABLE_TO_PROCESS, "this AE title may not retrieve"), None
+            return
+        planned, refusal = self._plan(event, ws, ws.policy)
+        if refusal is not None:
+            yield from self._refuse(refusal, ae, address, "C-GET", ae, announce=True)
+            return
+        yield from self._send(event, planned, ws.policy, ae, address, "C-GET", ae)
+
+    def _plan(self, event: Event, ws: Workstation, policy: Policy) -> tuple[list[Planned], Dataset | None]:
+        """The plan, or the failure status that refuses the request."""
+        sop_class = str(event.request.AffectedSOPClassUID)
+        try:
+            chosen = selection(event.identifier, patient_root=sop_class in _PATIENT_ROOT)
+            return plan(self.index.entries(self.keyring), chosen, policy, ws.max_studies_per_retrieve), None
+        except IdentifierError as exc:
+            return [], _status(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+        except TooManyStudies as exc:
+            return [], _status(Status.UNABLE_TO_PROCESS, str(exc))
+
+    def _refuse(self, status: Dataset, ae: str, address: str, action: str, to: str,
+                announce: bool = False) -> Iterator[Any]:
+        self.audit.record(ae, address, action, "refused", to=to, status=f"0x{status.Status:04X}",
+                          reason=str(status.ErrorComment))
+        yield 1  # pynetdicom needs a count before the final status; nothing is sent
+        yield status, None
+
+    def _send(self, event: Event, planned: list[Planned], policy: Policy, ae: str, address: str,
+              action: str, to: str) -> Iterator[Any]:
+        yield len(planned)
+        failed = completed = 0
+        for ds in prepared(planned, policy, self.reader.file, self.keyring):
+            if event.is_cancelled:
+                self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
+                yield Status.CANCELLED, None
+                return
+            if isinstance(ds, Refused):
+                failed += 1
+                self.metrics.retrieved.labels(policy=policy, outcome="refused").inc()
+                yield Status.PENDING, ds  # pynetdicom counts a pending non-dataset as a failed sub-operation
+                continue
+            completed += 1
+            self.metrics.retrieved.labels(policy=policy, outcome="sent").inc()
+            yield Status.PENDING, ds
+        self.audit.record(ae, address, action, "success" if not failed else "partial", to=to, policy=policy,
+                          completed=completed, failed=failed, studies=sorted({p.entry.study_uid for p in planned}))
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]  # LO
+    return status

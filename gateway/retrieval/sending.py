@@ -1,0 +1,134 @@
+"""Fetch, restore (or egress-check) and hand over the objects of a retrieval plan.
+
+``restore``: each series' protected objects are restored together and each checked
+against its original's SHA-256 (``gateway/restore.py``); what does not restore exactly
+is never sent. ``pseudonymized``: each object Orthanc returns must open its envelope with
+the keyring (so the gateway made it), be the instance the index planned, and pass the
+egress gate: the patient's identity of the original (names, IDs, accession number,
+address, phone) must not show anywhere in it, the same scan as before forwarding.
+Batches of about ``BATCH`` objects keep memory bounded; the next ``PREFETCH`` batches
+are fetched and restored while one is being sent.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from gateway import envelope, gate
+from gateway.envelope import EnvelopeError
+from gateway.keyring import Keyring, KeyringError
+from gateway.restore import restore_series
+from gateway.retrieval.planner import Planned
+from gateway.retrieval.vocabulary import Policy
+
+log = logging.getLogger("gateway.qr")
+
+BATCH = 32
+PREFETCH = 2
+# The patient's identity: never kept by any profile option, so never in a protected copy.
+_PATIENT_IDENTITY = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "AccessionNumber",
+                     "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "MedicalRecordLocator")
+
+
+class Refused(str):
+    """Why one object of the plan is not sent (never its content)."""
+
+
+Fetch = Callable[[str], bytes]
+
+
+def prepared(plan: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring) -> Iterator[Dataset | Refused]:
+    """The plan's objects ready to send, in plan order, a Refused in place of each that may not go."""
+    batches = _batches(plan)
+    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
+        ahead = [pool.submit(_prepare, b, policy, fetch, keyring) for b in batches[:PREFETCH]]
+        for number in range(len(batches)):
+            ready = ahead.pop(0).result()
+            if number + PREFETCH < len(batches):
+                ahead.append(pool.submit(_prepare, batches[number + PREFETCH], policy, fetch, keyring))
+            yield from ready
+
+
+def _batches(plan: list[Planned]) -> list[list[Planned]]:
+    """About ``BATCH`` objects each; a series that restores only whole stays in one batch
+    (the plan lists a series' objects together)."""
+    batches: list[list[Planned]] = []
+    for item in plan:
+        last = batches[-1][-1] if batches else None
+        same_series = last is not None and last.entry.series_uid == item.entry.series_uid
+        if last is not None and ((same_series and item.whole_series)
+                                 or (len(batches[-1]) < BATCH and not last.whole_series)):
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
+def _prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring) -> list[Dataset | Refused]:
+    raws: list[bytes | Refused] = []
+    for item in batch:
+        try:
+            raws.append(fetch(item.orthanc_id))
+        except Exception as exc:  # noqa: BLE001 - Orthanc lost it or is down: this object fails
+            raws.append(Refused(f"not available from Orthanc ({type(exc).__name__})"))
+    if policy is Policy.PSEUDONYMIZED:
+        return [r if isinstance(r, Refused) else egress_checked(r, item.entry.sop_uid, keyring)
+                for r, item in zip(raws, batch, strict=True)]
+    return _restored(batch, raws, keyring)
+
+
+def _restored(batch: list[Planned], raws: list[bytes | Refused], keyring: Keyring) -> list[Dataset | Refused]:
+    out: list[Dataset | Refused] = list(raws)  # type: ignore[arg-type]  # bytes are replaced below
+    by_series: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(batch):
+        if not isinstance(raws[i], Refused):
+            by_series[item.entry.series_uid].append(i)
+    for members in by_series.values():
+        outcomes = restore_series([raws[i] for i in members], keyring)  # type: ignore[misc]  # no Refused here
+        for i, outcome in zip(members, outcomes, strict=True):
+            if outcome.data is None:
+                log.error("restore of %s refused for sending: %s", outcome.sop_uid, outcome.error)
+                out[i] = Refused(f"restore failed: {outcome.error}")
+            elif outcome.sop_uid != batch[i].entry.sop_uid:
+                out[i] = Refused("Orthanc returned another instance than the index planned")
+            else:
+                out[i] = pydicom.dcmread(io.BytesIO(outcome.data))
+    return out
+
+
+def egress_checked(raw: bytes, sop_uid: str, keyring: Keyring) -> Dataset | Refused:
+    """A protected object fit for a ``pseudonymized`` workstation, or why it is not."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw))
+        opened = envelope.open_envelope(ds, keyring)
+        original = pydicom.dcmread(io.BytesIO(opened.payload.cut.prefix), stop_before_pixels=True, force=True)
+    except (EnvelopeError, KeyringError) as exc:
+        log.error("object %s refused for sending: %s", sop_uid, exc)
+        return Refused(f"no valid envelope: {exc}")
+    except Exception as exc:  # noqa: BLE001 - unreadable: never sent
+        return Refused(f"unreadable ({type(exc).__name__})")
+    if str(ds.get("SOPInstanceUID", "")) != sop_uid:
+        return Refused("Orthanc returned another instance than the index planned")
+    names = {str(v) for v in _values(original, ("PatientName", "OtherPatientNames", "PatientMotherBirthName"))}
+    hits = gate.scan(ds, raw, gate.Needles({str(v) for v in _values(original, _PATIENT_IDENTITY)}, names))
+    if hits:
+        log.error("object %s refused for sending: the egress gate found identity in %s", sop_uid,
+                  ", ".join(sorted({h.where for h in hits}))[:200])
+        return Refused("the egress gate found identifying values")
+    return ds
+
+
+def _values(ds: Dataset, keywords: tuple[str, ...]) -> list[object]:
+    out: list[object] = []
+    for keyword in keywords:
+        value = ds.get(keyword)
+        if value not in (None, ""):
+            out += list(value) if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
+    return [v for v in out if str(v).strip()]
