@@ -41,7 +41,9 @@ from gateway.deid.deidentify import _DUMMY_TEXTS, Deidentifier
 from gateway.deid.planted import NAMES, Planted, planted_series
 from gateway.deid.profile import Profile
 from gateway.keyring import Keyring
-from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
+from gateway.protect import Quarantine, protect_series
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
 from gateway.pseudonym import Pseudonymizer
 
 PLACES = 10  # where planted_series writes the name in each object

@@ -29,10 +29,12 @@ from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
 from gateway.metrics import SPOOL_STATES
 from gateway.plugin import PluginError, available
-from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_batches
+from gateway.protect import Quarantine, protect_batches
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
 from gateway.restore import restore_series
 from gateway.stages import build_stages
-from gateway.worker import route_spec
+from gateway.route_spec import route_spec
 
 log = logging.getLogger("gateway")
 # The transforms' torch threads sleep while they wait instead of spinning: on a machine whose

@@ -48,11 +48,15 @@ class Forwarder:
 
     def _call(self, method: str, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
         try:
-            return getattr(self._client, method)(path, timeout=self._timeout, **kwargs)
+            response = getattr(self._client, method)(path, **self._options, **kwargs)
         except HttpError as exc:
-            raise Unreachable(f"Orthanc answered HTTP {exc.http_status_code or 0} to {method.upper()} {path.split('/')[0]}") from None
+            raise Unreachable(f"Orthanc answered HTTP {exc.http_status_code or 0} to {method.upper()} "
+                              f"{path.split('/')[0]}") from None
         except (OrthancConnectionError, OrthancTimeout) as exc:
-            raise Unreachable(f"Orthanc is not reachable ({type(exc).__name__})") from None
+            raise Unreachable(describe_tls_failure(exc) or f"Orthanc is not reachable ({type(exc).__name__})") from None
+        if response is None:  # the client returns None for a cut-off answer (ChunkedEncodingError, ...)
+            raise Unreachable("Orthanc's answer was cut off")
+        return response
 
     def send(self, data: bytes) -> str:
         """Upload one object; return Orthanc's instance id once it is stored."""

@@ -8,7 +8,7 @@ anything. ``restore`` gets the protected series and the records back and must pu
 pixel data back exactly; the gateway then checks the whole instance against a digest of
 the original, so a plugin can never make the gateway return wrong data.
 
-One record per instance (not one per series, as the first sketch in ARCHITECTURE.md
+One record per instance (not one per series, as the first design sketch
 had it) keeps every instance restorable on its own and keeps a series-level record
 from being copied into hundreds of envelopes. A plugin that needs the whole series to
 restore sets ``series_level = True`` and the gateway fetches the whole series for it.
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydicom.dataset import Dataset
 
 ENTRY_POINT_GROUP = "gateway.plugins"
+STAGE_GROUP = "gateway.stages"  # stages that are not a route's privacy plugin (redaction)
 
 
 @dataclass
@@ -77,10 +78,11 @@ def available() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
-def load(name: str, settings: dict[str, Any] | None = None) -> Transform:
-    """Instantiate the transform registered as ``name`` with its route settings."""
-    eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+def load(name: str, settings: dict[str, Any] | None = None, group: str = ENTRY_POINT_GROUP) -> Transform:
+    """Instantiate the transform registered as ``name`` in ``group`` with its route settings."""
+    eps = {ep.name: ep for ep in entry_points(group=group)}
     if name not in eps:
-        raise PluginError(f"no privacy plugin named {name!r}; installed: {sorted(eps)}")
+        raise PluginError(f"no {'privacy plugin' if group == ENTRY_POINT_GROUP else 'stage'} named {name!r}; "
+                          f"installed: {sorted(eps)}")
     cls = eps[name].load()
     return cls(**(settings or {}))

@@ -9,14 +9,11 @@ worker and the offline ``gateway protect`` command.
 from __future__ import annotations
 
 import gc
-import hashlib
-import hmac
 import io
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -35,7 +32,9 @@ from gateway.keyring import Keyring
 from gateway.original import cut
 from gateway.plugin import Context, PluginError, Transform
 from gateway.pseudonym import Pseudonymizer
+from gateway.route_spec import RouteSpec
 from gateway.stages import build_stages
+from gateway.study_keys import DataKeys, series_key
 
 log = logging.getLogger("gateway.protect")
 # This gateway's own implementation identity in the file meta of what it writes.
@@ -51,39 +50,6 @@ class Quarantine(Exception):
     """The series must not be forwarded; the message says why, without PHI."""
 
 
-class DataKeys(Protocol):
-    """Where a study's data key lives between its series."""
-
-    def for_study(self, study_uid: str, keyring: Keyring) -> tuple[str, bytes, bytes]:
-        """(KEK id, wrapped data key, data key) for the (pseudonymous) study UID."""
-        ...
-
-
-class MemoryDataKeys:
-    """Data keys for one run of the offline command."""
-
-    def __init__(self) -> None:
-        self._keys: dict[str, tuple[str, bytes, bytes]] = {}
-
-    def for_study(self, study_uid: str, keyring: Keyring) -> tuple[str, bytes, bytes]:
-        if study_uid not in self._keys:
-            key = envelope.new_data_key()
-            key_id, wrapped = envelope.wrap(keyring, key)
-            self._keys[study_uid] = (key_id, wrapped, key)
-        return self._keys[study_uid]
-
-
-@dataclass(frozen=True)
-class RouteSpec:
-    """What a route asks for, decoupled from the config file's shape."""
-
-    options: frozenset[str] = frozenset()
-    keep_private: tuple[tuple[int, str], ...] = ()
-    plugin: str = "none"
-    plugin_settings: dict[str, Any] = field(default_factory=dict)
-    redaction: dict[str, Any] | None = None
-
-
 @dataclass(frozen=True)
 class Protected:
     """One protected instance: its bytes and its new (pseudonymous) UIDs."""
@@ -92,11 +58,6 @@ class Protected:
     study_uid: str
     series_uid: str
     sop_uid: str
-
-
-def series_key(data_key: bytes, series_uid: str) -> bytes:
-    """The secret a plugin derives its keys from: one per series, from the study's data key."""
-    return hmac.new(data_key, f"series\x00{series_uid}".encode(), hashlib.sha256).digest()
 
 
 def protect_series(raws: list[bytes], route: RouteSpec, keyring: Keyring, keys: DataKeys) -> list[Protected]:

@@ -18,8 +18,8 @@ from gateway import envelope
 from gateway.envelope import EnvelopeError, Opened
 from gateway.keyring import Keyring, KeyringError
 from gateway.plugin import Context, PluginError
-from gateway.protect import series_key
 from gateway.stages import stage_by_name
+from gateway.study_keys import series_key
 
 log = logging.getLogger("gateway.restore")
 

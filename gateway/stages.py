@@ -1,20 +1,18 @@
 """The transforms a route applies, in order, and how to find them again on restore.
 
 Burned-in text redaction (when a route asks for it) runs first, then the route's privacy
-plugin. Both have the plugin shape (gateway.plugin.Transform); the envelope records each
-stage's name, so restore finds the same code without the route's configuration.
+plugin. Both have the plugin shape (gateway.plugin.Transform) and are found by entry point:
+redaction in the group ``gateway.stages`` (it is configured by a route's ``redaction:``
+mapping, not chosen as its plugin), privacy transforms in ``gateway.plugins``. The envelope
+records each stage's name, so restore finds the same code without the route's configuration.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
-
 from gateway import plugin
 from gateway.plugin import Transform
-
-if TYPE_CHECKING:
-    from gateway.protect import RouteSpec
+from gateway.route_spec import RouteSpec
 
 REDACTION = "redaction"
 
@@ -22,7 +20,7 @@ REDACTION = "redaction"
 def build_stages(route: RouteSpec) -> list[Transform]:
     stages: list[Transform] = []
     if route.redaction is not None:
-        stages.append(_redaction(route.redaction))
+        stages.append(plugin.load(REDACTION, route.redaction, group=plugin.STAGE_GROUP))
     stages.append(plugin.load(route.plugin, route.plugin_settings))
     return stages
 
@@ -38,12 +36,4 @@ def is_series_level(name: str) -> bool:
 
 def stage_by_name(name: str) -> Transform:
     """The stage that wrote a record called ``name``, with default settings."""
-    return _redaction({}) if name == REDACTION else plugin.load(name)
-
-
-def _redaction(settings: dict) -> Transform:  # type: ignore[type-arg]
-    try:
-        from gateway.redaction import RedactionStage  # type: ignore[attr-defined]
-    except ImportError:
-        raise plugin.PluginError("burned-in text redaction is not installed in this gateway") from None
-    return RedactionStage(**settings)  # type: ignore[no-any-return]
+    return plugin.load(name, group=plugin.STAGE_GROUP if name == REDACTION else plugin.ENTRY_POINT_GROUP)

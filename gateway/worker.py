@@ -21,23 +21,12 @@ from gateway.index import Index
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.publish import Outcome, publish
-from gateway.protect import Quarantine, RouteSpec, protect_batches
+from gateway.protect import Quarantine, protect_batches
+from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
 from gateway.spool import Spool, SpoolError
 
 log = logging.getLogger("gateway.worker")
-
-
-def route_spec(config: Config, route_name: str) -> RouteSpec:
-    route = next(r for r in config.routes if r.name == route_name)
-    profile = config.profiles[route.profile]
-    return RouteSpec(
-        options=frozenset(profile.options),
-        keep_private=tuple((k.group, k.creator) for k in profile.keep_private),
-        plugin=route.plugin,
-        plugin_settings=dict(route.plugin_settings),
-        redaction=dict(route.redaction) if route.redaction is not None else None,
-    )
 
 
 class Worker:

@@ -104,7 +104,7 @@ def test_orthanc_refuses_identifiable_objects_sent_around_the_gateway(tmp_path: 
     write_study(tmp_path / "study", (1,), size=64)
     storescu(orthanc.dicom_port, tmp_path / "study", calling="GATEWAY", called="ORTHANC", check=False)
     assert _orthanc_instances(orthanc) == []
-    assert "refused an unprotected instance" in (orthanc.folder / "orthanc.log").read_text()
+    assert "refused an instance that the gateway did not protect" in (orthanc.folder / "orthanc.log").read_text()
 
 
 def test_a_full_spool_answers_a_failure_so_the_modality_retries(tmp_path: Path, orthanc: OrthancServer,

@@ -27,7 +27,7 @@ def _stack(tmp_path: Path, orthanc: OrthancServer, **workstation: object) -> tup
     retrieval = {
         "workstations": [{"ae_title": "WS_RESTORE", "policy": "restore", **workstation},
                          {"ae_title": "WS_PSEUDO", "policy": "pseudonymized"}],
-        "destinations": [{"ae_title": ae, "host": "127.0.0.1", "port": port, "owners": [ae]}
+        "destinations": [{"ae_title": ae, "host": "127.0.0.1", "port": port, "owners": [ae], "allow_cleartext_originals": True}
                          for ae, port in ports.items()],
     }
     return GatewayProcess(tmp_path / "gateway", orthanc, extra={"retrieval": retrieval}).start(), ports

@@ -14,7 +14,9 @@ from pydicom.uid import ExplicitVRBigEndian, JPEG2000Lossless
 from gateway import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
-from gateway.protect import MemoryDataKeys, RouteSpec, protect_series
+from gateway.protect import protect_series
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
 from gateway.restore import restore_series
 from models import ae_runtime
 from plugins.ae_aes import AeAesTransform

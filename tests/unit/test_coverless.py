@@ -16,7 +16,9 @@ from threadpoolctl import threadpool_limits
 from gateway import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
-from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
+from gateway.protect import Quarantine, protect_series
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
 from gateway.restore import restore_series
 from plugins.coverless import CoverlessTransform, features, hashing, ordering, rpca, series_table
 from plugins.coverless.features import image_features

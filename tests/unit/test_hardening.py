@@ -105,7 +105,9 @@ def test_a_series_is_protected_in_batches_with_the_whole_series_identity_gated(t
     import pydicom
 
     from gateway import protect, synthetic
-    from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_batches
+    from gateway.protect import Quarantine, protect_batches
+    from gateway.route_spec import RouteSpec
+    from gateway.study_keys import MemoryDataKeys
     from gateway.restore import restore_series
     from tests.conftest import encode
 

@@ -18,7 +18,9 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, JPEGBaselin
 from gateway import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
-from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
+from gateway.protect import Quarantine, protect_series
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
 from gateway.restore import restore_series
 from plugins.noise_key import NoiseKeyTransform
 from plugins.noise_key.noise import gaussian

@@ -18,7 +18,9 @@ from pydicom.encaps import encapsulate
 from gateway import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
-from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
+from gateway.protect import Quarantine, protect_series
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
 from gateway.redaction import RedactionStage, matching, ocr, roi, rules, testimages
 from gateway.redaction.boxes import mask_of
 from gateway.redaction.pixels import load

@@ -14,7 +14,9 @@ from gateway import authenticity, synthetic
 from gateway.config import Retrieval
 from gateway.index import Entry
 from gateway.keyring import Keyring
-from gateway.protect import MemoryDataKeys, RouteSpec, protect_series
+from gateway.protect import protect_series
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
 from gateway.retrieval import answers
 from gateway.retrieval.identifier import IdentifierError, selection
 from gateway.retrieval.planner import Planned, TooManyStudies, plan

@@ -1,0 +1,32 @@
+"""What a route asks the protect path for, decoupled from the config file's shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import Config
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """De-identification options, private blocks kept, the privacy plugin and redaction."""
+
+    options: frozenset[str] = frozenset()
+    keep_private: tuple[tuple[int, str], ...] = ()
+    plugin: str = "none"
+    plugin_settings: dict[str, Any] = field(default_factory=dict)
+    redaction: dict[str, Any] | None = None
+
+
+def route_spec(config: Config, route_name: str) -> RouteSpec:
+    """The spec of the route called ``route_name`` in ``config``."""
+    route = next(r for r in config.routes if r.name == route_name)
+    profile = config.profiles[route.profile]
+    return RouteSpec(
+        options=frozenset(profile.options),
+        keep_private=tuple((k.group, k.creator) for k in profile.keep_private),
+        plugin=route.plugin,
+        plugin_settings=dict(route.plugin_settings),
+        redaction=dict(route.redaction) if route.redaction is not None else None,
+    )
