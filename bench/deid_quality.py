@@ -42,9 +42,9 @@ from gateway.deid.planted import NAMES, Planted, planted_series
 from gateway.deid.profile import Profile
 from gateway.keyring import Keyring
 from gateway.protect import Quarantine, protect_series
+from gateway.pseudonym import Pseudonymizer
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
-from gateway.pseudonym import Pseudonymizer
 
 PLACES = 10  # where planted_series writes the name in each object
 _ESCAPE = re.compile(rb"\x1b[\x20-\x2f]*[\x30-\x7e]")
