@@ -291,6 +291,22 @@ def _identifying(elem: DataElement, text: str) -> bool:
     )
 
 
+def kept_descriptors(original: Dataset, protected: Dataset) -> dict[str, set[str]]:
+    """The device, anatomy and code values a protected copy holds as its original held them,
+    for a gate that sees both but not the profile (the retrieval's egress gate): what
+    ``DeidResult.kept`` says at protect time."""
+    def values(ds: Dataset) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for elem in ds.iterall():
+            if elem.keyword in DESCRIPTORS and elem.value not in (None, ""):
+                items = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+                found.setdefault(elem.keyword, set()).update(str(v) for v in items)
+        return found
+
+    before, after = values(original), values(protected)
+    return {k: before[k] & after[k] for k in before.keys() & after.keys() if before[k] & after[k]}
+
+
 def _in_dictionary(tag: int) -> bool:
     """Whether the standard defines ``tag``. An element it does not know (a damaged tag, a
     vendor's misuse of a public group) cannot be judged, so it is removed, not kept."""

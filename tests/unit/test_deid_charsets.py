@@ -205,3 +205,17 @@ def test_a_station_kept_by_retain_device_identity_may_bear_the_institution_s_nam
     series[0].StationName = "CT2 of Doe^Peter"  # not what the original held there for the series
     with pytest.raises(Quarantine, match=r"\(0008,1010\) StationName: PatientName"):
         _protect(series, keyring, route)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_gate_that_sees_original_and_copy_excuses_the_same_descriptors(keyring: Keyring) -> None:
+    """The retrieval's egress gate has the original (from the envelope) and the copy, not the profile."""
+    from gateway.deid.deidentify import kept_descriptors
+
+    [original] = _real_series("98892003/MR700")[:1]
+    original.PatientName, original.ReceiveCoilName = "KNEE", "SENSE-Knee-8"
+    [copy] = _protect([original], keyring)
+    kept = kept_descriptors(original, copy)
+    assert kept["ReceiveCoilName"] == {"SENSE-Knee-8"} and "PatientName" not in kept
+    assert gate.scan(copy, b"", gate.Needles({"KNEE"}, {"KNEE"}))  # without: the coil name hits
+    assert gate.scan(copy, b"", gate.Needles({"KNEE"}, {"KNEE"}, kept=kept)) == []
