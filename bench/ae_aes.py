@@ -10,6 +10,13 @@ torch threads, in this process, next to AES-256-GCM over the raw pixels in the s
 Bytes: the payload (format 2: latent + JPEG XL lossless of the image) beside raw, zstd,
 JPEG-LS and JPEG 2000 lossless of raw, and beside the designs it replaced or rejected:
 format 1 (latent + zigzag residual, zstd) and latent + JPEG XL of the residual.
+
+Compressed, colour and multi-frame inputs (``inputs``): real files of pydicom's test data
+(JPEG baseline YBR_FULL_422 ultrasound cine, JPEG lossless, JPEG-LS, JPEG 2000 lossless
+colour ultrasound, RLE multi-frame, native RGB ultrasound, RLE palette colour) through the
+whole transform: bytes Orthanc stores beside the original's own encoded value and JPEG 2000
+lossless of its decoded frames, protect and restore time per frame, exact restore.
+``--sections inputs`` runs only that part (about a minute).
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.util import random_noise
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.plugin import Context
 from models.ae_runtime import AePredictor, load
 from models.training_data import held_out_real, phantom
 from plugins.ae_aes import AeAesTransform
 from plugins.ae_aes.cipher_pixels import OVERHEAD
-from plugins.ae_aes.frames import Layout
+from gateway import frames as gateway_frames
+from gateway.frames import Layout
 from plugins.ae_aes.payload import Payload, code_frame, code_latent
 
 # Seed paper, Table 6 (percent): SSIM and MSE of original vs noisy, original vs decoder output.
@@ -99,8 +107,8 @@ def _timings_now(model: str, slices: int, effort: int) -> dict[str, Any]:
     latent, lo, hi = predictor.encode(images)
     t_encode = _per_image(lambda: predictor.encode(images), slices)
     t_decode = _per_image(lambda: predictor.predict(latent, lo, hi, 512, 512), slices)
-    layout = Layout(1, 512, 512, "<u2", 512 * 512 * 2)
-    payloads = [Payload(model, layout, latent[i : i + 1], images[i : i + 1], b"") for i in range(slices)]
+    layout = Layout(1, 512, 512, 1, "<u2", planar=False)
+    payloads = [Payload(model, layout, latent[i : i + 1], images[i : i + 1, ..., None], b"") for i in range(slices)]
     t_code = _per_image(lambda: [p.encode(effort) for p in payloads], slices)
     coded = [p.encode(effort) for p in payloads]
     t_uncode = _per_image(lambda: [Payload.decode(c) for c in coded], slices)
@@ -133,7 +141,7 @@ def stored_bytes(predictor: AePredictor, images: dict[str, np.ndarray], efforts:
         frames = img[None].astype(np.int64)
         latent, lo, hi = predictor.encode(frames)
         prediction = predictor.predict(latent, lo, hi, *img.shape)
-        layout = Layout(1, img.shape[0], img.shape[1], img.dtype.str, img.nbytes)
+        layout = Layout(1, img.shape[0], img.shape[1], 1, img.dtype.str, planar=False)
         j2k = len(imagecodecs.jpeg2k_encode(img, level=0, reversible=True))
         row: dict[str, Any] = {
             "raw": img.nbytes,
@@ -151,7 +159,7 @@ def stored_bytes(predictor: AePredictor, images: dict[str, np.ndarray], efforts:
         row["latent_plus_jpegxl_residual_effort4"] = latent_code + len(code_frame(residual, int(residual.min()), 4))
         row["of_which_latent"] = latent_code
         for effort in efforts:
-            size = len(Payload(predictor.name, layout, latent, frames, b"").encode(effort))
+            size = len(Payload(predictor.name, layout, latent, frames[..., None], b"").encode(effort))
             row[f"payload_effort{effort}"] = size
             row[f"stored_pixel_value_effort{effort}"] = _stored(size, img.shape[1])
             row[f"stored_vs_jpeg2000_effort{effort}"] = round(_stored(size, img.shape[1]) / j2k, 3)
@@ -160,6 +168,63 @@ def stored_bytes(predictor: AePredictor, images: dict[str, np.ndarray], efforts:
     total = {k: sum(r[k] for r in rows.values()) for k in ("raw", "jpeg2000_lossless_raw", *stored)}
     total |= {f"{k}_vs_jpeg2000": round(total[k] / total["jpeg2000_lossless_raw"], 3) for k in stored}
     rows["all"] = total
+    return rows
+
+
+# pydicom test files: name -> what it stands for
+INPUTS = {
+    "examples_ybr_color.dcm": "JPEG baseline, YBR_FULL_422 ultrasound, 30 frames 240x320",
+    "JPEG-LL.dcm": "JPEG lossless, 16-bit NM 1024x256",
+    "emri_small_jpeg_ls_lossless.dcm": "JPEG-LS lossless, MR 10 frames 64x64",
+    "MR2_J2KR.dcm": "JPEG 2000 lossless, MR 1024x1024",
+    "US1_J2KR.dcm": "JPEG 2000 lossless, colour ultrasound 480x640 (YBR_RCT)",
+    "emri_small_RLE.dcm": "RLE, MR 10 frames 64x64",
+    "OBXXXX1A_rle.dcm": "RLE, palette colour ultrasound 600x800",
+    "US1_UNCR.dcm": "native RGB ultrasound 480x640",
+}
+
+
+def inputs(model: str, effort: int = 4) -> dict[str, Any]:
+    """Real compressed, colour and multi-frame files through the whole transform (1 thread)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ctx = Context(series_key=os.urandom(32))
+    rows: dict[str, Any] = {}
+    for name, what in INPUTS.items():
+        path = get_testdata_file(name)
+        if path is None:
+            rows[name] = "missing (pip install pydicom-data)"
+            continue
+        original = pydicom.dcmread(path)
+        image = gateway_frames.read(original)
+        n = image.layout.frames
+        j2k = sum(len(imagecodecs.jpeg2k_encode(f if f.shape[-1] > 1 else f[..., 0], level=0, reversible=True))
+                  for f in image.array)
+        value = bytes(original.PixelData)
+        state: dict[str, Any] = {}
+
+        def protect() -> None:
+            state["ds"] = ds = pydicom.dcmread(path)
+            state["records"] = AeAesTransform(model=model, effort=effort).protect([ds], ctx)
+            state["protected"] = bytes(ds.PixelData)
+
+        def restore() -> None:
+            ds = state["ds"]
+            ds.PixelData = state["protected"]
+            AeAesTransform().restore([ds], state["records"], ctx)
+
+        t_protect = _per_image(protect, n)
+        t_restore = _per_image(restore, n)
+        stored = len(state["protected"])
+        rows[name] = {
+            "what": what, "transfer_syntax": original.file_meta.TransferSyntaxUID.name, "frames": n,
+            "samples": image.layout.samples, "original_pixel_value": len(value),
+            "jpeg2000_lossless_of_decoded": j2k, "stored_pixel_value": stored,
+            "stored_vs_original": round(stored / len(value), 3), "stored_vs_jpeg2000": round(stored / j2k, 3),
+            "protect_s_per_frame": t_protect, "restore_s_per_frame": t_restore,
+            "restored_exactly": bytes(state["ds"].PixelData) == value,
+        }
     return rows
 
 
@@ -236,8 +301,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=8, help="phantom slices per timing run")
     parser.add_argument("--paper-images", type=int, default=2, help="images for the (slow) paper model")
+    parser.add_argument("--sections", default="all", help="comma-separated: all, or inputs (compressed and colour only)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.sections == "inputs":
+        print(json.dumps({"machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
+                          "inputs_ae_lite_effort4": inputs("ae_lite")}, indent=1))
+        return
     images = {f"phantom_z{z}": phantom(z, seed=0) for z in (0.2, 0.5, 0.8)} | held_out_real()
     lite, paper = load("ae_lite"), load("ae_paper")
     few = dict(list(images.items())[: args.paper_images])
@@ -252,6 +322,7 @@ def main() -> None:
         "bytes_per_image": {"ae_lite": stored_bytes(lite, images), "ae_paper": stored_bytes(paper, few)},
         "quality": {"ae_lite": preview_quality(lite, images), "ae_paper": preview_quality(paper, few)},
         "dae": dae_quality(),
+        "inputs_ae_lite_effort4": inputs("ae_lite"),
     }
     print(json.dumps(report, indent=1))
 

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from gateway.deid.deidentify import IDENTITY_KEYWORDS
-from gateway.redaction import RedactionStage, testimages
+from gateway.redaction import RedactionStage
+from testkit import testimages
 from gateway.redaction.boxes import Box, mask_of
-from gateway.redaction.matching import Matcher
+from gateway.redaction.ocr_matching import Matcher
 from gateway.redaction.pixels import load
 
 DETECTORS = ("rules", "roi", "tophat", "ocr")

@@ -41,7 +41,7 @@ from PIL import Image
 from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.plugin import Context, PluginError
 from plugins.coverless import CoverlessTransform, densenet_features, hashing, ordering
 from plugins.coverless.features import image_features, one_blas_thread, series_features

@@ -36,15 +36,16 @@ import pydicom
 from pydicom.charset import convert_encodings
 from pydicom.data import get_charset_files, get_testdata_files
 
-from gateway import gate, synthetic
+from gateway import gate
 from gateway.deid.deidentify import _DUMMY_TEXTS, Deidentifier
-from gateway.deid.planted import NAMES, Planted, planted_series
 from gateway.deid.profile import Profile
 from gateway.keyring import Keyring
 from gateway.protect import Quarantine, protect_series
 from gateway.pseudonym import Pseudonymizer
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
+from testkit import synthetic
+from testkit.planted import NAMES, Planted, planted_series
 
 PLACES = 10  # where planted_series writes the name in each object
 _ESCAPE = re.compile(rb"\x1b[\x20-\x2f]*[\x30-\x7e]")

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway import synthetic
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu
+from testkit import synthetic
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu
 
 
 def _wait(predicate, timeout: float = 900.0) -> None:  # type: ignore[no-untyped-def]

@@ -9,22 +9,36 @@ Prints one JSON object:
   that many GB. The gateway's peak memory after intake shows that received data goes to disk
   as it arrives; after protection and forwarding, that a series is protected in batches
   (memory bounded by the largest object, not by the series).
+- ``full_disk`` (with --full-disk-mb, as root): the spool on a tmpfs of that size, smaller
+  than what SENDERS x INSTANCES need; pynetdicom senders retry every refused object every few
+  seconds, as a modality does, until everything is acknowledged. Reports objects
+  acknowledged against objects in Orthanc (goal: equal), the 0xA700 answers, associations
+  that ended early, and series quarantined (goal: 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.uid import generate_uid
 
-from gateway import synthetic
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, storescu
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+
+from testkit import synthetic
+from gateway.keyring import Keyring
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
+from gateway.pseudonym import Pseudonymizer
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -117,17 +131,119 @@ def streaming(root: Path, gigabytes: float) -> dict[str, object]:
         orthanc.stop()
 
 
+def full_disk(root: Path, senders: int, instances: int, size: int, fs_mb: int) -> dict[str, object]:
+    """More than the spool's file system holds, sent at once; refused objects resent."""
+    mount = root / "small-fs"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        return {"skipped": "mounting a tmpfs needs root"}
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={fs_mb}m", "tmpfs", str(mount)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        return {"skipped": f"mount refused: {mounted.stderr.strip()}"}
+    files: list[list[Path]] = []
+    for s in range(senders):
+        folder = root / f"disk-study{s}"
+        folder.mkdir()
+        ident = synthetic.Identity(patient_id=f"DISK-{s:02d}", accession=f"ACCDISK{s:02d}")
+        files.append([])
+        for i, ds in enumerate(synthetic.ct_series(instances, size=size, identity=ident)):
+            files[-1].append(folder / f"{i:04d}.dcm")
+            ds.save_as(files[-1][-1], enforce_file_format=True)
+    acknowledged: set[str] = set()
+    counts = {"out_of_resources": 0, "other_failures": 0, "associations_ended_early": 0, "resend_rounds": 0}
+    lock = threading.Lock()
+
+    def send(s: int) -> None:
+        pending = list(files[s])
+        ae = AE(ae_title=f"MODALITY{s}")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        deadline = time.time() + 600
+        while pending and time.time() < deadline:
+            assoc = ae.associate("127.0.0.1", gateway.port, ae_title="GATEWAY")
+            refused = []
+            for path in pending:
+                if not assoc.is_established:
+                    with lock:
+                        counts["associations_ended_early"] += 1
+                    refused.append(path)
+                    continue
+                status = int(assoc.send_c_store(path).get("Status", -1))
+                with lock:
+                    if status == 0:
+                        acknowledged.add(str(synthetic_uid(path)))
+                    else:
+                        counts["out_of_resources" if status == 0xA700 else "other_failures"] += 1
+                        refused.append(path)
+            if assoc.is_established:
+                assoc.release()
+            pending = refused
+            if pending:
+                with lock:
+                    counts["resend_rounds"] += 1
+                time.sleep(5)  # a modality's retry interval
+
+    orthanc = OrthancServer(root / "orthanc3", gateway_port=free_port())
+    gateway = GatewayProcess(root / "gateway3", orthanc, settle_seconds=1, senders=[
+        {"ae_title": f"MODALITY{s}"} for s in range(senders)], extra={"spool": {
+            "path": str(mount / "spool"), "retention_hours": 0, "free_space_reserve_mb": max(1, fs_mb // 8)}})
+    try:
+        orthanc.start()
+        gateway.start()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(senders) as pool:
+            list(pool.map(send, range(senders)))
+        sent = time.perf_counter() - started
+        pseudonyms = Pseudonymizer(Keyring.load(gateway.keyring).pseudonym_secret)
+        wanted = {pseudonyms.uid(uid) for uid in acknowledged}
+
+        def stored() -> set[str]:
+            return {i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.get("instances?expand")}
+
+        try:
+            _wait(lambda: wanted <= stored(), timeout=600)
+        except TimeoutError:
+            pass
+        held = stored()
+        status = gateway.status()
+        return {
+            "file_system_mib": fs_mb, "reserve_mib": max(1, fs_mb // 8), "senders": senders,
+            "instances_each": instances, "image_size": size,
+            "bytes_sent_once_mib": round(sum(p.stat().st_size for f in files for p in f) / 2**20, 1),
+            "acknowledged": len(acknowledged), "acknowledged_in_orthanc": len(wanted & held),
+            "in_orthanc": len(held), "equal": wanted == held, **counts,
+            "quarantined_objects": int(status.split("quarantined")[1].split()[0]),
+            "seconds_until_all_acknowledged": round(sent, 1),
+        }
+    finally:
+        gateway.stop()
+        orthanc.stop()
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def synthetic_uid(path: Path) -> str:
+    """The SOP Instance UID of a file the benchmark wrote."""
+    return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x00080018]).SOPInstanceUID)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--instances", type=int, default=200)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--stream-gb", type=float, default=0.0)
+    parser.add_argument("--full-disk-mb", type=int, default=0,
+                        help="also a full-disk episode: the spool on a tmpfs of this size (root)")
+    parser.add_argument("--skip-concurrent", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        result: dict[str, object] = {"concurrent": concurrent(Path(tmp), args.senders, args.instances, args.size)}
+        result: dict[str, object] = {}
+        if not args.skip_concurrent:
+            result["concurrent"] = concurrent(Path(tmp), args.senders, args.instances, args.size)
         if args.stream_gb:
             result["streaming"] = streaming(Path(tmp), args.stream_gb)
+        if args.full_disk_mb:
+            result["full_disk"] = full_disk(Path(tmp), args.senders, args.instances, args.size, args.full_disk_mb)
     print(json.dumps(result, indent=2))
 
 

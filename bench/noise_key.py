@@ -3,7 +3,7 @@
     .venv/bin/python bench/noise_key.py [--strengths 0.01 0.03 0.1 0.3 1.0] [--slices 2]
 
 Needs the bench extra (imagecodecs, scikit-image) and pydicom-data. Prints JSON:
-per image (synthetic CT phantom slices from gateway/synthetic.py at seed 0, never used in
+per image (synthetic CT phantom slices from testkit/synthetic.py at seed 0, never used in
 training; pydicom-data's 512x512 CT 693_UNCI and 484x484 MR, also held out) and per
 strength:
 
@@ -57,7 +57,7 @@ from skimage.metrics import structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import synthetic  # noqa: E402
+from testkit import synthetic  # noqa: E402
 from gateway.plugin import Context  # noqa: E402
 from models.noise_key_data import image_dataset, jpeg_copy, run  # noqa: E402
 from models.noise_key_denoiser import denoise, load  # noqa: E402

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pydicom
 
-from gateway import synthetic
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, storescu
+from testkit import synthetic
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 
 ENV = dict(os.environ, TCP_NODELAY="1")
 # The workstation's receive PDU size, the same for both runs. dcmtk's default (16 KiB) cuts a

@@ -22,13 +22,13 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from gateway import logsafe
+from gateway import frames, logsafe, preflight, quarantine
 from gateway.config import Config, ConfigError, is_loopback, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
-from gateway.metrics import SPOOL_STATES
-from gateway.plugin import PluginError, available
+from gateway.spool import SPOOL_STATES
+from gateway.plugin import PluginError, available, refused_kinds
 from gateway.protect import Quarantine, protect_batches
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
@@ -94,9 +94,12 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--option", action="append", default=[], choices=sorted(OPTIONS),
                            help="a PS3.15 option (repeatable)")
             s.add_argument("--plugin", default="none", help="privacy transform (installed: %(default)s, ...)")
+            s.add_argument("--protected-syntax", default="uncompressed", choices=["uncompressed", "lossless"],
+                           help="store decoded or changed pixels as JPEG 2000 lossless where exact and smaller")
         s.set_defaults(func=fn)
 
     _add_describe_profile(sub)
+    quarantine.add_commands(sub)
 
     keys = sub.add_parser("keys", help="manage the keyring").add_subparsers(required=True, metavar="ACTION")
     for name, fn, text in (
@@ -144,10 +147,16 @@ def cmd_describe_profile(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    preflight.check_files(config)
     Keyring.load(config.keyring)
     _check_plugins(config)
     _check_legs(config, serving=False)
+    for line in _refusals(config):
+        print(line)
     print(f"{args.config}: OK ({len(config.routes)} route(s), {len(config.senders)} sender(s))")
+    warning = preflight.orthanc_warning(config)
+    if warning:
+        print(f"warning: {warning}")
     return 0
 
 
@@ -156,6 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     logging.getLogger().setLevel(config.log_level)
+    preflight.check_files(config)
     _check_plugins(config)
     _check_legs(config, serving=True)
     ring = Keyring.load(config.keyring)
@@ -205,6 +215,10 @@ def _check_legs(config: Config, serving: bool) -> None:
             tls.server_context(config.status_http.tls)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"status_http.tls: certificate, key or CA not usable: {exc}") from None
+    web = config.status_http
+    if web.enabled and not is_loopback(web.host) and (web.tls is None or not web.tls.require_client_certificate):
+        log.warning("status endpoint on %s:%d serves plain HTTP off loopback (status_http.allow_plaintext: true)",
+                    web.host, web.port)
     for destination in config.retrieval.cleartext_originals():
         log.warning("C-MOVE destination %s (%s:%d) receives restored originals WITHOUT TLS "
                     "(allow_cleartext_originals: true)", destination.ae_title, destination.host, destination.port)
@@ -223,13 +237,34 @@ def _check_legs(config: Config, serving: bool) -> None:
         log.error("%s; objects wait in the spool until it is fixed", exc)
 
 
+def _refusals(config: Config) -> list[str]:
+    """What each route's transforms quarantine whatever their settings, and where the route's
+    match takes objects that may carry it (e.g. 32-bit RT Dose on an ae_aes route)."""
+    lines = []
+    missing = ", ".join(frames.undecodable_families())
+    for i, route in enumerate(config.routes):
+        named = [*(route.match.modality or []), *(route.match.sop_class_uid or [])]
+        for stage in build_stages(route_spec(config, route.name)):
+            kinds = refused_kinds(stage)
+            if not kinds:
+                continue
+            what = [f"{k} (here: {missing})" if k == frames.UNDECODABLE and missing else k for k in kinds]
+            line = f"routes[{i}] ({route.name}): {stage.name} quarantines {'; '.join(what)}"
+            hits = [f"{n} may be {frames.MAY_CARRY[n]}" for n in named if frames.MAY_CARRY.get(n) in kinds
+                    and (missing or frames.MAY_CARRY[n] != frames.UNDECODABLE)]
+            if hits:
+                line += f". Its match takes objects that: {'; '.join(hits)}"
+            lines.append(line)
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.spool import Spool
 
     config = load_config(args.config)
     if not config.spool.path.exists():
         raise UsageError(f"spool {config.spool.path} does not exist yet: the gateway has not run with this config")
-    spool = Spool(config.spool.path)
+    spool = Spool(config.spool.path, intake=False)  # a running gateway may be receiving
     counts = spool.counts()
     print("objects by state:")
     for state in SPOOL_STATES:
@@ -310,7 +345,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     ring = Keyring.load(args.keyring)
     if args.plugin not in available():
         raise UsageError(f"no plugin named {args.plugin!r}; installed: {available()}")
-    route = RouteSpec(options=frozenset(args.option), plugin=args.plugin)
+    route = RouteSpec(options=frozenset(args.option), plugin=args.plugin, protected_syntax=args.protected_syntax)
     files = _dicom_files(args.input)
     single = args.input.is_file() and args.output.suffix.lower() == ".dcm"
     if not single:

@@ -58,6 +58,10 @@ class Listener(_Strict):
     # Non-image objects (SR, encapsulated PDF, ...): refused at C-STORE, kept in
     # quarantine for an admin, or protected like images (headers only).
     non_image: Literal["refuse", "quarantine", "protect"] = "refuse"
+    # Objects that did not arrive whole (pixel data cut short, lengths past the end, broken
+    # fragments): refused with a failure status so the modality sends again, or, for sites
+    # that must keep everything, acknowledged and their series quarantined.
+    damaged: Literal["refuse", "quarantine"] = "refuse"
     tls: Tls | None = None
 
     _check_ae = field_validator("ae_title")(_ae_title)
@@ -81,12 +85,17 @@ class StatusHttp(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(11180, ge=0, le=65535)
     tls: Tls | None = None
+    # Plain HTTP off loopback, said out loud: for a private network such as compose's, where
+    # only the site's scraper can reach it. Warned about at start.
+    allow_plaintext: bool = False
 
     @model_validator(mode="after")
     def _loopback_or_tls(self) -> StatusHttp:
-        if not is_loopback(self.host) and (self.tls is None or not self.tls.require_client_certificate):
+        secured = self.tls is not None and self.tls.require_client_certificate
+        if not is_loopback(self.host) and not secured and not self.allow_plaintext:
             raise ValueError(f"host {self.host!r} is not loopback: give tls with require_client_certificate: true, "
-                             "or keep it on 127.0.0.1 behind the site's proxy")
+                             "keep it on 127.0.0.1 behind the site's proxy, or set allow_plaintext: true on a "
+                             "private network")
         return self
 
 
@@ -148,6 +157,13 @@ class Orthanc(_Strict):
 class Spool(_Strict):
     path: Path
     retention_hours: float = Field(0, ge=0)
+    # A C-STORE answers 0xA700 (the modality retries later) unless, after room for the
+    # protected copies of every object waiting to be protected (this one included), this
+    # much free space remains for the database, the logs and objects arriving meanwhile.
+    free_space_reserve_mb: float = Field(256, ge=0)
+    # Quarantined and refused-by-Orthanc originals (full identity) are deleted this long
+    # after they were set aside, with an audit line.
+    quarantine_retention_days: float = Field(30, gt=0)
 
 
 class Scheduler(_Strict):
@@ -213,6 +229,9 @@ class Route(_Strict):
     plugin: str = "none"
     plugin_settings: dict[str, Any] = {}
     redaction: dict[str, Any] | None = None
+    # The copy Orthanc stores where a transform decoded or changed the pixels: uncompressed,
+    # or JPEG 2000 lossless where that is exact and smaller (gateway/lossless_copy.py).
+    protected_syntax: Literal["uncompressed", "lossless"] = "uncompressed"
 
 
 class Workstation(_Peer):

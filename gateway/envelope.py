@@ -12,7 +12,7 @@ Format (version 1), in a private block of group 0x0013 whose creator is
   moved to another instance
 - (0013,xx06) LO  the transforms applied, in order (not secret; says which code restores)
 
-The payload is a small binary container (see ``Payload``): the original's bytes around
+The payload is a small binary container (see ``Content``): the original's bytes around
 the pixel value (zlib), its SHA-256, and one record per transform.
 
 Why not the standard Encrypted Attributes Sequence (0400,0500)? Its content must be a CMS
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import zlib
 from dataclasses import dataclass, field
 
@@ -37,7 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from gateway.keyring import Keyring
-from gateway import authenticity
+from gateway import authenticity, framing
 from gateway.original import Cut
 
 GROUP = 0x0013
@@ -50,7 +49,7 @@ class EnvelopeError(Exception):
 
 
 @dataclass
-class Payload:
+class Content:
     """What the envelope protects."""
 
     cut: Cut
@@ -65,17 +64,12 @@ class Payload:
         ).encode()
         blobs = [head, self.cut.digest, zlib.compress(self.cut.prefix, 6), self.cut.suffix]
         blobs += [record for _, record in self.records]
-        data = b"".join(struct.pack(">I", len(b)) + b for b in blobs)
+        data = framing.pack(blobs)
         return data + b"\0" * (len(data) % 2)  # DICOM pads odd OB values; stay even
 
     @classmethod
-    def decode(cls, data: bytes) -> Payload:
-        blobs = []
-        pos = 0
-        while pos + 4 <= len(data):
-            (size,) = struct.unpack_from(">I", data, pos)
-            blobs.append(data[pos + 4 : pos + 4 + size])
-            pos += 4 + size
+    def decode(cls, data: bytes) -> Content:
+        blobs = framing.unpack(data)
         head = json.loads(blobs[0])
         cut = Cut(
             prefix=zlib.decompress(blobs[2]),
@@ -102,7 +96,7 @@ def unwrap(keyring: Keyring, key_id: str, wrapped: bytes) -> bytes:
         raise EnvelopeError(f"the data key does not unwrap with key {key_id!r}") from None
 
 
-def seal(ds: Dataset, payload: Payload, key_id: str, wrapped_key: bytes, data_key: bytes) -> None:
+def seal(ds: Dataset, payload: Content, key_id: str, wrapped_key: bytes, data_key: bytes) -> None:
     """Add the envelope to ``ds`` (whose SOP Instance UID must be final)."""
     nonce = os.urandom(12)
     aad = _aad(key_id, str(ds.SOPInstanceUID))
@@ -127,7 +121,7 @@ def has_envelope(ds: Dataset) -> bool:
 
 @dataclass(frozen=True)
 class Opened:
-    payload: Payload
+    payload: Content
     data_key: bytes
     key_id: str
 
@@ -148,7 +142,7 @@ def open_envelope(ds: Dataset, keyring: Keyring) -> Opened:
         plain = AESGCM(data_key).decrypt(nonce, ciphertext, _aad(key_id, str(ds.SOPInstanceUID)))
     except InvalidTag:
         raise EnvelopeError("the envelope does not authenticate (altered, or moved to another instance)") from None
-    return Opened(payload=Payload.decode(plain), data_key=data_key, key_id=key_id)
+    return Opened(payload=Content.decode(plain), data_key=data_key, key_id=key_id)
 
 
 def stage_names(ds: Dataset) -> list[str]:

@@ -3,22 +3,29 @@
 Associations are accepted only from configured calling AE titles, and from their
 address where one is configured; anyone else is rejected at association
 (A-ASSOCIATE-RJ, "calling AE title not recognised"). A C-STORE answers Success only
-after the spool has made the object durable; if it cannot, the answer is 0xA700 (out of
-resources) and the modality sends again later.
+after the whole object was checked for structural integrity (``gateway.integrity``) and
+the spool has made it durable; if the spool cannot, or its file system is below the
+free-space reserve, the answer is 0xA700 (out of resources) and the modality sends again
+later. A problem with one object (damaged, an unknown or mismatched SOP class) answers that
+C-STORE with a failure status and an Error Comment; the association goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
 from pynetdicom import _config as netconfig
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts, build_context
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -32,21 +39,18 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.audit import AuditLog
 from gateway.config import Config
+from gateway.integrity import Damaged, verify
 from gateway.metrics import Metrics
 from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.sop_classes import is_image
+from gateway.status_codes import Status
 from gateway.spool import Described, Spool, SpoolError
 from gateway.tls import peer_common_name, server_context
 
 log = logging.getLogger("gateway.listener")
 
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-SUCCESS = 0x0000
-NOT_AUTHORIZED = 0x0124
-SOP_CLASS_NOT_SUPPORTED = 0x0122
 # Every transfer syntax pydicom knows, explicit VR first: a modality's object is taken as it
 # comes (JPEG and all), and where both are offered explicit VR keeps private VRs intact.
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian] + [ts for ts in AllTransferSyntaxes if ts != ExplicitVRLittleEndian]
@@ -55,8 +59,9 @@ QR_MODELS = (
     PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet,
 )
-_OUTCOMES = {SUCCESS: "success", OUT_OF_RESOURCES: "out_of_resources", CANNOT_UNDERSTAND: "cannot_understand",
-             NOT_AUTHORIZED: "not_authorized", SOP_CLASS_NOT_SUPPORTED: "sop_class_not_supported"}
+_OUTCOMES = {Status.SUCCESS: "success", Status.OUT_OF_RESOURCES: "out_of_resources", Status.UNABLE_TO_PROCESS: "cannot_understand",
+             Status.NOT_AUTHORIZED: "not_authorized", Status.SOP_CLASS_NOT_SUPPORTED: "sop_class_not_supported",
+             Status.DOES_NOT_MATCH_SOP_CLASS: "does_not_match_sop_class"}
 _INTAKE_TAGS = [0x00080016, 0x00080018, 0x00080060, 0x0020000E]
 
 
@@ -89,16 +94,21 @@ class Listener:
         # with tempfile, so this process's temporary folder is the spool's receiving folder.
         netconfig.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(spool.receiving)
+        # C-STOREs whose request named a SOP class no storage service knows, by (association,
+        # message ID): the SOP class they named (see _on_dimse_recv).
+        self._foreign_class: dict[tuple[int, int], str] = {}
+        self._foreign_lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> None:
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_ECHO, lambda event: Status.SUCCESS),
             (evt.EVT_C_FIND, self.qr.on_find),
             (evt.EVT_C_MOVE, self.qr.on_move),
             (evt.EVT_C_GET, self.qr.on_get),
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_CONN_OPEN, no_delay),
         ]
         listen = self.config.listener
@@ -138,33 +148,94 @@ class Listener:
         return (self.pseudonyms.uid(str(head.SeriesInstanceUID)), self.pseudonyms.uid(str(head.SOPInstanceUID)),
                 str(head.get("Modality", "") or ""), str(head.get("SOPClassUID", "") or ""))
 
-    def _on_store(self, event: Event) -> int:
-        status = self._store(event)
-        self.metrics.c_store.labels(outcome=_OUTCOMES.get(status, hex(status))).inc()
-        return status
+    def _on_dimse_recv(self, event: Event) -> None:
+        """Keep one odd C-STORE from ending the association.
 
-    def _store(self, event: Event) -> int:
+        pynetdicom picks the service by the request's Affected SOP Class UID before any
+        handler runs, and aborts the association when no service knows that UID (a
+        modality that names "31" on a CT context). Such a request is handed to the storage
+        service of its presentation context instead; the UID it named is remembered, and
+        ``_store`` answers that request alone with 0x0122.
+        """
+        command = event.message.command_set
+        if command.get("CommandField") != 0x0001:  # C-STORE-RQ
+            return
+        named = str(command.get("AffectedSOPClassUID") or "")
+        if uid_to_service_class(named) is StorageServiceClass:
+            return
+        context_id = event.message.context_id
+        context = next((cx for cx in event.assoc.accepted_contexts if cx.context_id == context_id), None)
+        if context is None or uid_to_service_class(context.abstract_syntax) is not StorageServiceClass:
+            return  # not a storage context: pynetdicom's own handling stands
+        with self._foreign_lock:
+            self._foreign_class[(id(event.assoc), int(command.MessageID))] = named
+        command.AffectedSOPClassUID = context.abstract_syntax
+
+    def _on_store(self, event: Event) -> int | Dataset:
+        status, comment = self._store(event)
+        self.metrics.c_store.labels(outcome=_OUTCOMES.get(status, hex(status))).inc()
+        if comment is None:
+            return status
+        answer = Dataset()
+        answer.Status = status
+        answer.ErrorComment = comment[:64]
+        return answer
+
+    def _store(self, event: Event) -> tuple[int, str | None]:
+        """(status, Error Comment) for one C-STORE; the comment names a problem, never a value."""
         calling = event.assoc.requestor.ae_title.strip()
-        if not self._is_sender(calling, event.assoc.requestor.address, peer_common_name(event.assoc)):
+        address = event.assoc.requestor.address
+        with self._foreign_lock:
+            named = self._foreign_class.pop((id(event.assoc), int(event.request.MessageID)), None)
+        if not self._is_sender(calling, address, peer_common_name(event.assoc)):
             log.warning("C-STORE from %s refused: not a configured sender", calling)
-            return NOT_AUTHORIZED
+            return Status.NOT_AUTHORIZED, None
+        if named is not None:
+            return self._refuse(calling, address, None, Status.SOP_CLASS_NOT_SUPPORTED,
+                                "the request names a SOP class that is not a storage class")
         received = event.dataset_path
+        # This object's protected copy will need about its size again, beyond the reserve.
+        if self.spool.room() - received.stat().st_size < self.config.spool.free_space_reserve_mb * 2**20:
+            log.error("C-STORE from %s answered out-of-resources: the spool is below its free-space reserve",
+                      calling)
+            return Status.OUT_OF_RESOURCES, "spool below its free-space reserve; send again later"
         try:
             series_token, sop_token, modality, sop_class = self.describe(received)
         except Exception as exc:  # noqa: BLE001 - pydicom meets damaged input with many types
             # (OSError, struct.error, ValueError, ...); whatever it is, the modality gets an
             # answer and the log gets the type only: the message may quote the content.
-            log.warning("C-STORE from %s refused: object cannot be read (%s)", calling, type(exc).__name__)
-            return CANNOT_UNDERSTAND
+            return self._refuse(calling, address, None, Status.UNABLE_TO_PROCESS,
+                                f"object cannot be read ({type(exc).__name__})")
+        context_class = str(event.context.abstract_syntax)
+        if context_class != sop_class or context_class != str(event.request.AffectedSOPClassUID):
+            return self._refuse(calling, address, sop_token, Status.DOES_NOT_MATCH_SOP_CLASS,
+                                "SOP Class UID of the data set differs from the request's")
         if self.config.listener.non_image == "refuse" and not is_image(sop_class):
             log.warning("C-STORE of %s from %s refused: %s is not an image (listener.non_image: refuse)",
                         sop_token, calling, UID(sop_class).name)
-            return SOP_CLASS_NOT_SUPPORTED
+            return Status.SOP_CLASS_NOT_SUPPORTED, "not an image (listener.non_image: refuse)"
+        damage = None
+        try:
+            verify(received)
+        except Damaged as exc:
+            if self.config.listener.damaged == "refuse":
+                return self._refuse(calling, address, sop_token, Status.UNABLE_TO_PROCESS, f"damaged: {exc}")
+            damage = str(exc)
+            self.audit.record(calling, address, "store", "quarantined", object=sop_token, series=series_token,
+                              reason=f"damaged: {damage}")
+            log.warning("C-STORE of %s from %s is damaged (%s); kept for quarantine (listener.damaged)",
+                        sop_token, calling, damage)
         try:
             self.spool.accept(received, calling_ae=calling, series_token=series_token, sop_token=sop_token,
-                              modality=modality, sop_class_uid=sop_class)
+                              modality=modality, sop_class_uid=sop_class, damage=damage)
         except SpoolError as exc:
             log.error("C-STORE of %s from %s answered out-of-resources: %s", sop_token, calling, exc)
-            return OUT_OF_RESOURCES
-        return SUCCESS
+            return Status.OUT_OF_RESOURCES, "the spool cannot store the object; send again later"
+        return Status.SUCCESS, None
 
+    def _refuse(self, calling: str, address: str, sop_token: str | None, status: int, reason: str) -> tuple[int, str]:
+        """A failure status for one object: logged and audited, by pseudonym, without values."""
+        log.warning("C-STORE of %s from %s refused (0x%04X): %s", sop_token or "an object", calling, status, reason)
+        self.audit.record(calling, address, "store", "refused", object=sop_token, status=f"0x{status:04X}",
+                          reason=reason)
+        return status, reason

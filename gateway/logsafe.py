@@ -19,6 +19,9 @@ from pydicom.datadict import DicomDictionary
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LIBRARIES = ("pydicom", "pynetdicom", "apscheduler", "urllib3")
+# Loggers that see sockets, never datasets: their quotes are the peer's TLS diagnosis (which
+# certificate a C-MOVE destination presented), kept.
+NO_DATA = ("pynetdicom.transport",)
 _QUOTE = re.compile(r"""['"]""")
 WITHHELD = "[value withheld]"
 
@@ -33,7 +36,7 @@ class WithholdValues(logging.Filter):
         if record.name.split(".", 1)[0] not in LIBRARIES:
             return True
         message = record.getMessage()
-        cut = withhold(message)
+        cut = message if record.name in NO_DATA else withhold(message)
         if record.exc_info and record.exc_info[0] is not None:
             cut += f" ({record.exc_info[0].__name__}, details withheld)"
             record.exc_info, record.exc_text = None, None

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.spool import Spool
+from gateway.spool import SPOOL_STATES, Spool
 
-SPOOL_STATES = ("received", "protected", "forwarded", "done", "quarantined", "failed", "superseded")
+QUARANTINE_ACTIONS = ("release", "reroute", "delete", "retention_purge")
 
 
 class Metrics:
@@ -51,3 +51,11 @@ class _SpoolCollector(Collector):
                                 value=counts.get("protected", 0))
         yield GaugeMetricFamily("gateway_series_needing_attention", "Quarantined or failing series",
                                 value=len(self.spool.problem_series(limit=1000)))
+        # Counted in the spool, so actions of the `gateway quarantine` command (another
+        # process) show here too.
+        taken = self.spool.action_counts()
+        actions = CounterMetricFamily("gateway_quarantine_actions", "Quarantine actions taken, by action",
+                                      labels=["action"])
+        for action in QUARANTINE_ACTIONS:
+            actions.add_metric([action], taken.get(action, 0))
+        yield actions

@@ -13,6 +13,10 @@ had it) keeps every instance restorable on its own and keeps a series-level reco
 from being copied into hundreds of envelopes. A plugin that needs the whole series to
 restore sets ``series_level = True`` and the gateway fetches the whole series for it.
 
+A transform that cannot take some pixel data whatever its settings says so in an optional
+``refuses`` attribute (kinds from gateway.frames: FLOAT, WIDE, ONE_BIT, UNDECODABLE);
+``gateway check-config`` names them for each route, and protect raises PluginError for them.
+
 Plugins are found through the entry point group ``gateway.plugins``.
 """
 
@@ -71,6 +75,11 @@ class Transform(Protocol):
     def restore(self, series: list[Dataset], records: list[bytes], ctx: Context) -> None:
         """Undo ``protect`` in place, using the records it returned."""
         ...
+
+
+def refused_kinds(transform: object) -> tuple[str, ...]:
+    """What ``transform`` says it refuses (an older plugin without ``refuses``: nothing said)."""
+    return tuple(getattr(transform, "refuses", ()))
 
 
 def available() -> list[str]:

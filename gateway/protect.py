@@ -116,7 +116,7 @@ def _seal_and_gate(raw: bytes, original: Dataset, ds: Dataset, records: list[tup
                    sealed: tuple[str, bytes, bytes], seen: _Survey) -> Protected:
     """Seal one object's envelope, encode it, and let it pass only if no identity is left."""
     key_id, wrapped, data_key = sealed
-    envelope.seal(ds, envelope.Payload(cut=cut(raw, original), records=records), key_id, wrapped, data_key)
+    envelope.seal(ds, envelope.Content(cut=cut(raw, original), records=records), key_id, wrapped, data_key)
     data = _encode(ds)
     hits = gate.scan(ds, data, seen.needles)
     if hits:

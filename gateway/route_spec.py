@@ -17,6 +17,7 @@ class RouteSpec:
     plugin: str = "none"
     plugin_settings: dict[str, Any] = field(default_factory=dict)
     redaction: dict[str, Any] | None = None
+    protected_syntax: str = "uncompressed"  # or "lossless": gateway.lossless_copy
 
 
 def route_spec(config: Config, route_name: str) -> RouteSpec:
@@ -29,4 +30,5 @@ def route_spec(config: Config, route_name: str) -> RouteSpec:
         plugin=route.plugin,
         plugin_settings=dict(route.plugin_settings),
         redaction=dict(route.redaction) if route.redaction is not None else None,
+        protected_syntax=route.protected_syntax,
     )

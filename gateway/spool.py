@@ -30,6 +30,9 @@ from pathlib import Path
 from gateway import envelope
 from gateway.keyring import Keyring
 
+# Every state an object of the spool can be in, in the order it moves through them.
+SPOOL_STATES = ("received", "protected", "forwarded", "done", "quarantined", "failed", "superseded", "purged")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     id INTEGER PRIMARY KEY,
@@ -56,6 +59,10 @@ CREATE TABLE IF NOT EXISTS series (
     reason TEXT,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS quarantine_actions (
+    action TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS study_keys (
     study_uid TEXT PRIMARY KEY,
     kek_id TEXT NOT NULL,
@@ -64,6 +71,7 @@ CREATE TABLE IF NOT EXISTS study_keys (
 """
 
 
+DAMAGE_NOTE = "damaged on intake: "
 # What the spool needs to know of a received object: (series token, SOP token, modality,
 # SOP class UID); the tokens are the protected UIDs, never identity.
 Described = tuple[str, str, str, str]
@@ -83,6 +91,19 @@ class Incoming:
     sop_token: str
     modality: str
     sop_class_uid: str
+    damage: str | None = None  # set when listener.damaged kept a damaged object for quarantine
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A series an administrator has to act on: quarantined, or with objects Orthanc refused."""
+
+    series_token: str
+    state: str
+    route: str | None
+    reason: str | None
+    updated_at: float
+    objects: int
 
 
 @dataclass(frozen=True)
@@ -98,7 +119,9 @@ class Outgoing:
 class Spool:
     """Files under ``root`` and their index in ``root/spool.sqlite3``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, intake: bool = True) -> None:
+        """``intake``: this process receives (the service); an admin command beside a running
+        service passes False and leaves the files being received alone."""
         self.root = root
         self.incoming = root / "incoming"
         self.outbox = root / "outbox"
@@ -108,13 +131,19 @@ class Spool:
         self.receiving = root / "receiving"
         for d in (self.incoming, self.outbox, self.quarantine_dir, self.receiving):
             d.mkdir(parents=True, exist_ok=True)
-        for leftover in self.receiving.iterdir():  # a transfer cut off by a crash: never acknowledged
-            leftover.unlink(missing_ok=True)
+        if intake:
+            for leftover in self.receiving.iterdir():  # a transfer cut off by a crash: never acknowledged
+                leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(root / "spool.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # the files are the durable record; see recover()
         self._db.executescript(SCHEMA)
+        # Columns added after spools were first made.
+        if "forced_route" not in {r[1] for r in self._db.execute("PRAGMA table_info(series)")}:
+            self._db.execute("ALTER TABLE series ADD COLUMN forced_route TEXT")
+        if "size" not in {r[1] for r in self._db.execute("PRAGMA table_info(instances)")}:
+            self._db.execute("ALTER TABLE instances ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -122,17 +151,29 @@ class Spool:
 
     # -- intake ---------------------------------------------------------------------
 
+    def room(self) -> int:
+        """Free space on the spool's file system beyond what the objects waiting to be
+        protected will take for their protected copies (about their own size each).
+        Intake that kept only a fixed reserve filled the disk with originals whose copies
+        then had no room: nothing was forwarded, so nothing was ever purged."""
+        with self._lock:
+            (pending,) = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM instances WHERE state='received'"
+                                          ).fetchone()
+        return shutil.disk_usage(self.root).free - int(pending)
+
     def accept(self, data: bytes | Path, calling_ae: str, series_token: str, sop_token: str,
-               modality: str, sop_class_uid: str) -> int:
+               modality: str, sop_class_uid: str, damage: str | None = None) -> int:
         """Make one received object durable (its bytes, or the file it was streamed to);
-        only then may the C-STORE say Success."""
+        only then may the C-STORE say Success. ``damage`` (no values) marks an object kept
+        although damaged: its series goes to quarantine, never to Orthanc."""
         path = self.incoming / f"{uuid.uuid4().hex}.{calling_ae.encode().hex()}.dcm"
         if isinstance(data, Path):
             _adopt_durably(data, path)
         else:
             _write_durably(path, data)
         try:
-            return self._add_row(path, series_token, sop_token, modality, sop_class_uid)
+            return self._add_row(path, series_token, sop_token, modality, sop_class_uid,
+                                 f"{DAMAGE_NOTE}{damage}" if damage else None)
         except SpoolError:
             path.unlink(missing_ok=True)
             raise
@@ -158,16 +199,18 @@ class Spool:
             added += 1
         return added
 
-    def _add_row(self, path: Path, series_token: str, sop_token: str, modality: str, sop_class_uid: str) -> int:
+    def _add_row(self, path: Path, series_token: str, sop_token: str, modality: str, sop_class_uid: str,
+                 error: str | None = None) -> int:
         calling_ae = bytes.fromhex(path.name.split(".")[1]).decode()
+        size = path.stat().st_size
         now = time.time()
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 cur = self._db.execute(
                     "INSERT INTO instances (path, calling_ae, series_token, sop_token, modality, sop_class_uid,"
-                    " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (path.name, calling_ae, series_token, sop_token, modality, sop_class_uid, now),
+                    " received_at, error, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (path.name, calling_ae, series_token, sop_token, modality, sop_class_uid, now, error, size),
                 )
                 self._db.execute(
                     "INSERT INTO series (series_token, state, last_received, updated_at) VALUES (?, 'receiving', ?, ?)"
@@ -198,18 +241,25 @@ class Spool:
         object (same SOP Instance UID) counts once, the newest copy wins."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, path, calling_ae, sop_token, modality, sop_class_uid FROM instances"
+                "SELECT id, path, calling_ae, sop_token, modality, sop_class_uid, error FROM instances"
                 " WHERE series_token=? AND state='received' ORDER BY id",
                 (series_token,),
             ).fetchall()
         latest: dict[str, Incoming] = {}
         for r in rows:
             latest.pop(r[3], None)
-            latest[r[3]] = Incoming(r[0], self.incoming / r[1], r[2], r[3], r[4], r[5])
+            latest[r[3]] = Incoming(r[0], self.incoming / r[1], r[2], r[3], r[4], r[5],
+                                    r[6] if r[6] and r[6].startswith(DAMAGE_NOTE) else None)
         superseded = [r[0] for r in rows if latest[r[3]].id != r[0]]
         if superseded:
             self._set_state(superseded, "superseded")
         return list(latest.values())
+
+    def forced_route(self, series_token: str) -> str | None:
+        """The route an administrator named for this series (``gateway quarantine reroute``)."""
+        with self._lock:
+            row = self._db.execute("SELECT forced_route FROM series WHERE series_token=?", (series_token,)).fetchone()
+        return row[0] if row else None
 
     def write_output(self, row_id: int, data: bytes) -> None:
         """Store the protected copy of one object durably; it leaves only once its whole
@@ -300,19 +350,117 @@ class Spool:
         self._set_state([r[0] for r in rows], "done")
         return len(rows)
 
+    # -- quarantine: what an administrator can do ------------------------------------
+
+    def set_aside(self) -> list[SetAside]:
+        """Quarantined series and series with objects Orthanc refused, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.series_token, s.state, s.route, s.reason, s.updated_at,"
+                " (SELECT COUNT(*) FROM instances i WHERE i.series_token=s.series_token"
+                "  AND i.state IN ('quarantined', 'failed')) FROM series s"
+                " WHERE s.state='quarantined' OR EXISTS (SELECT 1 FROM instances i WHERE"
+                " i.series_token=s.series_token AND i.state='failed') ORDER BY s.updated_at DESC"
+            ).fetchall()
+        return [SetAside(*r) for r in rows]
+
+    def series_detail(self, series_token: str) -> tuple[SetAside, list[dict[str, object]]] | None:
+        """The series' row and, per object set aside, what the sender was (AE title,
+        modality, SOP class, when received) and its state and error; no values."""
+        summary = next((s for s in self.set_aside() if s.series_token == series_token), None)
+        if summary is None:
+            return None
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_token, calling_ae, modality, sop_class_uid, received_at, state, error FROM instances"
+                " WHERE series_token=? AND state IN ('quarantined', 'failed') ORDER BY id", (series_token,)
+            ).fetchall()
+        keys = ("object", "sender", "modality", "sop_class_uid", "received_at", "state", "error")
+        return summary, [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def release(self, series_token: str, route: str | None) -> int:
+        """Put a set-aside series back to be protected again (through ``route`` when given,
+        else the route that matches); its originals return to ``incoming/``. Returns the
+        objects released."""
+        folder = self.quarantine_dir / series_token
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT id, path, state, error FROM instances WHERE series_token=? AND state IN"
+                    " ('quarantined', 'failed')", (series_token,)).fetchall()
+                for row_id, name, state, error in rows:
+                    if state == "quarantined" and (folder / name).exists():
+                        os.replace(folder / name, self.incoming / name)
+                    if state == "failed":
+                        (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
+                    keep = error if error and error.startswith(DAMAGE_NOTE) else None
+                    self._db.execute("UPDATE instances SET state='received', error=?, attempts=0, out_path=NULL"
+                                     " WHERE id=?", (keep, row_id))
+                self._db.execute(
+                    "UPDATE series SET state='receiving', last_received=0, reason=NULL, forced_route=?, updated_at=?"
+                    " WHERE series_token=?", (route, time.time(), series_token))
+                self._count_action("release" if route is None else "reroute")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(rows)
+
+    def delete_set_aside(self, series_token: str, action: str = "delete") -> int:
+        """Delete a set-aside series' originals (and refused protected copies); the rows
+        stay, state 'purged', for the record. Returns the objects deleted."""
+        folder = self.quarantine_dir / series_token
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, path, state FROM instances WHERE series_token=? AND state IN ('quarantined', 'failed')",
+                (series_token,)).fetchall()
+        for row_id, name, state in rows:
+            ((folder if state == "quarantined" else self.incoming) / name).unlink(missing_ok=True)
+            (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE instances SET state='purged' WHERE id=?", [(r[0],) for r in rows])
+            self._db.execute("UPDATE series SET state='purged', updated_at=? WHERE series_token=? AND"
+                             " state='quarantined'", (time.time(), series_token))
+            self._count_action(action)
+            self._db.execute("COMMIT")
+        return len(rows)
+
+    def expired_set_aside(self, retention_days: float) -> list[str]:
+        """Set-aside series untouched for longer than ``retention_days``."""
+        cutoff = time.time() - retention_days * 86400
+        return [s.series_token for s in self.set_aside() if s.updated_at <= cutoff]
+
+    def action_counts(self) -> dict[str, int]:
+        """Quarantine actions taken on this spool, by any process, since it was made."""
+        with self._lock:
+            return dict(self._db.execute("SELECT action, count FROM quarantine_actions").fetchall())
+
+    def _count_action(self, action: str) -> None:
+        self._db.execute("INSERT INTO quarantine_actions (action, count) VALUES (?, 1)"
+                         " ON CONFLICT(action) DO UPDATE SET count=count+1", (action,))
+
     # -- study keys and status -------------------------------------------------------------
 
     def for_study(self, study_uid: str, keyring: Keyring) -> tuple[str, bytes, bytes]:
-        """The study's data key: created once, reused by every later series of the study."""
+        """The study's data key: created once, reused by every later series of the study.
+        A database that cannot write (disk full, locked) is the spool's problem, not the
+        series': SpoolError, which the worker retries."""
         with self._lock:
-            row = self._db.execute("SELECT kek_id, wrapped FROM study_keys WHERE study_uid=?", (study_uid,)).fetchone()
-            if row is None:
-                key = envelope.new_data_key()
-                kek_id, wrapped = envelope.wrap(keyring, key)
-                self._db.execute(
-                    "INSERT INTO study_keys (study_uid, kek_id, wrapped) VALUES (?, ?, ?)", (study_uid, kek_id, wrapped)
-                )
-                return kek_id, wrapped, key
+            try:
+                row = self._db.execute("SELECT kek_id, wrapped FROM study_keys WHERE study_uid=?",
+                                       (study_uid,)).fetchone()
+                if row is None:
+                    key = envelope.new_data_key()
+                    kek_id, wrapped = envelope.wrap(keyring, key)
+                    self._db.execute("INSERT INTO study_keys (study_uid, kek_id, wrapped) VALUES (?, ?, ?)",
+                                     (study_uid, kek_id, wrapped))
+                    return kek_id, wrapped, key
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool index write failed: {exc}") from exc
         return row[0], row[1], envelope.unwrap(keyring, row[0], row[1])
 
     def counts(self) -> dict[str, int]:

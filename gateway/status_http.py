@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from gateway.config import StatusHttp
-from gateway.metrics import SPOOL_STATES, Metrics
+from gateway.metrics import Metrics
+from gateway.spool import SPOOL_STATES
 from gateway.spool import Spool
 from gateway.tls import server_context
 

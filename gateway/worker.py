@@ -3,12 +3,19 @@
 apscheduler runs three interval jobs, each never overlapping itself. A job that meets
 an unexpected error logs it (without PHI) and runs again at its next interval: the spool
 keeps every state, so nothing is lost between runs or across a restart.
+
+Faults of the infrastructure (a full disk, a locked or unwritable database, Orthanc down)
+are never the series' fault: the series waits, with backoff, and is protected once the
+fault is gone. Only what is wrong with the series itself quarantines it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import threading
+import time
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -42,6 +49,8 @@ class Worker:
         self.forwarder = forwarder
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._stop = threading.Event()
+        # Series waiting out an infrastructure fault: token -> (attempts, not before).
+        self._backoff: dict[str, tuple[int, float]] = {}
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds
@@ -66,9 +75,12 @@ class Worker:
     # -- protect ------------------------------------------------------------------------
 
     def process_settled(self) -> None:
+        now = time.time()
         for token in self.spool.settled_series(self.config.scheduler.settle_seconds):
             if self._stop.is_set():
                 return
+            if self._backoff.get(token, (0, 0.0))[1] > now:
+                continue
             self.process_series(token)
 
     def process_series(self, token: str) -> None:
@@ -76,10 +88,17 @@ class Worker:
         if not items:
             return
         first = items[0]
-        route = self.config.route_for(first.calling_ae, first.modality, first.sop_class_uid)
+        forced = self.spool.forced_route(token)
+        route = (next((r for r in self.config.routes if r.name == forced), None) if forced
+                 else self.config.route_for(first.calling_ae, first.modality, first.sop_class_uid))
         ids = [i.id for i in items]
         if route is None:
-            self._quarantine(token, None, "no route matches this series", ids)
+            self._quarantine(token, None, f"the route {forced!r} named by reroute no longer exists" if forced
+                             else "no route matches this series", ids)
+            return
+        damaged = next((i.damage for i in items if i.damage), None)
+        if damaged is not None:  # kept by listener.damaged: quarantine, never protected
+            self._quarantine(token, route.name, damaged, ids)
             return
         if self.config.listener.non_image != "protect" and not all(is_image(i.sop_class_uid) for i in items):
             self._quarantine(token, route.name, "non-image objects are kept for review (listener.non_image)", ids)
@@ -96,20 +115,42 @@ class Worker:
             self.spool.discard_outputs(written)
             self._quarantine(token, route.name, str(exc), ids)
             return
-        except SpoolError as exc:  # the disk, not the series: try again at the next interval
-            self.spool.discard_outputs(written)
-            log.error("series %s: protected copies could not be stored, retrying later: %s", token, exc)
-            return
         except Exception as exc:  # noqa: BLE001 - one poisonous series must not stall the others
-            # The exception's text may quote the object's content; its type names the fault.
             self.spool.discard_outputs(written)
+            if is_infrastructure(exc):
+                self._wait(token, exc)
+                return
+            # The exception's text may quote the object's content; its type names the fault.
             self._quarantine(token, route.name, f"internal error while protecting ({type(exc).__name__})", ids)
             return
-        self.spool.protected(token, route.name, ids)
+        try:
+            self.spool.protected(token, route.name, ids)
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
+            self._wait(token, exc)
+            return
+        self._backoff.pop(token, None)
         log.info("series %s: %d objects protected by route %s", token, len(ids), route.name)
 
+    def _wait(self, token: str, exc: BaseException) -> None:
+        """The disk or database, not the series: try again later, backing off."""
+        sched = self.config.scheduler
+        attempts = self._backoff.get(token, (0, 0.0))[0]
+        delay = min(sched.retry_initial_seconds * 2 ** min(attempts, 20), sched.retry_max_seconds)
+        self._backoff[token] = (attempts + 1, time.time() + delay)
+        log.error("series %s waits %.1f s for the spool (%s: %s); it is not quarantined", token, delay,
+                  type(exc).__name__, _infrastructure_text(exc))
+
     def _quarantine(self, token: str, route: str | None, reason: str, ids: list[int]) -> None:
-        self.spool.quarantine(token, route, reason, ids)
+        try:
+            self.spool.quarantine(token, route, reason, ids)
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
+            self._wait(token, exc)
+            return
+        self._backoff.pop(token, None)
         log.warning("series %s quarantined (%d objects): %s", token, len(ids), reason)
 
     # -- forward ------------------------------------------------------------------------
@@ -132,7 +173,17 @@ class Worker:
             self.spool.retry_later(item.id, delay, str(exc))
             log.warning("series %s: forward deferred %.0f s: %s", item.series_token, delay, exc)
             return False
-        except (Refused, OSError, SpoolError, EnvelopeError, AuthenticityError) as exc:
+        except (OSError, SpoolError) as exc:
+            if not is_infrastructure(exc):  # e.g. the protected copy is gone: nothing to retry
+                self.spool.failed(item.id, f"protected copy unreadable ({type(exc).__name__})")
+                log.error("series %s: forward failed for good: protected copy unreadable", item.series_token)
+                return True
+            delay = min(sched.retry_initial_seconds * 2 ** min(item.attempts, 20), sched.retry_max_seconds)
+            self.spool.retry_later(item.id, delay, f"spool: {type(exc).__name__}")
+            log.error("series %s: protected copy unreadable, retrying in %.0f s: %s", item.series_token, delay,
+                      type(exc).__name__)
+            return False
+        except (Refused, EnvelopeError, AuthenticityError) as exc:
             self.spool.failed(item.id, str(exc))
             log.error("series %s: forward failed for good: %s", item.series_token, exc)
             return True
@@ -146,3 +197,25 @@ class Worker:
         n = self.spool.purge_originals(self.config.spool.retention_hours)
         if n:
             log.info("purged %d forwarded originals past retention", n)
+        days = self.config.spool.quarantine_retention_days
+        for token in self.spool.expired_set_aside(days):
+            deleted = self.spool.delete_set_aside(token, action="retention_purge")
+            self.audit.record("gateway", "-", "quarantine_purge", "done", series=token, objects=deleted,
+                              reason=f"quarantine_retention_days ({days:g}) passed")
+            log.warning("series %s: %d set-aside original(s) deleted after %g days (quarantine_retention_days)",
+                        token, deleted, days)
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """A fault of the disk or database (to wait out), not of the series (to quarantine)."""
+    if isinstance(exc, (SpoolError, sqlite3.OperationalError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS,
+                                                      errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE)
+
+
+def _infrastructure_text(exc: BaseException) -> str:
+    """The fault without any path or content: errno name or SQLite's message."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return str(exc) if isinstance(exc, (SpoolError, sqlite3.Error)) else ""

@@ -22,7 +22,7 @@ from models.noise_key_denoiser import jpeg_error_sd
 from plugins.noise_key import NoiseKeyTransform, noise_key
 from plugins.noise_key.noise import gaussian
 from plugins.noise_key.record import Record
-from plugins.noise_key.samples import Layout
+from plugins.noise_key.samples import SampleLayout
 from plugins.noise_key.unpack import unpack
 
 
@@ -49,7 +49,7 @@ def image_dataset(values: np.ndarray, bits_stored: int, signed: bool) -> Dataset
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, bits_stored, bits_stored - 1
     ds.PixelRepresentation = int(signed)
     pattern = np.mod(values.astype(np.int64), 1 << bits_stored)
-    layout = Layout(allocated, bits_stored, signed, True, values.size * allocated // 8, values.size)
+    layout = SampleLayout(allocated, bits_stored, signed, True, values.size * allocated // 8, values.size)
     ds.PixelData = layout.pack(layout.canonical(pattern.astype(f"u{allocated // 8}").ravel()), b"")
     return ds
 
@@ -74,7 +74,7 @@ def run(values: np.ndarray, bits_stored: int, signed: bool, strength: float, qua
     the PACS kept the exact bytes), unpack it with the key."""
     ds = image_dataset(values, bits_stored, signed)
     [record] = NoiseKeyTransform(strength).protect([ds], ctx)
-    layout = Layout.of(ds)
+    layout = SampleLayout.of(ds)
     pattern = layout.low(layout.words(bytes(ds.PixelData))).reshape(values.shape).astype(np.int64)
     lossy, error_sd = (pattern, 0.0) if quality is None else jpeg_copy(pattern, bits_stored, quality)
     unpacked = unpack(lossy, record, ctx, str(ds.SOPInstanceUID), bits_stored, signed)

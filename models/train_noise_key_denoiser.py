@@ -2,7 +2,7 @@
 
     .venv/bin/python -m models.train_noise_key_denoiser [--steps 1500]
 
-Data: synthetic CT phantom slices (``gateway.synthetic``, seeds 1000+, never the
+Data: synthetic CT phantom slices (``testkit.synthetic``, seeds 1000+, never the
 benchmark's) and real pydicom-data images of at least 12 bits that the benchmark does not
 use (CT_small, eCT_Supplemental, MR2_UNCI, RG1_UNCI crops). Each goes through the real
 pipeline (``models.noise_key_data.run``): protected by the plugin at a random strength
@@ -23,7 +23,7 @@ import pydicom
 import torch
 from pydicom.data import get_testdata_file
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.plugin import Context
 from models.noise_key_data import run
 from models.noise_key_denoiser import WEIGHTS_FILE, NoiseKeyDenoiser, scale_of

@@ -1,6 +1,6 @@
 """Train the SliceDenseNet that orders slices for the coverless transform.
 
-Self-supervised on synthetic phantoms (gateway/synthetic.py): for a batch of slices taken
+Self-supervised on synthetic phantoms (testkit/synthetic.py): for a batch of slices taken
 at known heights z, the loss pulls the Euclidean distance between two slices' features
 towards 4 * |z_i - z_j| (a one-dimensional metric embedding), under random rotation,
 scale, shift, flips, gamma and noise, so that distance grows with slice distance and the
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gateway import synthetic
+from testkit import synthetic
 from models import WEIGHTS
 from models.slice_densenet import INPUT_SIZE, WEIGHTS_NAME, SliceDenseNet
 from plugins.coverless import densenet_features, ordering, working_image

@@ -1,6 +1,6 @@
 """Training and held-out images for the ae_aes models, all available offline.
 
-Training: the synthetic CT phantom (``gateway.synthetic``, seeds 1000+) and a few real
+Training: the synthetic CT phantom (``testkit.synthetic``, seeds 1000+) and a few real
 non-CT images from pydicom-data (computed radiography and one MR). Held out for the
 model cards and the benchmark: phantom seed 0 and the real 512x512 CT and MR files
 (693_UNCR, eCT_Supplemental, MR2_UNCR), never seen in training.
@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 
-from gateway.synthetic import phantom_slice
+from testkit.synthetic import phantom_slice
 
 TRAIN_FILES = ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "mlut_18.dcm")
 HELD_OUT_FILES = ("693_UNCR.dcm", "eCT_Supplemental.dcm", "MR2_UNCR.dcm")

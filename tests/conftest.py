@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.keyring import Keyring
 
 

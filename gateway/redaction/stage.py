@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from gateway import frames
 from gateway.plugin import Context, PluginError
 from gateway.redaction import ocr, pixels, roi, tophat
 from gateway.redaction import rules as region_rules
 from gateway.redaction.boxes import Box, clip
-from gateway.redaction.matching import Matcher
+from gateway.redaction.ocr_matching import Matcher
 
 DETECTORS = ("rules", "roi", "tophat", "ocr")
 log = logging.getLogger("gateway.redaction")
@@ -51,6 +52,7 @@ class RedactionStage:
 
     name = "redaction"
     series_level = False
+    refuses = (frames.FLOAT, frames.ONE_BIT, frames.UNDECODABLE)
 
     def __init__(self, detectors: Sequence[str] = DETECTORS, rules: list[dict[str, Any]] | None = None,
                  default_rules: bool = True, ocr_text: str = "identifying", ocr_frames: int = 2,

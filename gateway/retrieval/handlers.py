@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import evt
 from pynetdicom.events import Event
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import PresentationContext, build_context
 
 from gateway.audit import AuditLog
 from gateway.config import Config, Workstation
@@ -72,7 +72,7 @@ class QueryRetrieve:
         for study_uid, answer in found:
             if event.is_cancelled:
                 self.audit.record(ae, address, "C-FIND", "cancelled", level=level, matches=sent)
-                yield Status.CANCELLED, None
+                yield Status.CANCEL, None
                 return
             studies.add(study_uid)
             sent += 1
@@ -108,10 +108,9 @@ class QueryRetrieve:
         planned, refusal = self._plan(event, ws, policy)
         options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses)],
                                    "tls_args": destination_tls_args(destination)}
-        contexts = sorted({(p.entry.sop_class, p.entry.transfer_syntax if policy is Policy.RESTORE else "")
-                           for p in planned if p.entry.sop_class})
+        contexts = _contexts(planned, policy)
         if contexts:
-            options["contexts"] = [build_context(sop, ts or ExplicitVRLittleEndian) for sop, ts in contexts][:128]
+            options["contexts"] = contexts
         try:
             yield destination.host, destination.port, options
         except GeneratorExit:  # pynetdicom drops the handler when the destination cannot be reached
@@ -145,7 +144,7 @@ class QueryRetrieve:
             chosen = selection(event.identifier, patient_root=sop_class in _PATIENT_ROOT)
             return plan(self.index.entries(self.keyring), chosen, policy, ws.max_studies_per_retrieve), None
         except IdentifierError as exc:
-            return [], _status(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            return [], _status(Status.DOES_NOT_MATCH_SOP_CLASS, str(exc))
         except TooManyStudies as exc:
             return [], _status(Status.UNABLE_TO_PROCESS, str(exc))
 
@@ -163,7 +162,7 @@ class QueryRetrieve:
         for ds in prepared(planned, policy, self.reader.file, self.keyring):
             if event.is_cancelled:
                 self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
-                yield Status.CANCELLED, None
+                yield Status.CANCEL, None
                 return
             if isinstance(ds, Refused):
                 failed += 1
@@ -175,6 +174,22 @@ class QueryRetrieve:
             yield Status.PENDING, ds
         self.audit.record(ae, address, action, "success" if not failed else "partial", to=to, policy=policy,
                           completed=completed, failed=failed, studies=sorted({p.entry.study_uid for p in planned}))
+
+
+def _contexts(planned: list[Planned], policy: Policy) -> list[PresentationContext]:
+    """One context per SOP class and transfer syntax the objects may travel in: a restored
+    original in its own syntax; a protected copy in the original's (a ``none`` route keeps
+    compressed pixels as they came), explicit VR little endian (decoded or changed pixels) or
+    JPEG 2000 lossless (``protected_syntax: lossless``). pynetdicom proposes at most 128."""
+    wanted: set[tuple[str, str]] = set()
+    for p in planned:
+        if not p.entry.sop_class:
+            continue
+        syntaxes = [p.entry.transfer_syntax or ExplicitVRLittleEndian]
+        if policy is not Policy.RESTORE:
+            syntaxes += [ExplicitVRLittleEndian, JPEG2000Lossless]
+        wanted.update((p.entry.sop_class, ts) for ts in syntaxes)
+    return [build_context(sop, ts) for sop, ts in sorted(wanted)][:128]
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
-from pynetdicom.status import Status
+from gateway.status_codes import Status
 
 
 class Policy(StrEnum):
@@ -52,12 +52,5 @@ def keys_below(name: str) -> set[str]:
     below = LEVEL_NAMES[LEVEL_NAMES.index(name) + 1:]
     return {k for lv in LEVELS if lv.name in below for k in lv.keys}
 
-
-# pynetdicom's Status names the general codes; these are the Q/R ones the handlers use.
-for _name, _code in (("CANCELLED", 0xFE00), ("IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS", 0xA900),
-                     ("UNABLE_TO_PROCESS", 0xC000), ("MOVE_DESTINATION_UNKNOWN", 0xA801),
-                     ("OUT_OF_RESOURCES_SUBOPERATIONS", 0xA702)):
-    if not hasattr(Status, _name):
-        Status.add(_name, _code)
 
 __all__ = ["LEVELS", "LEVEL_NAMES", "QUERY_KEYS", "Level", "Policy", "Status", "keys_below", "level"]

@@ -8,6 +8,12 @@ running the network: lossless JPEG XL decoding is integer arithmetic. The previe
 the decoder as an integer program (models/exact.py), so it too is the same on every
 machine. The gateway's SHA-256 check of the rebuilt original is the final proof.
 
+Any image gateway.frames reads is taken: native or compressed (the original encoded value
+then travels in the payload for the exact restore), grey or colour (the network sees each
+sample plane as a grey image: models/ae_lite.md), one frame or many (latent and lossless
+code per frame). 8- and 16-bit samples only; 32-bit, 1-bit and float pixel data are
+refused (``refuses``), so the series is quarantined.
+
 Settings (route ``plugin_settings``):
 - ``model``: ``ae_lite`` (default; ours, fast) or ``ae_paper`` (the paper's network).
 - ``mode``: ``encrypted`` (default): PixelData becomes the AES-256-GCM ciphertext of the
@@ -33,19 +39,22 @@ import numpy as np
 import torch
 from pydicom.dataset import Dataset
 
+from gateway import frames
+from gateway.frames import Frames
 from gateway.plugin import Context, PluginError
 from models import ae_runtime
 from models.exact import ExactnessError
 from plugins.ae_aes import cipher_pixels, preview
-from plugins.ae_aes.frames import Layout, frames_bytes, layout_of, read_frames
 from plugins.ae_aes.payload import Payload
 
 MODES = ("encrypted", "preview")
+PLANES_AT_ONCE = 16  # grey planes per encoder call (memory)
 
 
 class AeAesTransform:
     name = "ae_aes"
     series_level = False
+    refuses = (frames.WIDE, frames.ONE_BIT, frames.FLOAT, frames.UNDECODABLE)
 
     def __init__(self, model: str = "ae_lite", mode: str = "encrypted", denoise: bool = False,
                  effort: int = 4, batch: int = 8, device: str = "cpu") -> None:
@@ -69,29 +78,31 @@ class AeAesTransform:
 
     def _protect_group(self, group: list[Dataset], predictor: ae_runtime.AePredictor, pool: ThreadPoolExecutor,
                        ctx: Context) -> list[bytes]:
-        layouts = [layout_of(ds) for ds in group]
-        images = [read_frames(ds, lay) for ds, lay in zip(group, layouts, strict=True)]
-        encoded = [predictor.encode(frames.astype(np.int64)) for frames in images]
-        payloads = [Payload(self.model, lay, latent, frames, bytes(ds.PixelData[lay.image_bytes:]))
-                    for ds, lay, frames, (latent, _, _) in zip(group, layouts, images, encoded, strict=True)]
+        images = [_read(ds) for ds in group]
+        encoded = [_encode(predictor, _planes(fr.array)) for fr in images]
+        payloads = [Payload(self.model, fr.layout, latent, fr.array if fr.encoded is None else None,
+                            bytes(ds.PixelData[fr.layout.image_bytes:]) if fr.encoded is None else b"", fr.encoded)
+                    for ds, fr, (latent, _, _) in zip(group, images, encoded, strict=True)]
         coded = list(pool.map(lambda payload: payload.encode(self.effort), payloads))
         records = []
-        for ds, lay, data, (latent, lo, hi) in zip(group, layouts, coded, encoded, strict=True):
+        for ds, fr, data, (latent, lo, hi) in zip(group, images, coded, encoded, strict=True):
             head = {"v": 1, "mode": self.mode}
             if self.mode == "encrypted":
                 cipher_pixels.seal_into(ds, data, ctx)
                 records.append(_record(head))
             else:
-                prediction = predictor.predict(latent, lo, hi, lay.rows, lay.cols)
-                self._show_preview(ds, lay, prediction, lo, hi, ratio=lay.image_bytes / max(latent.nbytes, 1))
+                prediction = predictor.predict(latent, lo, hi, fr.layout.rows, fr.layout.cols)
+                self._show_preview(ds, fr, prediction, lo, hi, ratio=fr.layout.image_bytes / max(latent.nbytes, 1))
                 records.append(_record(head, data))
         return records
 
-    def _show_preview(self, ds: Dataset, lay: Layout, prediction: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+    def _show_preview(self, ds: Dataset, fr: Frames, prediction: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                       ratio: float) -> None:
         if self.denoise:
             prediction = np.stack([preview.denoised(p, int(a), int(b)) for p, a, b in zip(prediction, lo, hi, strict=True)])
-        ds.PixelData = frames_bytes(prediction, lay) + bytes(ds.PixelData[lay.image_bytes:])
+        lay = fr.layout
+        image = prediction.reshape(lay.frames, lay.samples, lay.rows, lay.cols).transpose(0, 2, 3, 1)
+        frames.write(ds, Frames(image.astype(fr.array.dtype), lay, fr.photometric, fr.encoded))
         preview.mark_lossy(ds, self.model, ratio, self.denoise)
 
     def restore(self, series: list[Dataset], records: list[bytes], ctx: Context) -> None:
@@ -101,7 +112,11 @@ class AeAesTransform:
             head, body = _parse_record(record)
             data = cipher_pixels.open_from(ds, ctx) if head["mode"] == "encrypted" else body
             payload = Payload.decode(data)
-            ds.PixelData = frames_bytes(payload.frames, payload.layout) + payload.tail
+            if payload.original is not None:
+                ds.PixelData = payload.original
+            else:
+                assert payload.frames is not None
+                ds.PixelData = frames.pack(payload.frames, payload.layout) + payload.tail
 
     def _predictor(self, name: str) -> ae_runtime.AePredictor:
         try:
@@ -110,6 +125,27 @@ class AeAesTransform:
             raise PluginError(f"ae_aes model {name!r} is not installed") from None
         except ExactnessError as exc:
             raise PluginError(str(exc)) from None
+
+
+def _read(ds: Dataset) -> Frames:
+    """The frames of ``ds``, or PluginError for what the network and the code cannot take."""
+    fr = frames.read(ds)
+    if fr.array.dtype.itemsize not in (1, 2):
+        raise PluginError(f"BitsAllocated {fr.array.dtype.itemsize * 8} is not supported (8 or 16)")
+    return fr
+
+
+def _planes(array: np.ndarray) -> np.ndarray:
+    """(frames, rows, cols, samples) -> (frames * samples, rows, cols) grey planes for the network."""
+    f, r, c, s = array.shape
+    return array.transpose(0, 3, 1, 2).reshape(f * s, r, c)
+
+
+def _encode(predictor: ae_runtime.AePredictor, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The encoder over ``PLANES_AT_ONCE`` planes at a time: a 120-frame colour cine is 360
+    planes, whose activations at once would take gigabytes."""
+    parts = [predictor.encode(planes[i : i + PLANES_AT_ONCE]) for i in range(0, len(planes), PLANES_AT_ONCE)]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
 
 
 def _chunks(items: list[Dataset], size: int) -> list[list[Dataset]]:

@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
 
 from gateway.plugin import Context, PluginError
 
@@ -41,6 +42,9 @@ def seal_into(ds: Dataset, payload: bytes, ctx: Context) -> None:
     nonce = os.urandom(12)
     ds.PixelData = nonce + AESGCM(ctx.key(KEY_LABEL)).encrypt(nonce, plain, _aad(ds))
     ds["PixelData"].VR = "OW"
+    if ds.file_meta.TransferSyntaxUID.is_compressed:  # a JPEG (...) original: the ciphertext is native
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds["PixelData"].is_undefined_length = False
     for keyword in STALE:
         if keyword in ds:
             delattr(ds, keyword)

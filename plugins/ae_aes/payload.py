@@ -15,19 +15,25 @@ rather than under it.
 
 JPEG XL lossless decoding is integer arithmetic, the same on every machine; the
 gateway's SHA-256 check of the rebuilt original remains the proof.
+
+Colour frames are coded as one JPEG XL colour image each (its reversible colour transform
+does the decorrelation, losslessly, on the stored samples). An original whose pixel value
+had to be decoded (JPEG, JPEG-LS, JPEG 2000, RLE, subsampled YBR) carries that encoded value
+itself in place of the frame codes (``codes: "original"``): no encoder gives back another's
+bytes, and a second lossless code of the same pixels beside it would only add bytes.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
 
+from gateway import framing
+from gateway.frames import Layout
 from gateway.plugin import PluginError
-from plugins.ae_aes.frames import Layout
 
 MAGIC = b"AEAES2"
 LATENT_EFFORT = 3  # the latent is small: higher efforts gain nothing measurable on it
@@ -37,55 +43,63 @@ LATENT_EFFORT = 3  # the latent is small: higher efforts gain nothing measurable
 class Payload:
     model: str
     layout: Layout
-    latent: np.ndarray  # int8 (frames, C, h, w)
-    frames: np.ndarray  # (frames, rows, cols) stored words, native byte order
+    latent: np.ndarray  # int8 (frames * samples, C, h, w)
+    frames: np.ndarray | None  # (frames, rows, cols, samples) stored words, native byte order
     tail: bytes  # pixel value bytes after the frames (padding)
+    original: bytes | None = None  # the original encoded pixel value, in place of ``frames``
 
     def encode(self, effort: int) -> bytes:
-        lo = [int(f.min()) for f in self.frames]
-        head = {"model": self.model, "frames": self.layout.frames, "rows": self.layout.rows,
-                "cols": self.layout.cols, "dtype": self.layout.dtype, "value_len": self.layout.value_len,
-                "lo": lo, "latent_shape": list(self.latent.shape)}
-        blobs = [MAGIC, json.dumps(head).encode(), code_latent(self.latent)]
-        blobs += [code_frame(frame, offset, effort) for frame, offset in zip(self.frames, lo, strict=True)]
-        blobs.append(self.tail)
-        return b"".join(struct.pack(">I", len(b)) + b for b in blobs)
+        head: dict[str, object] = {"model": self.model, **self.layout.to_json(), "latent_shape": list(self.latent.shape)}
+        blobs = [MAGIC, b"", code_latent(self.latent)]
+        if self.original is not None:
+            head["codes"] = "original"
+            blobs.append(self.original)
+        else:
+            assert self.frames is not None
+            lo = [int(f.min()) for f in self.frames]
+            head.update(codes="jxl", lo=lo)
+            blobs += [code_frame(frame, offset, effort) for frame, offset in zip(self.frames, lo, strict=True)]
+            blobs.append(self.tail)
+        blobs[1] = json.dumps(head).encode()
+        return framing.pack(blobs)
 
     @classmethod
     def decode(cls, data: bytes) -> Payload:
-        blobs, pos = [], 0
-        while pos + 4 <= len(data):
-            (size,) = struct.unpack_from(">I", data, pos)
-            blobs.append(data[pos + 4 : pos + 4 + size])
-            pos += 4 + size
+        blobs = framing.unpack(data)
         if not blobs or blobs[0] != MAGIC:
             raise PluginError("ae_aes payload has an unknown format version")
         try:
             head = json.loads(blobs[1])
-            layout = Layout(head["frames"], head["rows"], head["cols"], head["dtype"], head["value_len"])
+            layout = Layout.from_json(head)
+            latent = (_unjxl(blobs[2]).astype(np.int16) - 128).astype(np.int8).reshape(head["latent_shape"])
+            if head.get("codes", "jxl") == "original":
+                if len(blobs) != 4:
+                    raise ValueError("blob count")
+                return cls(head["model"], layout, latent, None, b"", original=blobs[3])
             if len(blobs) != 4 + layout.frames:
                 raise ValueError("blob count")
-            latent = (_unjxl(blobs[2]).astype(np.int16) - 128).astype(np.int8).reshape(head["latent_shape"])
             frames = np.stack([_unjxl(b).astype(np.int64) + lo for b, lo in zip(blobs[3:-1], head["lo"], strict=True)])
         except (ValueError, KeyError, TypeError, RuntimeError, imagecodecs.JpegxlError):
             raise PluginError("ae_aes payload is malformed") from None
-        if frames.shape != (layout.frames, layout.rows, layout.cols):
+        frames = frames.reshape(frames.shape[:3] + (-1,))
+        if frames.shape != (layout.frames, layout.rows, layout.cols, layout.samples):
             raise PluginError("ae_aes payload's image does not match its layout")
         native = np.dtype(layout.dtype).newbyteorder("=")
         return cls(head["model"], layout, latent, frames.astype(native), blobs[-1])
 
 
 def code_latent(latent: np.ndarray) -> bytes:
-    """The int8 latent (frames, C, h, w) as one uint8 JPEG XL image, channels stacked."""
+    """The int8 latent (planes, C, h, w) as one uint8 JPEG XL image, channels stacked."""
     image = (latent.astype(np.int16) + 128).astype(np.uint8).reshape(-1, latent.shape[-1])
     return _jxl(image, 8, LATENT_EFFORT)
 
 
 def code_frame(frame: np.ndarray, offset: int, effort: int) -> bytes:
-    """One frame minus ``offset`` (its minimum), coded in as few bits as its range needs."""
+    """One frame (rows, cols, samples) minus ``offset`` (its minimum), in as few bits as its range needs."""
     shifted = frame.astype(np.int64) - offset
     bits = max(int(shifted.max()).bit_length(), 1)
-    return _jxl(shifted.astype(np.uint8 if bits <= 8 else np.uint16), bits, effort)
+    image = shifted[..., 0] if shifted.shape[-1] == 1 else shifted
+    return _jxl(image.astype(np.uint8 if bits <= 8 else np.uint16), bits, effort)
 
 
 def _jxl(image: np.ndarray, bits: int, effort: int) -> bytes:
@@ -94,6 +108,6 @@ def _jxl(image: np.ndarray, bits: int, effort: int) -> bytes:
 
 def _unjxl(data: bytes) -> np.ndarray:
     image = imagecodecs.jpegxl_decode(data, numthreads=1)
-    if image.ndim != 2:
-        raise ValueError("not a single-channel image")
+    if image.ndim not in (2, 3):
+        raise ValueError("not an image")
     return image

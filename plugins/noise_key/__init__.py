@@ -14,10 +14,11 @@ the image (a stream cipher with a Gaussian look); at 0.3 (0.14) an attacker aver
 32x32 blocks recovers the anatomy's block means (r 0.84-0.98), at 0.1 and below it shows
 through a plain blur. ``bench/noise_key.py`` measures this per strength.
 
-Compressed originals are decoded (pydicom's handlers: pylibjpeg, GDCM), protected as
-native pixels, and their encapsulated value is kept in the sealed record for the exact
-restore; a value that cannot be decoded raises ``PluginError`` (quarantine), so an
-unprotected image never leaves under this route.
+Compressed originals are decoded (gateway.frames: pylibjpeg, GDCM; YBR colour as RGB),
+protected as native pixels, and their encapsulated value is kept in the sealed record for
+the exact restore; a value that cannot be decoded raises ``PluginError`` (quarantine), so
+an unprotected image never leaves under this route. Native data of any layout (colour,
+planar, subsampled, big endian, multi-frame, 1-bit) is noised word by word as stored.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ import os
 import numpy as np
 from pydicom.dataset import Dataset
 
+from gateway import frames
 from gateway.original import pixel_tag_of
 from gateway.plugin import Context, PluginError
 from plugins.noise_key.noise import gaussian_chunks
 from plugins.noise_key.record import Record
-from plugins.noise_key.samples import Layout
+from plugins.noise_key.samples import SampleLayout
 
 # Attributes that describe the original's values and would be false for the noisy copy
 # (the envelope's copy of the original header brings them back on restore).
@@ -43,7 +45,7 @@ def noise_key(ctx: Context, sop_uid: str) -> bytes:
     return ctx.key(f"noise_key/{sop_uid}")
 
 
-def shift(layout: Layout, low: np.ndarray, key: bytes, nonce: bytes, strength: float, sign: int) -> np.ndarray:
+def shift(layout: SampleLayout, low: np.ndarray, key: bytes, nonce: bytes, strength: float, sign: int) -> np.ndarray:
     """``(low + sign * noise) mod 2**BitsStored``, block by block to bound memory."""
     out = np.empty_like(low)
     modulus = layout.modulus
@@ -60,6 +62,7 @@ class NoiseKeyTransform:
 
     name = "noise_key"
     series_level = False
+    refuses = (frames.FLOAT, frames.UNDECODABLE)
 
     def __init__(self, strength: float = 1.0) -> None:
         if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1:
@@ -78,12 +81,9 @@ class NoiseKeyTransform:
         if pixel_tag_of(ds) is None:
             return b""  # no image (e.g. a report in the series): nothing to hide
         if "PixelData" not in ds:
-            raise PluginError("float pixel data is not supported")
-        original = b""
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            original = bytes(ds.PixelData)
-            _decompress(ds)
-        layout = Layout.of(ds)
+            raise PluginError(f"{frames.FLOAT} is not supported")
+        original = frames.to_native(ds) or b""
+        layout = SampleLayout.of(ds)
         value = bytes(ds.PixelData)
         words = layout.words(value)
         low = layout.low(words)
@@ -102,7 +102,7 @@ class NoiseKeyTransform:
             return
         if "PixelData" not in ds:
             raise PluginError("the protected object has no pixel data")
-        layout = Layout.of(ds)
+        layout = SampleLayout.of(ds)
         value = bytes(ds.PixelData)
         low = layout.low(layout.words(value))
         plain = shift(layout, low, noise_key(ctx, str(ds.SOPInstanceUID)), record.nonce, record.strength, -1)
@@ -115,13 +115,3 @@ class NoiseKeyTransform:
             words = layout.canonical(plain)
         ds.PixelData = layout.pack(words, value)
 
-
-def _decompress(ds: Dataset) -> None:
-    """Decode in place with pydicom's installed handlers, or refuse (quarantine)."""
-    try:
-        ds.decompress(generate_instance_uid=False)
-    except Exception as exc:  # any handler failure means: cannot protect, never forward
-        raise PluginError(
-            f"compressed pixel data ({ds.file_meta.TransferSyntaxUID.name}) could not be decoded: "
-            f"{type(exc).__name__}"
-        ) from None

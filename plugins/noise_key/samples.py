@@ -23,7 +23,7 @@ from gateway.plugin import PluginError
 
 
 @dataclass(frozen=True)
-class Layout:
+class SampleLayout:
     """How the samples are stored: word size, significant bits, sign, byte order."""
 
     bits_allocated: int
@@ -34,7 +34,7 @@ class Layout:
     count: int  # samples
 
     @classmethod
-    def of(cls, ds: Dataset) -> Layout:
+    def of(cls, ds: Dataset) -> SampleLayout:
         allocated = int(ds.get("BitsAllocated", 0))
         stored = int(ds.get("BitsStored", allocated))
         if allocated not in (1, 8, 16, 32):

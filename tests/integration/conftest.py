@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import PYDICOM_ROOT_UID
 
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, have_tools
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, have_tools
 
 pytestmark = pytest.mark.integration
 
@@ -18,10 +18,10 @@ if not have_tools():  # .ci/run installs both; a developer machine may not have 
                 allow_module_level=True)
 
 
-# Identifying values the integration tests send (gateway.synthetic's fictional patients).
+# Identifying values the integration tests send (testkit.synthetic's fictional patients).
 HANDLED_IDENTITY = ("DOE^JANE", "JANE", "PID-4711-0815", "19610412", "ACC20240517", "SAINT EXAMPLE", "GREGORY",
                     "CUDDY", "ELM STREET", "ROE^RICHARD", "RICHARD")
-# The original UIDs: gateway.synthetic makes them under pydicom's root, which the gateway's
+# The original UIDs: testkit.synthetic makes them under pydicom's root, which the gateway's
 # own UIDs (2.25.) never use; its logs must hold none of them.
 ORIGINAL_UID_ROOT = PYDICOM_ROOT_UID
 

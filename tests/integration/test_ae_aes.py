@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, storescu
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
 from tests.integration.test_retrieval import _assert_exact, getscu, movescu

@@ -10,8 +10,8 @@ import pydicom
 from pydicom.charset import convert_encodings
 from pydicom.uid import PYDICOM_ROOT_UID
 
-from gateway.deid.planted import NAMES, planted_series
-from gateway.localstack import GatewayProcess, OrthancServer, storescu
+from testkit.localstack import GatewayProcess, OrthancServer, storescu
+from testkit.planted import NAMES, planted_series
 from tests.conftest import encode
 from tests.integration.conftest import wait_for
 

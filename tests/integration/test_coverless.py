@@ -10,8 +10,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway import synthetic
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, storescu
+from testkit import synthetic
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.original import dataset_bytes
 from tests.conftest import encode
 from tests.integration.conftest import wait_for

@@ -20,9 +20,9 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom import _config as netconfig
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.keyring import Keyring
-from gateway.localstack import GatewayProcess, OrthancServer
+from testkit.localstack import GatewayProcess, OrthancServer
 from gateway.pseudonym import Pseudonymizer
 from tests.conftest import encode
 from tests.integration.conftest import HANDLED_IDENTITY, wait_for
@@ -115,7 +115,7 @@ def test_mutated_objects_never_crash_leak_or_block_good_ones(tmp_path: Path, ort
         good_folder.mkdir()
         for i, ds in enumerate(good):
             (good_folder / f"{i}.dcm").write_bytes(encode(ds))
-        from gateway.localstack import storescu
+        from testkit.localstack import storescu
 
         storescu(gateway.port, good_folder)
         pseudonyms = Pseudonymizer(Keyring.load(gateway.keyring).pseudonym_secret)

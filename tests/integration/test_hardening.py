@@ -14,8 +14,8 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from gateway import synthetic
-from gateway.localstack import GatewayProcess, OrthancServer, storescu
+from testkit import synthetic
+from testkit.localstack import GatewayProcess, OrthancServer, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
 from tests.pki import issue

@@ -11,9 +11,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.original import dataset_bytes
-from gateway.localstack import REPO, GatewayProcess, OrthancServer, run_cli, storescu
+from testkit.localstack import REPO, GatewayProcess, OrthancServer, run_cli, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
 

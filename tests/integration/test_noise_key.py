@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, storescu
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.original import dataset_bytes
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for

@@ -14,12 +14,12 @@ from pydicom.encaps import encapsulate
 
 from gateway import envelope
 from gateway.keyring import Keyring
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, storescu
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.original import dataset_bytes
-from gateway.redaction import testimages
+from testkit import testimages
 from gateway.redaction.stage import boxes_of
 from gateway.restore import restore_series
-from gateway.synthetic import Identity
+from testkit.synthetic import Identity
 from tests.conftest import encode
 from tests.integration.conftest import wait_for
 from tests.integration.test_retrieval import ENV, getscu, movescu

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 import requests
 
-from gateway.localstack import ORTHANC_USER, GatewayProcess, OrthancServer, free_port, run_cli, storescu
+from testkit.localstack import ORTHANC_USER, GatewayProcess, OrthancServer, free_port, run_cli, storescu
 from gateway.original import dataset_bytes
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
@@ -146,7 +146,7 @@ def test_rotation_reindex_and_a_tampered_object(tmp_path: Path, orthanc: Orthanc
     gateway.stop()
     run_cli("keys", "rotate", "--keyring", str(gateway.keyring))
     gateway.start()
-    from gateway import synthetic
+    from testkit import synthetic
     second = write_study(tmp_path / "study2", (2,), size=64, identity=synthetic.Identity(
         patient_name="ROE^RICHARD", patient_id="PID-2", accession="ACC2"))
     storescu(gateway.port, tmp_path / "study2")

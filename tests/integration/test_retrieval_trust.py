@@ -12,8 +12,8 @@ from pathlib import Path
 import pydicom
 import requests
 
-from gateway import synthetic
-from gateway.localstack import ORTHANC_USER, GatewayProcess, OrthancServer, free_port, run_cli, storescu
+from testkit import synthetic
+from testkit.localstack import ORTHANC_USER, GatewayProcess, OrthancServer, free_port, run_cli, storescu
 from gateway.original import dataset_bytes
 from tests.conftest import encode, write_study
 from tests.integration.conftest import wait_for

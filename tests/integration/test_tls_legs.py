@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu, wait_port
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu, wait_port
 from gateway.original import dataset_bytes
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for

@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, JPEG2000Lossless
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import protect_series
@@ -20,7 +20,7 @@ from gateway.study_keys import MemoryDataKeys
 from gateway.restore import restore_series
 from models import ae_runtime
 from plugins.ae_aes import AeAesTransform
-from plugins.ae_aes.frames import layout_of, read_frames
+from gateway import frames
 from plugins.ae_aes.payload import MAGIC, Payload
 from tests.conftest import encode
 
@@ -103,9 +103,10 @@ def test_restore_runs_no_network_so_no_machine_can_compute_it_differently(monkey
 
 def test_a_payload_of_another_format_or_damaged_fails_loudly() -> None:
     series = _series(1)
-    data = Payload(model="ae_lite", layout=layout_of(series[0]), latent=np.zeros((1, 4, 8, 8), np.int8),
-                   frames=read_frames(series[0], layout_of(series[0])), tail=b"").encode(effort=3)
-    assert np.array_equal(Payload.decode(data).frames, read_frames(series[0], layout_of(series[0])))
+    image = frames.read(series[0])
+    data = Payload(model="ae_lite", layout=image.layout, latent=np.zeros((1, 4, 8, 8), np.int8),
+                   frames=image.array, tail=b"").encode(effort=3)
+    assert np.array_equal(Payload.decode(data).frames, image.array)
     with pytest.raises(PluginError, match="format version"):
         Payload.decode(data.replace(MAGIC, b"AEAES1", 1))  # format 1 (zstd residual) never shipped
     blobs, pos = [], 0
@@ -164,14 +165,20 @@ def test_preview_is_marked_derived_and_lossy_and_resembles_the_original() -> Non
 
 
 def test_what_it_cannot_take_is_refused_not_passed() -> None:
-    colour = _series(1)
-    colour[0].SamplesPerPixel = 3
-    with pytest.raises(PluginError, match="single-channel"):
-        AeAesTransform().protect(colour, CTX)
-    compressed = _series(1)
-    compressed[0].file_meta.TransferSyntaxUID = JPEG2000Lossless
-    with pytest.raises(PluginError, match="compressed"):
-        AeAesTransform().protect(compressed, CTX)
+    wide = _series(1)
+    wide[0].BitsAllocated, wide[0].BitsStored, wide[0].HighBit = 32, 32, 31
+    wide[0].PixelData = bytes(4 * 64 * 64)
+    with pytest.raises(PluginError, match="BitsAllocated 32"):
+        AeAesTransform().protect(wide, CTX)
+    garbage = _series(1)  # says JPEG 2000, holds native words: no decoder reads it
+    garbage[0].file_meta.TransferSyntaxUID = JPEG2000Lossless
+    with pytest.raises(PluginError, match="cannot be decoded"):
+        AeAesTransform().protect(garbage, CTX)
+    floats = _series(1)
+    del floats[0].PixelData
+    floats[0].FloatPixelData = bytes(4 * 64 * 64)
+    with pytest.raises(PluginError, match="float"):
+        AeAesTransform().protect(floats, CTX)
     with pytest.raises(PluginError, match="mode"):
         AeAesTransform(mode="plain")
     with pytest.raises(PluginError, match="effort"):

@@ -121,7 +121,8 @@ def test_the_shipped_example_configuration_is_valid() -> None:
     config = load_config(Path(__file__).parents[2] / "deploy" / "gateway.example.yaml")
     assert config.retrieval.policy("READING_1", "10.1.5.20") == "restore"
     assert config.retrieval.policy("READING_1", "10.9.9.9") is None  # from another address: unknown
-    assert config.listener.non_image == "refuse" and config.status_http.host == "127.0.0.1"
+    # the example is the compose deployment's: status on the compose network (issue 14), not published
+    assert config.listener.non_image == "refuse" and config.status_http.host == "0.0.0.0"
 
 
 def test_tls_settings_are_checked_and_paths_resolved(tmp_path: Path) -> None:
@@ -143,3 +144,28 @@ def test_check_config_refuses_settings_a_plugin_does_not_take(tmp_path: Path, ca
     assert "routes[0] (all): plugin_settings" in capsys.readouterr().err
     good = bad.replace("strenght", "strength")
     assert main(["check-config", "--config", str(_write(tmp_path, good))]) == 0
+
+
+def test_check_config_names_what_each_route_quarantines(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from gateway.cli import main
+
+    Keyring.create(tmp_path / "keys.json")
+    routes = ("routes: [{name: dose, match: {modality: [RTDOSE, CT, ES]}, plugin: ae_aes},"
+              " {name: noisy, plugin: noise_key}, {name: all, plugin: none}]")
+    config = GOOD.replace("routes: [{name: all, plugin: none}]", routes)
+    assert main(["check-config", "--config", str(_write(tmp_path, config))]) == 0
+    out = capsys.readouterr().out
+    assert "routes[0] (dose): ae_aes quarantines 32-bit pixel data; 1-bit pixel data; float pixel data" in out
+    assert "RTDOSE may be 32-bit pixel data" in out and "CT may" not in out
+    assert "ES may be compressed pixel data no installed decoder reads" in out  # endoscopy video
+    assert "here: HEVC/H.265, JPEG 2000 Part 2" in out  # no decoder installed for these
+    assert "routes[1] (noisy): noise_key quarantines float pixel data" in out
+    assert "routes[2]" not in out  # `none` leaves pixels alone: it refuses nothing
+
+
+def test_a_route_may_ask_for_a_lossless_protected_copy(tmp_path: Path) -> None:
+    lossless = GOOD.replace("routes: [{name: all, plugin: none}]",
+                            "routes: [{name: all, plugin: none, protected_syntax: lossless}]")
+    assert load_config(_write(tmp_path, lossless)).routes[0].protected_syntax == "lossless"
+    with pytest.raises(ConfigError, match="routes.0.protected_syntax"):
+        load_config(_write(tmp_path, lossless.replace("protected_syntax: lossless", "protected_syntax: jpeg")))

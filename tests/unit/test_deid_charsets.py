@@ -15,11 +15,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from gateway import gate
-from gateway.deid.planted import NAMES, PRIVATE_CREATOR, Planted, planted_series
 from gateway.keyring import Keyring
 from gateway.protect import Quarantine, protect_series
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
+from testkit.planted import NAMES, PRIVATE_CREATOR, Planted, planted_series
 from tests.conftest import encode
 
 REAL = Path(pydicom.__file__).parent / "data/test_files/dicomdirtests"

@@ -104,7 +104,8 @@ def test_a_series_is_protected_in_batches_with_the_whole_series_identity_gated(t
 
     import pydicom
 
-    from gateway import protect, synthetic
+    from gateway import protect
+    from testkit import synthetic
     from gateway.protect import Quarantine, protect_batches
     from gateway.route_spec import RouteSpec
     from gateway.study_keys import MemoryDataKeys

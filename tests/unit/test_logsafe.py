@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.logsafe import WithholdValues
 from tests.conftest import encode
@@ -61,3 +61,12 @@ def test_every_library_logger_is_filtered_and_attribute_names_are_kept(caplog: p
     assert ("apscheduler", "Job [value withheld]") in said and ("urllib3", "Job [value withheld]") in said
     assert ("pynetdicom", "decode failed (ValueError, details withheld)") in said
     assert original_uid not in caplog.text and "DOE" not in caplog.text and "Brien" not in caplog.text
+
+
+def test_the_transport_s_tls_diagnosis_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.handler.addFilter(WithholdValues())
+    with caplog.at_level(logging.ERROR):
+        logging.getLogger("pynetdicom.transport").error(
+            "TCP Initialisation Error: the destination's certificate names 'ct-scanner', not 'reading-room'")
+    assert caplog.messages == ["TCP Initialisation Error: the destination's certificate names 'ct-scanner', "
+                               "not 'reading-room'"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.plugin import Context
 
 imagecodecs = pytest.importorskip("imagecodecs", reason="the bench extra (imagecodecs) simulates the lossy copy")

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import Quarantine, protect_series
@@ -25,7 +25,7 @@ from gateway.restore import restore_series
 from plugins.noise_key import NoiseKeyTransform
 from plugins.noise_key.noise import gaussian
 from plugins.noise_key.record import Record
-from plugins.noise_key.samples import Layout
+from plugins.noise_key.samples import SampleLayout
 from plugins.noise_key.unpack import unpack, unwrap
 from models.noise_key_data import image_dataset
 from tests.conftest import encode
@@ -85,7 +85,7 @@ def test_round_trip_is_exact_and_every_protected_sample_is_valid(layout: dict) -
     records = NoiseKeyTransform().protect([ds], CTX)
     protected = bytes(ds.PixelData)
     assert len(protected) == len(original) and protected != original
-    lay = Layout.of(ds)
+    lay = SampleLayout.of(ds)
     words = lay.words(protected)
     assert np.array_equal(lay.canonical(lay.low(words)), words)  # spare bits say nothing about the original
     changed = np.mean(lay.words(original) != words)
@@ -100,7 +100,7 @@ def test_the_edge_unpacks_an_unaltered_copy_exactly_with_the_key() -> None:
     """As a CT keeps headroom: signed 14-bit values from -1024 to 3000."""
     original = np.random.default_rng(5).integers(-1024, 3001, (64, 48))
     ds = image_dataset(original, 14, signed=True)
-    lay = Layout.of(ds)
+    lay = SampleLayout.of(ds)
     [record] = NoiseKeyTransform().protect([ds], CTX)
     copy = lay.low(lay.words(bytes(ds.PixelData))).astype(np.int64).reshape(original.shape)
     assert np.array_equal(unpack(copy, record, CTX, str(ds.SOPInstanceUID), 14, signed=True), original)
@@ -110,10 +110,10 @@ def test_the_edge_unpacks_an_unaltered_copy_exactly_with_the_key() -> None:
 
 def test_the_wrong_key_does_not_restore() -> None:
     ds = _image(16, 12, False)
-    original = Layout.of(ds).words(bytes(ds.PixelData))
+    original = SampleLayout.of(ds).words(bytes(ds.PixelData))
     records = NoiseKeyTransform().protect([ds], CTX)
     NoiseKeyTransform().restore([ds], records, Context(series_key=b"\x12" * 32))
-    restored = Layout.of(ds).words(bytes(ds.PixelData))
+    restored = SampleLayout.of(ds).words(bytes(ds.PixelData))
     assert np.mean(restored == original) < 0.01
 
 
@@ -246,5 +246,5 @@ def test_undecodable_compressed_pixels_are_quarantined(keyring: Keyring) -> None
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0 not really a JPEG \xff\xd9"])
     ds["PixelData"].VR = "OB"
-    with pytest.raises(Quarantine, match="could not be decoded"):
+    with pytest.raises(Quarantine, match="cannot be decoded"):
         protect_series([encode(ds)], RouteSpec(plugin="noise_key"), keyring, MemoryDataKeys())

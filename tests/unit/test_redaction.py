@@ -15,13 +15,14 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 
-from gateway import synthetic
+from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import Quarantine, protect_series
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
-from gateway.redaction import RedactionStage, matching, ocr, roi, rules, testimages
+from gateway.redaction import RedactionStage, ocr, ocr_matching, roi, rules
+from testkit import testimages
 from gateway.redaction.boxes import mask_of
 from gateway.redaction.pixels import load
 from gateway.restore import restore_series
@@ -30,8 +31,8 @@ from tests.conftest import encode
 # A fixed region on every image: exercises every pixel layout without any detector cost.
 CORNERS = {"detectors": ["rules"], "default_rules": False, "pad": 0,
            "rules": [{"name": "corners", "regions": [[0, 0, 8, 6], [-5, -4, 0, 0]]}]}
-# Objects the stage refuses on purpose (quarantine is the safe outcome), besides the
-# retired big-endian syntax and 1-bit data (checked from the file): name -> why.
+# Objects the stage refuses on purpose (quarantine is the safe outcome), besides 1-bit
+# data (checked from the file): name -> why. Big-endian pixels are edited in place.
 REFUSED = {
     "JPEG-lossy.dcm": "undecodable", "JPEG2000-embedded-sequence-delimiter.dcm": "undecodable",
     "MR_truncated.dcm": "truncated", "badVR.dcm": "invalid attributes",
@@ -39,8 +40,6 @@ REFUSED = {
 
 
 def _refusal(ds: Dataset, name: str) -> str | None:
-    if ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRBigEndian:
-        return "retired big-endian transfer syntax"
     if ds.get("BitsAllocated") == 1:
         return "1-bit pixel data"
     return REFUSED.get(name)
@@ -171,7 +170,7 @@ def test_tophat_finds_half_contrast_text_on_a_head_that_fills_the_frame() -> Non
         ImageDraw.Draw(canvas).text((x, y), text, fill=255, font=testimages.fonts(14)[0])
         ink |= np.asarray(canvas) > 96
     frame = np.where(ink, 700.0, head)  # above the brain, below the rim: no grey level separates it
-    boxes = RedactionStage(detectors=["tophat"]).find(Dataset(), frame[None], matching.Matcher({}))
+    boxes = RedactionStage(detectors=["tophat"]).find(Dataset(), frame[None], ocr_matching.Matcher({}))
     mask = mask_of(boxes, *frame.shape)
     assert mask[ink].all()
     assert mask[~_dilated(ink)].mean() < 0.005
@@ -183,7 +182,7 @@ def test_tophat_leaves_text_free_ct_and_mr_alone() -> None:
     real = ("693_UNCI.dcm", "CT_small.dcm", "MR_small.dcm")  # a head CT, a spine CT (bone edges), a head MR
     frames += [load(pydicom.dcmread(get_testdata_file(name))).grey()[0] for name in real]
     for frame in frames:
-        boxes = RedactionStage(detectors=["tophat"]).find(Dataset(), frame[None], matching.Matcher({}))
+        boxes = RedactionStage(detectors=["tophat"]).find(Dataset(), frame[None], ocr_matching.Matcher({}))
         assert mask_of(boxes, *frame.shape).mean() < 0.002
 
 
@@ -193,7 +192,7 @@ def test_otsu_splits_two_levels() -> None:
 
 
 def test_matching_is_lenient_on_ocr_readings_and_strict_on_harmless_text() -> None:
-    m = matching.Matcher({"PatientName": "MUELLER^HANS", "PatientID": "PID-4748-1", "PatientBirthDate": "19410208",
+    m = ocr_matching.Matcher({"PatientName": "MUELLER^HANS", "PatientID": "PID-4748-1", "PatientBirthDate": "19410208",
                           "InstitutionName": "Klinikum Musterstadt"})
     for word in ("MUELLER*HANS", "MUELLER~", "Hans", "PID-4748-", "08.02.1941", "02/08/1941", "19410208",
                  "Musterstaat", "KLINIKUM", "31.12.2001", "A*B"):
@@ -203,7 +202,7 @@ def test_matching_is_lenient_on_ocr_readings_and_strict_on_harmless_text() -> No
 
 
 def test_a_label_word_takes_its_whole_line() -> None:
-    m = matching.Matcher({"PatientName": "DOE^JANE"})
+    m = ocr_matching.Matcher({"PatientName": "DOE^JANE"})
     words = [ocr.Word("DOB", (0, 0, 10, 20), (1, 1, 1), 90), ocr.Word("l2-O4-61", (0, 25, 10, 70), (1, 1, 1), 40),
              ocr.Word("Gain", (20, 0, 30, 20), (1, 1, 2), 90)]
     assert [w.text for w in m.select(words)] == ["DOB", "l2-O4-61"]

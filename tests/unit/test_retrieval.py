@@ -10,7 +10,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from gateway import authenticity, synthetic
+from gateway import authenticity
+from testkit import synthetic
 from gateway.config import Retrieval
 from gateway.index import Entry
 from gateway.keyring import Keyring

@@ -113,6 +113,7 @@ def test_the_status_endpoint_binds_beyond_loopback_only_with_client_certificates
                                            " ca_certificates: ca.crt, require_client_certificate: true}}\n"))
     assert config.status_http.tls is not None and config.status_http.tls.certificate == tmp_path / "a.crt"
     load_config(_config(tmp_path, "status_http: {host: '::1'}\n"))
+    load_config(_config(tmp_path, "status_http: {host: 0.0.0.0, allow_plaintext: true}\n"))  # opted in, warned
 
 
 def test_the_status_endpoint_serves_https_only_to_clients_of_the_site_ca(tmp_path: Path) -> None:

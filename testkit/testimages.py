@@ -28,8 +28,8 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
-from gateway import synthetic
-from gateway.synthetic import Identity
+from testkit import synthetic
+from testkit.synthetic import Identity
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
 FONT_FILES = ("DejaVuSans.ttf", "DejaVuSansMono.ttf", "DejaVuSerif.ttf", "DejaVuSans-Bold.ttf",

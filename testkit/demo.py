@@ -1,6 +1,6 @@
 """The demo: modality -> gateway -> Orthanc, then what an authorized workstation gets back.
 
-Run with ``./scripts/demo`` (or ``python -m gateway.demo``). Everything runs on loopback in
+Run with ``./scripts/demo`` (or ``python -m testkit.demo``). Everything runs on loopback in
 a temporary folder and is stopped at the end. The study has identity in its headers (a CT
 series) and in its pixels (an ultrasound image with the patient's name, ID and birth date
 burned in); the ultrasound goes through burned-in text redaction. A workstation whose
@@ -22,10 +22,10 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from gateway import synthetic
-from gateway.localstack import GatewayProcess, OrthancServer, free_port, storescu
+from testkit import synthetic
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.original import dataset_bytes
-from gateway.redaction import testimages
+from testkit import testimages
 
 SHOWN = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
          "ReferringPhysicianName", "StudyDate", "StudyDescription", "StudyInstanceUID", "PatientIdentityRemoved",

@@ -15,7 +15,7 @@ from pydicom.charset import convert_encodings, encode_string
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from gateway import synthetic
+from testkit import synthetic
 
 PRIVATE_CREATOR = "ACME NOTES 1"
 
