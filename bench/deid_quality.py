@@ -16,7 +16,7 @@
   percentile over every object above; ms_per_ct_512 the same for ten 512x512 CT objects
   (where the raw search over half a megabyte of pixels dominates).
 
-    .venv/bin/python bench/deid_quality.py [--objects 2]
+    .venv/bin/python -m bench.deid_quality [--objects 2]
 """
 
 from __future__ import annotations
