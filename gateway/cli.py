@@ -16,6 +16,7 @@ import threading
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pydicom
@@ -30,11 +31,15 @@ from gateway.keyring import Keyring, KeyringError
 from gateway.spool import SPOOL_STATES
 from gateway.plugin import PluginError, available, refused_kinds
 from gateway.protect import Quarantine, protect_batches
+from gateway.reload import check_reloadable, pid_file, signal_running
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
 from gateway.restore import restore_series
 from gateway.stages import build_stages
 from gateway.route_spec import route_spec
+
+if TYPE_CHECKING:
+    from gateway.service import Service
 
 log = logging.getLogger("gateway")
 # The transforms' torch threads sleep while they wait instead of spinning: on a machine whose
@@ -65,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the DICOM listener and the protect/forward workers")
     s.add_argument("--config", type=Path, required=True)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("reload", help="check a configuration file, then make the running gateway use it (SIGHUP)")
+    s.add_argument("--config", type=Path, required=True)
+    s.set_defaults(func=cmd_reload)
 
     s = sub.add_parser("check-config", help="validate a configuration file and exit")
     s.add_argument("--config", type=Path, required=True)
@@ -118,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--out", type=Path, required=True)
             s.add_argument("--only-active", action="store_true",
                            help="retire older keys (once every gateway signs with the active one)")
+        if name == "rotate":
+            s.add_argument("--config", type=Path, help="audit the rotation in this gateway's audit log and repository")
         s.set_defaults(func=fn)
     return p
 
@@ -176,12 +187,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service = Service(config, ring)
     except IndexFormatError as exc:
         raise UsageError(str(exc)) from None
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     service.start()
-    stop.wait()
+    pid_file(config).write_text(f"{os.getpid()}\n")
+    while not stop.is_set():
+        if reload.wait(0.2):
+            reload.clear()
+            _reload(service, args.config)
+    pid_file(config).unlink(missing_ok=True)
     service.stop()
+    return 0
+
+
+def _reload(service: Service, path: Path) -> None:
+    """SIGHUP: read the file again; a bad one is refused with the messages a start would
+    print, and the running configuration stays."""
+    try:
+        new = load_config(path)
+        _check_plugins(new)
+        _check_legs(new, serving=True)
+        check_reloadable(service.config, new, path)
+    except ConfigError as exc:
+        log.error("configuration not reloaded, the previous one keeps running: %s", exc)
+        return
+    service.apply(new)
+    log.info("configuration reloaded from %s (%d route(s), %d sender(s))", path, len(new.routes), len(new.senders))
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Check the file as ``check-config`` does, then signal the running gateway."""
+    config = load_config(args.config)
+    Keyring.load(config.keyring)
+    _check_plugins(config)
+    _check_legs(config, serving=False)
+    pid = signal_running(config)
+    print(f"{args.config}: OK; reload signalled to the gateway (pid {pid}); its log says when it took effect")
     return 0
 
 
@@ -190,12 +233,15 @@ def _check_plugins(config: Config) -> None:
     a misspelt setting found at the first study would quarantine it."""
     installed = available()
     for i, route in enumerate(config.routes):
-        if route.plugin not in installed:
-            raise ConfigError(f"routes[{i}].plugin: no plugin named {route.plugin!r} is installed; installed: {installed}")
-        try:
-            build_stages(route_spec(config, route.name))
-        except (PluginError, TypeError, ValueError) as exc:
-            raise ConfigError(f"routes[{i}] ({route.name}): plugin_settings or redaction not accepted: {exc}") from None
+        for dest in route.destinations:
+            where = f"routes[{i}]" + ("" if dest.plugin is None else f".destinations ({dest.destination})")
+            spec = route_spec(config, route.name, dest.destination)
+            if spec.plugin not in installed:
+                raise ConfigError(f"{where}.plugin: no plugin named {spec.plugin!r} is installed; installed: {installed}")
+            try:
+                build_stages(spec)
+            except (PluginError, TypeError, ValueError) as exc:
+                raise ConfigError(f"{where} ({route.name}): plugin_settings or redaction not accepted: {exc}") from None
 
 
 def _check_legs(config: Config, serving: bool) -> None:
@@ -269,6 +315,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("objects by state:")
     for state in SPOOL_STATES:
         print(f"  {state:12} {counts.get(state, 0)}")
+    deliveries = spool.delivery_counts()
+    if deliveries:
+        print("copies for further destinations:")
+        for (name, state), n in sorted(deliveries.items()):
+            print(f"  {name:16} {state:10} {n}")
     problems = spool.problem_series()
     print(f"series needing attention: {len(problems)}")
     for token, state, reason, when in problems:
@@ -418,12 +469,30 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     ring = Keyring.load(args.keyring)
     if args.authenticity:
         new = ring.rotate_authenticity()
+        if args.config is not None:
+            _audit_rotation(load_config(args.config), new)
         print(f"added authenticity key {new}; export it to Orthanc ('gateway keys export-authenticity') "
               "before the gateway forwards again, then restart the gateway")
         return 0
     new = ring.rotate()
+    if args.config is not None:
+        _audit_rotation(load_config(args.config), new)
     print(f"added key {new}; it seals new envelopes; {len(ring.keks) - 1} older key(s) kept for opening")
     return 0
+
+
+def _audit_rotation(config: Config, key_id: str) -> None:
+    """The operator (login name) and the new key's id, never key material."""
+    import getpass
+
+    from gateway.atna import forwarder_for
+    from gateway.audit import AuditLog
+
+    forward = forwarder_for(config)
+    AuditLog(config.spool.path / "audit.jsonl", forward=forward).record(getpass.getuser(), "", "key-rotation", "success",
+                                                                        key_id=key_id)
+    if forward is not None:
+        forward.close()
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:

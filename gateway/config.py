@@ -8,14 +8,18 @@ silently ignored is how PHI leaks.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydicom.datadict import dictionary_has_tag, tag_for_keyword
+from pydicom.dataset import Dataset
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.deid.profile import OPTIONS, Profile
+from gateway.attribute_matching import matches
 from gateway.retrieval.vocabulary import Policy
 
 
@@ -115,7 +119,16 @@ class _Peer(_Strict):
 
 
 class Sender(_Peer):
-    """A modality allowed to send."""
+    """A modality allowed to send. ``storage_commitment_port``: where it takes the
+    Storage Commitment result (N-EVENT-REPORT) when its request's association has closed."""
+
+    storage_commitment_port: int | None = Field(None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _port_needs_host(self) -> Sender:
+        if self.storage_commitment_port is not None and self.host is None:
+            raise ValueError("storage_commitment_port needs the sender's host (where to send the result)")
+        return self
 
 
 class Orthanc(_Strict):
@@ -205,26 +218,119 @@ class ProfileConfig(_Strict):
 
 
 class Match(_Strict):
-    """All given fields must match; an empty match takes everything."""
+    """All given fields must match; an empty match takes everything.
+
+    ``attributes`` names any header attribute by keyword with the values it may have, matched
+    as C-FIND matches (PS3.4 C.2.2.2): wildcards ``*`` and ``?``, ranges ``A-B`` for dates
+    and times, and for numbers (``SliceThickness: ["0.5-2"]``). ``called_ae`` is the AE title
+    the modality addressed the gateway by; ``source`` its IP address or network (CIDR)."""
 
     calling_ae: list[str] | None = None
+    called_ae: list[str] | None = None
+    source: list[str] | None = None
     modality: list[str] | None = None
     sop_class_uid: list[str] | None = None
+    attributes: dict[str, list[str]] = {}
 
-    def accepts(self, calling_ae: str, modality: str, sop_class_uid: str) -> bool:
-        return all(
-            allowed is None or value in allowed
-            for allowed, value in (
-                (self.calling_ae, calling_ae),
-                (self.modality, modality),
-                (self.sop_class_uid, sop_class_uid),
-            )
-        )
+    @field_validator("source")
+    @classmethod
+    def _networks(cls, value: list[str] | None) -> list[str] | None:
+        for net in value or []:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad one
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _keywords(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = [k for k in value if not dictionary_has_tag(tag_for_keyword(k) or -1)]
+        if unknown:
+            raise ValueError(f"not DICOM attribute keywords: {unknown} (e.g. StudyDescription, BodyPartExamined)")
+        return value
+
+    def accepts(self, calling_ae: str, modality: str, sop_class_uid: str, called_ae: str = "", address: str = "",
+                header: Dataset | None = None) -> bool:
+        if not all(allowed is None or value in allowed for allowed, value in (
+                (self.calling_ae, calling_ae), (self.called_ae, called_ae), (self.modality, modality),
+                (self.sop_class_uid, sop_class_uid))):
+            return False
+        if self.source is not None and not _in_networks(address, self.source):
+            return False
+        return all(_attribute_matches(header, keyword, patterns) for keyword, patterns in self.attributes.items())
+
+
+def _in_networks(address: str, networks: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+def _attribute_matches(header: Dataset | None, keyword: str, patterns: list[str]) -> bool:
+    """Any pattern matches the attribute's value; an absent attribute matches only ``*``/empty."""
+    element = header.data_element(keyword) if header is not None and keyword in header else None
+    if element is None or element.VR == "SQ":
+        return any(p.strip() in ("", "*") for p in patterns)
+    value = "\\".join(str(v) for v in element.value) if element.VM > 1 else str(element.value or "")
+    vr = element.VR
+    for pattern in patterns:
+        numeric_range = _NUMERIC_RANGE.fullmatch(pattern.strip()) if vr in _NUMERIC_VRS else None
+        if numeric_range and _in_numeric_range(numeric_range, value):
+            return True
+        if not numeric_range and matches(pattern, value, vr):
+            return True
+    return False
+
+
+def _in_numeric_range(bounds: re.Match[str], value: str) -> bool:
+    """``low-high``, ``low-`` or ``-high`` (PS3.4 range matching, extended to numbers)."""
+    low, high = bounds.group("low"), bounds.group("high")
+    try:
+        number = float(value.split("\\")[0])
+    except ValueError:
+        return False
+    return (low is None or number >= float(low)) and (high is None or number <= float(high))
+
+
+_NUMERIC_RANGE = re.compile(r"(?P<low>-?[0-9]*\.?[0-9]+)?\s*-\s*(?P<high>-?[0-9]*\.?[0-9]+)?")
+_NUMERIC_VRS = {"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"}
+
+
+class RouteDestination(_Strict):
+    """One place a route sends to, with its own profile and transform where given
+    (the route's otherwise). ``orthanc`` is the main Orthanc (the ``orthanc`` section)."""
+
+    destination: str
+    profile: str | None = None
+    plugin: str | None = None
+    plugin_settings: dict[str, Any] | None = None
+    redaction: dict[str, Any] | None = None
+
+
+class OrthancDestination(Orthanc):
+    """A further Orthanc server, reached over REST like the main one."""
+
+    kind: Literal["orthanc"]
+
+
+class DicomDestination(_Strict):
+    """Any DICOM node, reached by C-STORE."""
+
+    kind: Literal["dicom"]
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    timeout_seconds: float = Field(30, gt=0)
+
+    _check_ae = field_validator("ae_title")(_ae_title)
 
 
 class Route(_Strict):
     name: str
     match: Match = Match()
+    # series: each series is routed on its own header once it settled; study: the route
+    # waits until no series of the study received anything for settle_seconds.
+    level: Literal["series", "study"] = "series"
     profile: str = "default"
     plugin: str = "none"
     plugin_settings: dict[str, Any] = {}
@@ -232,6 +338,20 @@ class Route(_Strict):
     # The copy Orthanc stores where a transform decoded or changed the pixels: uncompressed,
     # or JPEG 2000 lossless where that is exact and smaller (gateway/lossless_copy.py).
     protected_syntax: Literal["uncompressed", "lossless"] = "uncompressed"
+    destinations: list[RouteDestination] = [RouteDestination(destination="orthanc")]
+    # Storage Commitment answers success once an object is durable in the spool ("intake"),
+    # or only once Orthanc confirmed its protected copy ("orthanc").
+    commitment: Literal["intake", "orthanc"] = "intake"
+
+
+class StorageCommitment(_Strict):
+    """Storage Commitment Push Model SCP (PS3.4 Annex J)."""
+
+    # An instance the request names but the spool never received fails after this long.
+    missing_after_seconds: float = Field(30, ge=0)
+    # Instances still on their way to Orthanc (commitment: orthanc) fail after this long.
+    timeout_seconds: float = Field(3600, gt=0)
+    poll_seconds: float = Field(0.5, gt=0)
 
 
 class Workstation(_Peer):
@@ -327,6 +447,29 @@ class Retrieval(_Strict):
         return self
 
 
+class AuditRepository(_Strict):
+    """The site's audit record repository (IHE ATNA): DICOM audit messages over syslog."""
+
+    host: str
+    port: int = Field(514, ge=1, le=65535)
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    ca_certificates: Path | None = None  # tls: the CA that signs the repository (else the system's)
+    certificate: Path | None = None  # tls: the gateway's client certificate, where the repository asks
+    private_key: Path | None = None
+    server_name: str | None = None  # tls: the name in the repository's certificate, if not ``host``
+    audit_source_id: str | None = None  # defaults to the listener's AE title
+    enterprise_site_id: str | None = None
+    timeout_seconds: float = Field(5, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> AuditRepository:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both 'certificate' and 'private_key', or neither")
+        if self.transport != "tls" and (self.certificate or self.ca_certificates or self.server_name):
+            raise ValueError("certificates and server_name are for transport: tls")
+        return self
+
+
 class Config(_Strict):
     listener: Listener = Listener()
     senders: list[Sender] = Field(min_length=1)
@@ -338,18 +481,39 @@ class Config(_Strict):
     routes: list[Route] = Field(min_length=1)
     retrieval: Retrieval = Retrieval()
     status_http: StatusHttp = StatusHttp()
+    audit_repository: AuditRepository | None = None
+    storage_commitment: StorageCommitment = StorageCommitment()
+    # Further destinations by name, for routes' ``destinations`` (``orthanc`` is the main one).
+    destinations: dict[str, Annotated[OrthancDestination | DicomDestination, Field(discriminator="kind")]] = {}
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
     def _routes_refer(self) -> Config:
+        names = {"orthanc", *self.destinations}
         for i, route in enumerate(self.routes):
             if route.profile not in self.profiles:
                 raise ValueError(f"routes[{i}].profile: no profile named {route.profile!r}; defined: {sorted(self.profiles)}")
+            if not route.destinations:
+                raise ValueError(f"routes[{i}].destinations: a route needs at least one destination")
+            for j, dest in enumerate(route.destinations):
+                if dest.destination not in names:
+                    raise ValueError(f"routes[{i}].destinations[{j}]: no destination named {dest.destination!r};"
+                                     f" defined: {sorted(names)} (the 'destinations' section, or 'orthanc')")
+                if dest.profile is not None and dest.profile not in self.profiles:
+                    raise ValueError(f"routes[{i}].destinations[{j}].profile: no profile named {dest.profile!r};"
+                                     f" defined: {sorted(self.profiles)}")
+            seen = [d.destination for d in route.destinations]
+            if len(seen) != len(set(seen)):
+                raise ValueError(f"routes[{i}].destinations: a destination is named twice")
+        if "orthanc" in self.destinations:
+            raise ValueError("destinations.orthanc: the name 'orthanc' is the main Orthanc (the 'orthanc' section)")
         return self
 
-    def route_for(self, calling_ae: str, modality: str, sop_class_uid: str) -> Route | None:
+    def route_for(self, calling_ae: str, modality: str, sop_class_uid: str, called_ae: str = "", address: str = "",
+                  header: Dataset | None = None) -> Route | None:
         """The first route whose match accepts the object."""
-        return next((r for r in self.routes if r.match.accepts(calling_ae, modality, sop_class_uid)), None)
+        return next((r for r in self.routes if r.match.accepts(calling_ae, modality, sop_class_uid, called_ae, address,
+                                                               header)), None)
 
 
 def load_config(path: Path) -> Config:
@@ -397,8 +561,15 @@ def _resolve_paths(config: Config, base: Path) -> Config:
 
     retrieval = config.retrieval.model_copy(update={"destinations": [
         fix_all(d, "ca_certificates", "client_certificate", "client_private_key") for d in config.retrieval.destinations]})
+    audit = config.audit_repository
+    if audit is not None:
+        audit = fix_all(audit, "ca_certificates", "certificate", "private_key")
+    destinations = {name: fix_all(d, "password_file", "ca_certificates", "client_certificate", "client_private_key")
+                    if isinstance(d, OrthancDestination) else d for name, d in config.destinations.items()}
     return config.model_copy(
         update={
+            "destinations": destinations,
+            "audit_repository": audit,
             "keyring": fix(config.keyring),
             "spool": config.spool.model_copy(update={"path": fix(config.spool.path)}),
             "orthanc": fix_all(config.orthanc, "password_file", "ca_certificates", "client_certificate",

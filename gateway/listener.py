@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
@@ -47,6 +48,7 @@ from gateway.retrieval.handlers import QueryRetrieve
 from gateway.sop_classes import is_image
 from gateway.status_codes import Status
 from gateway.spool import Described, Spool, SpoolError
+from gateway.storage_commitment import StorageCommitment
 from gateway.tls import peer_common_name, server_context
 
 log = logging.getLogger("gateway.listener")
@@ -69,14 +71,14 @@ class Listener:
     """A pynetdicom SCP: storage in front of the spool, Q/R in front of Orthanc."""
 
     def __init__(self, config: Config, spool: Spool, pseudonyms: Pseudonymizer, qr: QueryRetrieve,
-                 audit: AuditLog, metrics: Metrics) -> None:
+                 audit: AuditLog, metrics: Metrics, commitment: StorageCommitment | None = None) -> None:
         self.config = config
+        self.commitment = commitment
         self.metrics = metrics
         self.spool = spool
         self.pseudonyms = pseudonyms
         self.qr = qr
         self.audit = audit
-        self._senders = config.senders
         ae = AE(ae_title=config.listener.ae_title)
         ae.maximum_associations = config.listener.max_associations
         ae.maximum_pdu_size = config.listener.max_pdu
@@ -87,6 +89,8 @@ class Listener:
         ae.add_supported_context(Verification)
         for model in QR_MODELS:
             ae.add_supported_context(model)
+        if commitment is not None:
+            ae.add_supported_context(StorageCommitmentPushModel)
         ae.requested_contexts = StoragePresentationContexts  # C-MOVE to a destination
         self.ae = ae
         # Objects stream to a file in the spool as they arrive, so a 2 GB study never sits
@@ -111,6 +115,8 @@ class Listener:
             (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_CONN_OPEN, no_delay),
         ]
+        if self.commitment is not None:
+            handlers.append((evt.EVT_N_ACTION, self.commitment.on_n_action))
         listen = self.config.listener
         ssl_context = server_context(listen.tls) if listen.tls is not None else None
         self._server = self.ae.start_server((listen.host, listen.port), block=False, evt_handlers=handlers,
@@ -123,7 +129,7 @@ class Listener:
             self._server.shutdown()
 
     def _is_sender(self, calling: str, address: str, subject: str | None) -> bool:
-        return any(s.matches(calling, address, subject) for s in self._senders)
+        return any(s.matches(calling, address, subject) for s in self.config.senders)
 
     def _on_requested(self, event: Event) -> None:
         """Accept configured senders and workstations whose policy is not deny, from their
@@ -227,7 +233,8 @@ class Listener:
                         sop_token, calling, damage)
         try:
             self.spool.accept(received, calling_ae=calling, series_token=series_token, sop_token=sop_token,
-                              modality=modality, sop_class_uid=sop_class, damage=damage)
+                              modality=modality, sop_class_uid=sop_class, damage=damage,
+                              called_ae=str(event.assoc.acceptor.ae_title).strip(), address=event.assoc.requestor.address)
         except SpoolError as exc:
             log.error("C-STORE of %s from %s answered out-of-resources: %s", sop_token, calling, exc)
             return Status.OUT_OF_RESOURCES, "the spool cannot store the object; send again later"

@@ -20,15 +20,19 @@ class RouteSpec:
     protected_syntax: str = "uncompressed"  # or "lossless": gateway.lossless_copy
 
 
-def route_spec(config: Config, route_name: str) -> RouteSpec:
-    """The spec of the route called ``route_name`` in ``config``."""
+def route_spec(config: Config, route_name: str, destination: str = "orthanc") -> RouteSpec:
+    """The spec of the route called ``route_name`` in ``config`` for one of its destinations:
+    the destination's own profile and transform where it names them, the route's otherwise."""
     route = next(r for r in config.routes if r.name == route_name)
-    profile = config.profiles[route.profile]
+    dest = next((d for d in route.destinations if d.destination == destination), None)
+    own = dest.model_dump(exclude_none=True) if dest is not None else {}
+    profile = config.profiles[own.get("profile", route.profile)]
+    redaction = own.get("redaction", route.redaction)
     return RouteSpec(
         options=frozenset(profile.options),
         keep_private=tuple((k.group, k.creator) for k in profile.keep_private),
-        plugin=route.plugin,
-        plugin_settings=dict(route.plugin_settings),
-        redaction=dict(route.redaction) if route.redaction is not None else None,
+        plugin=own.get("plugin", route.plugin),
+        plugin_settings=dict(own.get("plugin_settings", route.plugin_settings)),
+        redaction=dict(redaction) if redaction is not None else None,
         protected_syntax=route.protected_syntax,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from gateway.atna import forwarder_for
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.forwarder import Forwarder
@@ -15,6 +16,7 @@ from gateway.pacs_reader import PacsReader
 from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.spool import Spool
+from gateway.storage_commitment import StorageCommitment
 from gateway.status_http import StatusServer
 from gateway.worker import Worker
 
@@ -28,12 +30,14 @@ class Service:
         self.config = config
         self.spool = Spool(config.spool.path)
         self.index = Index(config.spool.path / "index.sqlite3")
-        self.audit = AuditLog(config.spool.path / "audit.jsonl")
+        self.audit_repository = forwarder_for(config)
+        self.audit = AuditLog(config.spool.path / "audit.jsonl", forward=self.audit_repository)
         self.metrics = Metrics()
         self.metrics.watch(self.spool)
         qr = QueryRetrieve(config, keyring, self.index, PacsReader(config.orthanc), self.audit, self.metrics)
-        self.listener = Listener(config, self.spool, Pseudonymizer(keyring.pseudonym_secret), qr, self.audit,
-                                 self.metrics)
+        pseudonyms = Pseudonymizer(keyring.pseudonym_secret)
+        self.commitment = StorageCommitment(config, self.spool, pseudonyms)
+        self.listener = Listener(config, self.spool, pseudonyms, qr, self.audit, self.metrics, self.commitment)
         self.worker = Worker(config, keyring, self.spool, Forwarder(config.orthanc), self.index, self.audit)
         web = config.status_http
         self.status = StatusServer(web, self.spool, self.metrics) if web.enabled else None
@@ -44,16 +48,33 @@ class Service:
             log.warning("spool: %d received object(s) had lost their index row (power loss?) and got it back",
                         recovered)
         self.worker.start()
+        self.commitment.start()
         self.listener.start()
         if self.status is not None:
             self.status.start()
+
+    def apply(self, new: Config) -> None:
+        """Run under ``new`` from the next association, series or request on (a reload);
+        the caller has checked it (``gateway.reload.check_reloadable``)."""
+        if new.audit_repository != self.config.audit_repository:
+            old_forward = self.audit_repository
+            self.audit_repository = forwarder_for(new)
+            self.audit.forward = self.audit_repository
+            if old_forward is not None:
+                old_forward.close()
+        for part in (self, self.listener, self.listener.qr, self.worker, self.worker.deliverer, self.commitment):
+            part.config = new
+        logging.getLogger().setLevel(new.log_level)
 
     def stop(self) -> None:
         """Stop taking objects first, then let the workers finish their current step."""
         if self.status is not None:
             self.status.stop()
         self.listener.stop()
+        self.commitment.stop()
         self.worker.stop()
         self.spool.close()
         self.index.close()
+        if self.audit_repository is not None:
+            self.audit_repository.close()
         log.info("stopped")

@@ -63,6 +63,18 @@ CREATE TABLE IF NOT EXISTS quarantine_actions (
     action TEXT PRIMARY KEY,
     count INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    instance_id INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    series_token TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'staged',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    delivered_at REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, next_attempt);
 CREATE TABLE IF NOT EXISTS study_keys (
     study_uid TEXT PRIMARY KEY,
     kek_id TEXT NOT NULL,
@@ -75,6 +87,14 @@ DAMAGE_NOTE = "damaged on intake: "
 # What the spool needs to know of a received object: (series token, SOP token, modality,
 # SOP class UID); the tokens are the protected UIDs, never identity.
 Described = tuple[str, str, str, str]
+
+
+def origin(path: Path) -> tuple[str, str, str]:
+    """(calling AE title, called AE title, address) from a received file's name; the two
+    last are empty for files taken in before they were recorded."""
+    parts = path.name.split(".")
+    called, _, address = parts[2].partition("_") if len(parts) == 4 else ("", "", "")
+    return bytes.fromhex(parts[1]).decode(), bytes.fromhex(called).decode(), bytes.fromhex(address).decode()
 
 
 class SpoolError(Exception):
@@ -162,11 +182,15 @@ class Spool:
         return shutil.disk_usage(self.root).free - int(pending)
 
     def accept(self, data: bytes | Path, calling_ae: str, series_token: str, sop_token: str,
-               modality: str, sop_class_uid: str, damage: str | None = None) -> int:
+               modality: str, sop_class_uid: str, damage: str | None = None, called_ae: str = "",
+               address: str = "") -> int:
         """Make one received object durable (its bytes, or the file it was streamed to);
         only then may the C-STORE say Success. ``damage`` (no values) marks an object kept
-        although damaged: its series goes to quarantine, never to Orthanc."""
-        path = self.incoming / f"{uuid.uuid4().hex}.{calling_ae.encode().hex()}.dcm"
+        although damaged: its series goes to quarantine, never to Orthanc. The association's
+        calling and called AE titles and address travel in the file's name, so routes can use
+        them after a power loss too (``origin``)."""
+        path = self.incoming / (f"{uuid.uuid4().hex}.{calling_ae.encode().hex()}"
+                                f".{called_ae.encode().hex()}_{address.encode().hex()}.dcm")
         if isinstance(data, Path):
             _adopt_durably(data, path)
         else:
@@ -225,6 +249,14 @@ class Spool:
         return int(cur.lastrowid or 0)
 
     # -- settle and protect ------------------------------------------------------------
+
+    def receiving_series(self) -> list[tuple[str, Path, float]]:
+        """Series still receiving: (token, the file of one of its objects, last received)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.series_token, (SELECT path FROM instances i WHERE i.series_token=s.series_token"
+                " AND i.state='received' LIMIT 1), s.last_received FROM series s WHERE s.state='receiving'").fetchall()
+        return [(r[0], self.incoming / r[1], r[2]) for r in rows if r[1]]
 
     def settled_series(self, settle_seconds: float) -> list[str]:
         """Series that got no new object for ``settle_seconds``."""
@@ -462,6 +494,86 @@ class Spool:
             except sqlite3.Error as exc:
                 raise SpoolError(f"spool index write failed: {exc}") from exc
         return row[0], row[1], envelope.unwrap(keyring, row[0], row[1])
+
+    def latest(self, sop_tokens: list[str]) -> dict[str, tuple[str, Incoming]]:
+        """Each SOP token's newest row (a re-send supersedes): its state and the row.
+        Tokens never received are absent."""
+        found: dict[str, tuple[str, Incoming]] = {}
+        with self._lock:
+            for start in range(0, len(sop_tokens), 500):
+                chunk = sop_tokens[start:start + 500]
+                rows = self._db.execute(
+                    "SELECT sop_token, state, id, path, calling_ae, modality, sop_class_uid FROM instances WHERE"
+                    f" sop_token IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk).fetchall()
+                found.update({r[0]: (r[1], Incoming(r[2], self.incoming / r[3], r[4], r[0], r[5], r[6])) for r in rows})
+        return found
+
+    # -- further destinations ------------------------------------------------------------
+    # A route's destinations other than the main Orthanc get their own protected copy and
+    # their own delivery row; a series' copies are staged until all are written.
+
+    def add_delivery(self, instance_id: int, destination: str, series_token: str, data: bytes) -> int:
+        with self._lock:
+            cur = self._db.execute("INSERT INTO deliveries (instance_id, destination, series_token) VALUES (?, ?, ?)",
+                                   (instance_id, destination, series_token))
+        delivery_id = int(cur.lastrowid or 0)
+        try:
+            _write_durably(self.outbox / f"d{delivery_id}.dcm", data)
+        except SpoolError:
+            self.discard_deliveries([delivery_id])
+            raise
+        return delivery_id
+
+    def release_deliveries(self, delivery_ids: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("UPDATE deliveries SET state='due' WHERE id=?", [(i,) for i in delivery_ids])
+
+    def discard_deliveries(self, delivery_ids: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM deliveries WHERE id=?", [(i,) for i in delivery_ids])
+        for i in delivery_ids:
+            (self.outbox / f"d{i}.dcm").unlink(missing_ok=True)
+
+    def due_deliveries(self, limit: int = 64) -> list[tuple[int, str, str, int, Path]]:
+        """(id, destination, series token, attempts, file) of copies whose attempt is due."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, destination, series_token, attempts FROM deliveries WHERE state='due' AND next_attempt <= ?"
+                " ORDER BY id LIMIT ?", (time.time(), limit)).fetchall()
+        return [(r[0], r[1], r[2], r[3], self.outbox / f"d{r[0]}.dcm") for r in rows]
+
+    def delivered(self, delivery_id: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE deliveries SET state='delivered', delivered_at=?, error=NULL WHERE id=?",
+                             (time.time(), delivery_id))
+        (self.outbox / f"d{delivery_id}.dcm").unlink(missing_ok=True)
+
+    def delivery_later(self, delivery_id: int, delay: float, error: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE deliveries SET attempts=attempts+1, next_attempt=?, error=? WHERE id=?",
+                             (time.time() + delay, error, delivery_id))
+
+    def delivery_failed(self, delivery_id: int, error: str) -> None:
+        """Refused for good; the copy stays in the outbox for an admin."""
+        with self._lock:
+            self._db.execute("UPDATE deliveries SET state='failed', error=? WHERE id=?", (error, delivery_id))
+
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        """Copies by (destination, state)."""
+        with self._lock:
+            rows = self._db.execute("SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state")
+            return {(r[0], r[1]): r[2] for r in rows.fetchall()}
+
+    def handed_on(self, series_token: str, route: str, row_ids: list[int]) -> None:
+        """A series whose route does not go to the main Orthanc: its copies are in the
+        deliveries, so the originals are done with as if forwarded (retention applies)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE instances SET state='forwarded', forwarded_at=? WHERE id=?",
+                                 [(now, i) for i in row_ids])
+            self._finish_series(series_token, "protected", route, None)
+            self._db.execute("COMMIT")
 
     def counts(self) -> dict[str, int]:
         with self._lock:

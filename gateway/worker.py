@@ -22,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from gateway.audit import AuditLog
 from gateway.authenticity import AuthenticityError
 from gateway.config import Config
+from gateway.delivery import Deliverer, header_and_origin, stage_copies, study_still_receiving
 from gateway.envelope import EnvelopeError
 from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.index import Index
@@ -51,16 +52,19 @@ class Worker:
         self._stop = threading.Event()
         # Series waiting out an infrastructure fault: token -> (attempts, not before).
         self._backoff: dict[str, tuple[int, float]] = {}
+        self.deliverer = Deliverer(config, spool)
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds
         self._scheduler.add_job(self._guard(self.process_settled), "interval", seconds=every, id="protect")
         self._scheduler.add_job(self._guard(self.forward_due), "interval", seconds=every, id="forward")
+        self._scheduler.add_job(self._guard(self.deliverer.deliver_due), "interval", seconds=every, id="deliver")
         self._scheduler.add_job(self._guard(self.purge), "interval", seconds=max(every, 60), id="purge")
         self._scheduler.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self.deliverer.stop()
         self._scheduler.shutdown(wait=True)
 
     def _guard(self, job):  # type: ignore[no-untyped-def]
@@ -89,9 +93,15 @@ class Worker:
             return
         first = items[0]
         forced = self.spool.forced_route(token)
-        route = (next((r for r in self.config.routes if r.name == forced), None) if forced
-                 else self.config.route_for(first.calling_ae, first.modality, first.sop_class_uid))
         ids = [i.id for i in items]
+        try:
+            header, called, address = header_and_origin(first, self.config)
+        except Exception as exc:  # noqa: BLE001 - as for any unreadable object: type only
+            self._quarantine(token, None, f"header cannot be read for routing ({type(exc).__name__})", ids)
+            return
+        route = (next((r for r in self.config.routes if r.name == forced), None) if forced
+                 else self.config.route_for(first.calling_ae, first.modality, first.sop_class_uid, called, address,
+                                            header))
         if route is None:
             self._quarantine(token, None, f"the route {forced!r} named by reroute no longer exists" if forced
                              else "no route matches this series", ids)
@@ -100,17 +110,23 @@ class Worker:
         if damaged is not None:  # kept by listener.damaged: quarantine, never protected
             self._quarantine(token, route.name, damaged, ids)
             return
+        study = str(header.get("StudyInstanceUID", "")) if header is not None else ""
+        if route.level == "study" and study_still_receiving(self.spool, token, study, self.config.scheduler.settle_seconds):
+            return  # the study has not settled: its series go together, later
+        to_main = any(d.destination == "orthanc" for d in route.destinations)
         if self.config.listener.non_image != "protect" and not all(is_image(i.sop_class_uid) for i in items):
             self._quarantine(token, route.name, "non-image objects are kept for review (listener.non_image)", ids)
             return
         written: list[int] = []
         try:
-            for batch in protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
-                                         self.spool):
+            for batch in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
+                                          self.spool) if to_main else ()):
                 for protected in batch:
                     self.spool.write_output(ids[len(written)], protected.data)
                     written.append(ids[len(written)])
                 batch.clear()  # on disk now: free it before the next batch is made
+            staged = stage_copies(self.config, self.keyring, self.spool, route, token, items,
+                                  lambda name: route_spec(self.config, route.name, name))
         except (Quarantine, PluginError) as exc:
             self.spool.discard_outputs(written)
             self._quarantine(token, route.name, str(exc), ids)
@@ -124,14 +140,19 @@ class Worker:
             self._quarantine(token, route.name, f"internal error while protecting ({type(exc).__name__})", ids)
             return
         try:
-            self.spool.protected(token, route.name, ids)
+            self.spool.release_deliveries(staged)
+            if to_main:
+                self.spool.protected(token, route.name, ids)
+            else:
+                self.spool.handed_on(token, route.name, ids)
         except Exception as exc:
             if not is_infrastructure(exc):
                 raise
             self._wait(token, exc)
             return
         self._backoff.pop(token, None)
-        log.info("series %s: %d objects protected by route %s", token, len(ids), route.name)
+        log.info("series %s: %d objects protected by route %s for %s", token, len(ids), route.name,
+                 ", ".join(d.destination for d in route.destinations))
 
     def _wait(self, token: str, exc: BaseException) -> None:
         """The disk or database, not the series: try again later, backing off."""
@@ -152,6 +173,8 @@ class Worker:
             return
         self._backoff.pop(token, None)
         log.warning("series %s quarantined (%d objects): %s", token, len(ids), reason)
+        self.audit.record("gateway", "-", "quarantine", "quarantined", series=token, route=route, objects=len(ids),
+                          reason=reason)
 
     # -- forward ------------------------------------------------------------------------
 

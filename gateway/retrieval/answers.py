@@ -1,7 +1,7 @@
 """C-FIND matching and answers: pure functions over attribute dictionaries.
 
 Attribute values are DICOM strings (multiple values joined by backslashes); matching
-follows PS3.4 C.2.2.2 through ``key_matching``.
+follows PS3.4 C.2.2.2 through ``gateway.attribute_matching``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from gateway.index import Entry
-from gateway.retrieval.key_matching import matches
+from gateway.attribute_matching import matches
 from gateway.retrieval.vocabulary import keys_below, level
 
 

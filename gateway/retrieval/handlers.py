@@ -11,7 +11,7 @@ wrongly, or too many studies, is refused with a failure status and an ErrorComme
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -30,7 +30,8 @@ from gateway.pacs_reader import PacsReader
 from gateway.retrieval import answers
 from gateway.retrieval.identifier import IdentifierError, selection
 from gateway.retrieval.planner import Planned, TooManyStudies, plan
-from gateway.retrieval.sending import Refused, prepared
+from gateway.retrieval.sending import Accepted, Refused, prepared
+from gateway.transcode import FALLBACKS
 from gateway.retrieval.vocabulary import LEVEL_NAMES, Policy, Status
 from gateway.tls import destination_tls_args, peer_common_name
 
@@ -106,7 +107,9 @@ class QueryRetrieve:
             return
         policy = Policy.least(ws.policy, self.config.retrieval.destination_policy(destination))
         planned, refusal = self._plan(event, ws, policy)
-        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses)],
+        sub_association: list[Any] = []  # the association pynetdicom opens to the destination
+        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses),
+                                                    (evt.EVT_ACCEPTED, lambda e: sub_association.append(e.assoc))],
                                    "tls_args": destination_tls_args(destination)}
         contexts = _contexts(planned, policy)
         if contexts:
@@ -122,7 +125,8 @@ class QueryRetrieve:
             return
         if policy is not ws.policy:
             log.info("C-MOVE to %s sends protected objects: the destination's owners may not see originals", name)
-        yield from self._send(event, planned, policy, ae, address, "C-MOVE", name)
+        yield from self._send(event, planned, policy, ae, address, "C-MOVE", name,
+                              lambda: sub_association[0].accepted_contexts if sub_association else [])
 
     def on_get(self, event: Event) -> Iterator[Any]:
         ae, address, ws = self.caller(event)
@@ -135,7 +139,8 @@ class QueryRetrieve:
         if refusal is not None:
             yield from self._refuse(refusal, ae, address, "C-GET", ae, announce=True)
             return
-        yield from self._send(event, planned, ws.policy, ae, address, "C-GET", ae)
+        yield from self._send(event, planned, ws.policy, ae, address, "C-GET", ae,
+                              lambda: event.assoc.accepted_contexts)  # C-GET stores on the caller's association
 
     def _plan(self, event: Event, ws: Workstation, policy: Policy) -> tuple[list[Planned], Dataset | None]:
         """The plan, or the failure status that refuses the request."""
@@ -156,40 +161,56 @@ class QueryRetrieve:
         yield status, None
 
     def _send(self, event: Event, planned: list[Planned], policy: Policy, ae: str, address: str,
-              action: str, to: str) -> Iterator[Any]:
-        yield len(planned)
-        failed = completed = 0
-        for ds in prepared(planned, policy, self.reader.file, self.keyring):
+              action: str, to: str, contexts: Callable[[], list[PresentationContext]]) -> Iterator[Any]:
+        yield len(planned)  # pynetdicom has associated with the receiver when it asks for more
+        accepted = _accepted(contexts())
+        failed = completed = transcoded = 0
+        for item, ds in zip(planned, prepared(planned, policy, self.reader.file, self.keyring, accepted), strict=True):
             if event.is_cancelled:
                 self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
                 yield Status.CANCEL, None
                 return
             if isinstance(ds, Refused):
                 failed += 1
+                log.error("%s of %s to %s: not sent: %s", action, item.entry.sop_uid, to, ds)
                 self.metrics.retrieved.labels(policy=policy, outcome="refused").inc()
                 yield Status.PENDING, ds  # pynetdicom counts a pending non-dataset as a failed sub-operation
                 continue
+            if policy is Policy.RESTORE and str(ds.file_meta.TransferSyntaxUID) != item.entry.transfer_syntax:
+                transcoded += 1
+                log.info("%s of %s to %s: decoded to %s, the receiver takes no %s", action, item.entry.sop_uid, to,
+                         ds.file_meta.TransferSyntaxUID.name, item.entry.transfer_syntax)
             completed += 1
             self.metrics.retrieved.labels(policy=policy, outcome="sent").inc()
             yield Status.PENDING, ds
         self.audit.record(ae, address, action, "success" if not failed else "partial", to=to, policy=policy,
-                          completed=completed, failed=failed, studies=sorted({p.entry.study_uid for p in planned}))
+                          completed=completed, failed=failed, transcoded=transcoded,
+                          studies=sorted({p.entry.study_uid for p in planned}))
 
 
 def _contexts(planned: list[Planned], policy: Policy) -> list[PresentationContext]:
     """One context per SOP class and transfer syntax the objects may travel in: a restored
     original in its own syntax; a protected copy in the original's (a ``none`` route keeps
-    compressed pixels as they came), explicit VR little endian (decoded or changed pixels) or
-    JPEG 2000 lossless (``protected_syntax: lossless``). pynetdicom proposes at most 128."""
+    compressed pixels as they came) or JPEG 2000 lossless (``protected_syntax: lossless``);
+    and for both explicit and implicit VR little endian, which the gateway decodes to for a
+    workstation that takes nothing else. pynetdicom proposes at most 128."""
     wanted: set[tuple[str, str]] = set()
     for p in planned:
         if not p.entry.sop_class:
             continue
-        syntaxes = [p.entry.transfer_syntax or ExplicitVRLittleEndian]
+        syntaxes = [p.entry.transfer_syntax or ExplicitVRLittleEndian, *FALLBACKS]
         if policy is not Policy.RESTORE:
-            syntaxes += [ExplicitVRLittleEndian, JPEG2000Lossless]
+            syntaxes.append(JPEG2000Lossless)
         wanted.update((p.entry.sop_class, ts) for ts in syntaxes)
     return [build_context(sop, ts) for sop, ts in sorted(wanted)][:128]
+
+
+def _accepted(contexts: list[PresentationContext]) -> Accepted:
+    """The transfer syntaxes accepted for each SOP class, from an association's contexts."""
+    out: dict[str, set[str]] = {}
+    for cx in contexts:
+        out.setdefault(str(cx.abstract_syntax), set()).update(str(ts) for ts in cx.transfer_syntax)
+    return {sop: frozenset(ts) for sop, ts in out.items()}
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -6,8 +6,11 @@ is never sent. ``pseudonymized``: each object Orthanc returns must open its enve
 the keyring (so the gateway made it), be the instance the index planned, and pass the
 egress gate: the patient's identity of the original (names, IDs, accession number,
 address, phone) must not show anywhere in it, the same scan as before forwarding.
-Batches of about ``BATCH`` objects keep memory bounded; the next ``PREFETCH`` batches
-are fetched and restored while one is being sent.
+Each object then travels in a transfer syntax the receiver accepted: its own where it
+was accepted, else decoded to explicit or implicit VR little endian (``gateway/transcode.py``,
+after the restore was verified), else it is not sent and the reason says which syntax it
+needed. Batches of about ``BATCH`` objects keep memory bounded; the next ``PREFETCH``
+batches are fetched and restored while one is being sent.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from gateway import envelope, gate
 from gateway.envelope import EnvelopeError
 from gateway.keyring import Keyring, KeyringError
 from gateway.restore import restore_series
+from gateway.transcode import TranscodeError, choose, transcode
 from gateway.retrieval.planner import Planned
 from gateway.retrieval.vocabulary import Policy
 
@@ -42,17 +47,20 @@ class Refused(str):
 
 
 Fetch = Callable[[str], bytes]
+# The transfer syntaxes the receiver accepted, by SOP class.
+Accepted = dict[str, frozenset[str]]
 
 
-def prepared(plan: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring) -> Iterator[Dataset | Refused]:
+def prepared(plan: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring,
+             accepted: Accepted) -> Iterator[Dataset | Refused]:
     """The plan's objects ready to send, in plan order, a Refused in place of each that may not go."""
     batches = _batches(plan)
     with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
-        ahead = [pool.submit(_prepare, b, policy, fetch, keyring) for b in batches[:PREFETCH]]
+        ahead = [pool.submit(_prepare, b, policy, fetch, keyring, accepted) for b in batches[:PREFETCH]]
         for number in range(len(batches)):
             ready = ahead.pop(0).result()
             if number + PREFETCH < len(batches):
-                ahead.append(pool.submit(_prepare, batches[number + PREFETCH], policy, fetch, keyring))
+                ahead.append(pool.submit(_prepare, batches[number + PREFETCH], policy, fetch, keyring, accepted))
             yield from ready
 
 
@@ -71,7 +79,8 @@ def _batches(plan: list[Planned]) -> list[list[Planned]]:
     return batches
 
 
-def _prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring) -> list[Dataset | Refused]:
+def _prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring,
+             accepted: Accepted) -> list[Dataset | Refused]:
     raws: list[bytes | Refused] = []
     for item in batch:
         try:
@@ -79,13 +88,29 @@ def _prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyrin
         except Exception as exc:  # noqa: BLE001 - Orthanc lost it or is down: this object fails
             raws.append(Refused(f"not available from Orthanc ({type(exc).__name__})"))
     if policy is Policy.PSEUDONYMIZED:
-        return [r if isinstance(r, Refused) else egress_checked(r, item.entry.sop_uid, keyring)
-                for r, item in zip(raws, batch, strict=True)]
-    return _restored(batch, raws, keyring)
+        checked = [r if isinstance(r, Refused) else _checked_bytes(r, item.entry.sop_uid, keyring)
+                   for r, item in zip(raws, batch, strict=True)]
+        return [r if isinstance(r, Refused) else fitted(r, accepted) for r in checked]
+    return [r if isinstance(r, Refused) else fitted(r, accepted) for r in _restored(batch, raws, keyring)]
 
 
-def _restored(batch: list[Planned], raws: list[bytes | Refused], keyring: Keyring) -> list[Dataset | Refused]:
-    out: list[Dataset | Refused] = list(raws)  # type: ignore[arg-type]  # bytes are replaced below
+def fitted(data: bytes, accepted: Accepted) -> Dataset | Refused:
+    """``data`` (a verified object) as a dataset in a transfer syntax the receiver accepted."""
+    head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    own = str(head.file_meta.TransferSyntaxUID)
+    target = choose(own, accepted.get(str(head.SOPClassUID), frozenset()))
+    if target is None:
+        return Refused(f"the receiver accepts neither {UID(own).name} nor uncompressed data for this SOP class")
+    if target != own:
+        try:
+            data = transcode(data, target)
+        except TranscodeError as exc:
+            return Refused(f"cannot be decoded for a receiver that takes only uncompressed data: {exc}")
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def _restored(batch: list[Planned], raws: list[bytes | Refused], keyring: Keyring) -> list[bytes | Refused]:
+    out: list[bytes | Refused] = list(raws)
     by_series: dict[str, list[int]] = defaultdict(list)
     for i, item in enumerate(batch):
         if not isinstance(raws[i], Refused):
@@ -99,8 +124,13 @@ def _restored(batch: list[Planned], raws: list[bytes | Refused], keyring: Keyrin
             elif outcome.sop_uid != batch[i].entry.sop_uid:
                 out[i] = Refused("Orthanc returned another instance than the index planned")
             else:
-                out[i] = pydicom.dcmread(io.BytesIO(outcome.data))
+                out[i] = outcome.data
     return out
+
+
+def _checked_bytes(raw: bytes, sop_uid: str, keyring: Keyring) -> bytes | Refused:
+    checked = egress_checked(raw, sop_uid, keyring)
+    return checked if isinstance(checked, Refused) else raw
 
 
 def egress_checked(raw: bytes, sop_uid: str, keyring: Keyring) -> Dataset | Refused:

@@ -21,7 +21,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from gateway import envelope
-from testkit.localstack import GatewayProcess, OrthancServer, free_port
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, run_cli
 from gateway.original import dataset_bytes
 from tests.integration.conftest import wait_for
 from tests.integration.test_retrieval import ENV
@@ -70,7 +70,8 @@ def _copies(folder: Path, study_uid: str) -> dict[str, Path]:
 def stack(tmp_path: Path, orthanc: OrthancServer) -> Iterator[tuple[GatewayProcess, int, dict[str, tuple[str, dict[str, Path]]]]]:
     port = free_port()
     retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
-                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port}]}
+                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": port, "owners": ["WS_RESTORE"],
+                                   "allow_cleartext_originals": True}]}
     routes = [{"name": plugin, "match": {"calling_ae": [ae]}, "plugin": plugin} for ae, plugin in ROUTES.items()]
     routes[2]["protected_syntax"] = "lossless"  # coverless: a native original is stored as JPEG 2000 lossless
     gateway = GatewayProcess(tmp_path / "gateway", orthanc, senders=[{"ae_title": ae} for ae in ROUTES],
@@ -137,3 +138,23 @@ def test_every_kind_of_image_is_protected_in_orthanc_and_moved_back_exact(
         assert set(moved) == set(files), f"{plugin}: {len(moved)} of {len(files)} moved\n{result.stderr[-2000:]}"
         for uid, path in files.items():
             assert dataset_bytes(moved[uid].read_bytes()) == dataset_bytes(path.read_bytes()), f"{plugin}: {path.name}"
+
+    # a workstation that takes only uncompressed data gets each original decoded, after its restore
+    # was verified: the same pixels, the same instance, and the audit says how many were decoded
+    study_uid, files = sent["ae_aes"]
+    out = tmp_path / "uncompressed"
+    out.mkdir()
+    result = subprocess.run(
+        ["movescu", "-S", "-aet", "WS_RESTORE", "-aec", "GATEWAY", "-aem", "WS_RESTORE", "--port", str(port),
+         "-od", str(out), "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+         "127.0.0.1", str(gateway.port)], capture_output=True, text=True, env=ENV, timeout=300)
+    moved = {str(pydicom.dcmread(f).SOPInstanceUID): pydicom.dcmread(f) for f in out.iterdir()}
+    assert set(moved) == set(files), result.stderr[-2000:]
+    for uid, path in files.items():
+        original, got = pydicom.dcmread(path), moved[uid]
+        assert not got.file_meta.TransferSyntaxUID.is_compressed
+        assert np.array_equal(got.pixel_array, original.pixel_array), path.name
+        assert got.PatientName == original.PatientName
+    compressed = sum(pydicom.dcmread(p).file_meta.TransferSyntaxUID.is_compressed for p in files.values())
+    audit = run_cli("audit", "--config", str(gateway.config_path)).stdout
+    assert f"transcoded={compressed}" in audit

@@ -87,14 +87,17 @@ def test_boxes_are_blank_in_orthanc_and_restore_is_exact(tmp_path: Path, orthanc
         data = by_uid[str(pydicom.dcmread(files[name]).SOPInstanceUID)]
         assert dataset_bytes(data) == dataset_bytes(files[name].read_bytes())
 
-    # Through DICOM to a restore AE title. The gateway's C-STORE offers uncompressed
-    # syntaxes only (spine: gateway/retrieval), so the JPEG original cannot travel this way
-    # yet and only the CT arrives; what arrives must be exact.
+    # Through DICOM to a restore AE title that takes only uncompressed data: the CT arrives
+    # exact, the JPEG original decoded after its restore was verified (same pixels).
     study_uid = str(pydicom.dcmread(files["ct"]).StudyInstanceUID)
     ct_uid = str(pydicom.dcmread(files["ct"]).SOPInstanceUID)
     movescu(gateway, tmp_path / "moved", "WS_RESTORE", port, "WS_RESTORE", study_uid)
     moved = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in (tmp_path / "moved").iterdir()}
     assert dataset_bytes(moved[ct_uid].read_bytes()) == dataset_bytes(files["ct"].read_bytes())
+    us = pydicom.dcmread(files["us_jpeg"])
+    decoded = pydicom.dcmread(moved[str(us.SOPInstanceUID)])
+    assert not decoded.file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(decoded.pixel_array, us.pixel_array)
     getscu(gateway, tmp_path / "got", "WS_RESTORE", study_uid)
     got = {str(pydicom.dcmread(f).SOPInstanceUID): f for f in (tmp_path / "got").iterdir()}
     assert [e for e in pydicom.dcmread(got[ct_uid])] == [e for e in pydicom.dcmread(files["ct"])]

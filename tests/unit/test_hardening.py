@@ -8,6 +8,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from gateway import worker as worker_module
+from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.deid.deidentify import Deidentifier
 from gateway.deid.profile import Profile
@@ -65,12 +66,15 @@ def test_a_series_that_breaks_the_pipeline_is_quarantined_and_the_next_one_goes_
         raise RuntimeError("DOE^JANE broke the decoder")  # exception text may quote content
 
     monkeypatch.setattr(worker_module, "protect_batches", protect)
-    worker = worker_module.Worker(config, keyring=None, spool=spool, forwarder=None, index=None, audit=None)  # type: ignore[arg-type]
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    worker = worker_module.Worker(config, keyring=None, spool=spool, forwarder=None, index=None, audit=audit)  # type: ignore[arg-type]
     worker.process_settled()
     assert calls == [1, 1]
     assert spool.counts() == {"quarantined": 2}
     reasons = spool._db.execute("SELECT reason FROM series").fetchall()
     assert all("RuntimeError" in r[0] and "DOE" not in r[0] for r in reasons)
+    assert [(line["action"], line["series"]) for line in audit.lines()] == [("quarantine", "2.25.1"),
+                                                                            ("quarantine", "2.25.2")]
 
 
 def test_a_received_file_whose_row_was_lost_gets_it_back_at_start(tmp_path: Path) -> None:
