@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="store decoded or changed pixels as JPEG 2000 lossless where exact and smaller")
         s.set_defaults(func=fn)
 
+    _add_describe_profile(sub)
     quarantine.add_commands(sub)
 
     keys = sub.add_parser("keys", help="manage the keyring").add_subparsers(required=True, metavar="ACTION")
@@ -130,6 +131,26 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--config", type=Path, help="audit the rotation in this gateway's audit log and repository")
         s.set_defaults(func=fn)
     return p
+
+
+def _add_describe_profile(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    s = sub.add_parser("describe-profile", help="what a route does to each attribute and option (PS3.15)")
+    s.add_argument("--config", type=Path, required=True)
+    s.add_argument("--route", required=True, help="the route's name in the configuration")
+    s.set_defaults(func=cmd_describe_profile)
+
+
+def cmd_describe_profile(args: argparse.Namespace) -> int:
+    from gateway.deid.describe import describe
+
+    config = load_config(args.config)
+    route = next((r for r in config.routes if r.name == args.route), None)
+    if route is None:
+        raise UsageError(f"no route {args.route!r} in {args.config}; routes: {[r.name for r in config.routes]}")
+    spec = route_spec(config, route.name)
+    print(f"Route {route.name}: profile {route.profile}, plugin {route.plugin}")
+    print(describe(spec.options, spec.keep_private))
+    return 0
 
 
 # -- service --------------------------------------------------------------------------

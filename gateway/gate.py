@@ -6,115 +6,287 @@ original. Any hit stops the whole series. The gate is deliberately independent o
 profile code it checks: a bug there, or identity typed into an unexpected attribute, is
 caught here.
 
-Matching works on words (letters, digits and ``_``; case and punctuation ignored): a
-value hits where its words appear in a row, and each part of a patient's name (3
-characters or more) hits on its own in free text (not in coded values, where a
-patient called Head would stop every head scan). Word matching keeps a 5-digit MRN from matching
-inside a measurement. Values of 6 bytes or more are also searched in the raw bytes
-(pixel data, binary private values), where a chance match in random data is about one
-in 2^48 per position.
+Matching works on text, not on ASCII: pydicom decodes each value with the Specific
+Character Set in force (code extensions included), and both sides are normalised (NFKC,
+case folded, combining marks dropped) and cut into words. Scripts written without spaces
+(CJK, kana, Hangul, Thai, ...) count each character as a word, so a name in them hits as
+a run of characters anywhere in a text. A value hits where its words appear in a row;
+each part of a patient's name hits on its own in free text, not in coded values or UIDs.
+Coded (CS) values hit only when the whole value is an identity that cannot be a defined
+term (a patient called Knee must not stop every knee scan), UIDs only when equal.
+
+Not searched: the gateway's own envelope block and values the profile itself wrote (dummy
+values, ``REMOVED``, pseudonyms). Excused: in a device, anatomy or code attribute the profile
+kept as the original held it, a one-word name or a name that is itself such a value
+(Manufacturer ``UIH`` for an institution called UIH). Raw bytes (pixel data, binary private values) are searched for values of 6
+character widths or more (a CJK character counts 2) in every encoding the series
+declares, where a chance match in random data is about one in 2^48 per position.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
-from dataclasses import dataclass
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from gateway.envelope import CREATOR as ENVELOPE_CREATOR
 from gateway.envelope import GROUP as ENVELOPE_GROUP
 
 _STRING_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "UC", "UI", "UR", "UT"}
 # Where a single part of a name is looked for: free text, not coded values (CS) or UIDs.
 _FREE_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
-_NON_WORD = re.compile(r"[^0-9A-Z_]+")
+# Scripts written without spaces between words: each character is a word of its own.
+_UNSPACED = ("\u0e00-\u0eff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u2e80-\u9fff\ua960-\ua97f"
+             "\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003ffff")
+_TOKEN = re.compile(f"[{_UNSPACED}]|[^\\W{_UNSPACED}]+")
+# Non-spacing marks (accents left after NFKC, Hebrew points, Arabic vowels, variation
+# selectors): the planes that have them, not all 1.1 million code points (0.6 s at import).
+_MARKS = {c: None for c in (*range(0x20000), *range(0xE0100, 0xE01F0)) if unicodedata.category(chr(c)) == "Mn"}
+_ESCAPE = re.compile(rb"\x1b[\x20-\x2f]*[\x30-\x7e]")  # ISO 2022 escape sequences
+# What could be a defined term of a coded (CS) attribute: one upper-case word.
+_DEFINED_TERM = re.compile(r"[A-Z_][A-Z0-9_]{0,15}")
 # Name parts too common to mean identity on their own.
-_COMMON = {"THE", "AND", "FOR", "MRS", "PHD"}
+_COMMON = {"the", "and", "for", "mrs", "phd"}
+_RAW_MIN_WIDTH = 6
+_PART_MIN_WIDTH = 3
 
 
 @dataclass(frozen=True)
 class Hit:
-    """Where an identifying value was found (the value itself is never reported)."""
+    """Where an identifying value was found and what kind of value it was (never the value)."""
 
     where: str
     kind: str
 
 
+def normalise(text: str) -> str:
+    """``text`` as Unicode compares it: NFKC, case folded, combining marks dropped."""
+    return unicodedata.normalize("NFKC", str(text)).casefold().translate(_MARKS)
+
+
 def words(text: str) -> str:
-    """``text`` as upper-case words separated by single spaces, padded with spaces."""
-    return " " + " ".join(w for w in _NON_WORD.split(str(text).upper()) if w) + " "
+    """``text`` as normalised words separated by single spaces, padded with spaces."""
+    return " " + " ".join(_TOKEN.findall(normalise(text))) + " "
 
 
+def width(text: str) -> int:
+    """Length in character widths: a wide (CJK) character counts 2, as it does on screen."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+@dataclass
 class Needles:
-    """The identifying values of one series, prepared for matching."""
+    """The identifying values of one series, prepared for matching.
 
-    def __init__(self, identifiers: set[str], patient_names: set[str]) -> None:
-        self.phrases: set[str] = set()
-        self.name_parts: set[str] = set()
-        raw: set[bytes] = set()
-        for value in identifiers | patient_names:
+    ``kinds`` names the attribute each value came from (what a quarantine reports);
+    ``written`` are values the profile itself wrote; ``kept`` maps a device, anatomy or
+    code attribute the profile kept to the values the originals held in it; ``charsets``
+    are the Specific Character Sets the series declares.
+    """
+
+    identifiers: Iterable[str]
+    patient_names: Iterable[str]
+    kinds: dict[str, str] = field(default_factory=dict)
+    written: Iterable[str] = ()
+    kept: dict[str, set[str]] = field(default_factory=dict)
+    charsets: Iterable[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        self.identifiers, self.patient_names = set(self.identifiers), set(self.patient_names)
+        self.phrases: dict[str, str] = {}  # padded words -> kind
+        self.exact: dict[str, str] = {}  # for UIs and coded values: the stripped value -> kind
+        self.parts: dict[str, str] = {}
+        for value in sorted(self.identifiers | self.patient_names):
+            kind = self.kinds.get(value, "identifier")
             phrase = words(value)
-            if len(phrase.strip()) >= 3:
-                self.phrases.add(phrase)
-            if len(value.strip()) >= 6:
-                raw.add(value.strip().encode("utf-8", "ignore"))
-        for name in patient_names:
-            self.name_parts.update(f" {w} " for w in words(name).split() if len(w) >= 3 and w not in _COMMON)
-        self.raw = sorted(raw)
+            if width(phrase.strip()) >= _PART_MIN_WIDTH:
+                self.phrases.setdefault(phrase, kind)
+            if not _DEFINED_TERM.fullmatch(value.strip().upper()):
+                self.exact.setdefault(normalise(value.strip()), kind)
+        for name in sorted(self.patient_names):
+            kind = self.kinds.get(name, "patient name")
+            for part in re.split(r"[\^=]", name):
+                phrase = words(part)
+                if width(phrase.strip()) >= _PART_MIN_WIDTH and phrase.strip() not in _COMMON:
+                    self.parts.setdefault(phrase, f"{kind} part")
+                for word in phrase.split():  # "Mary Ann" in a given-name component
+                    if width(word) >= _PART_MIN_WIDTH and word not in _COMMON:
+                        self.parts.setdefault(f" {word} ", f"{kind} part")
+        self.written_texts = {words(v) for v in self.written}
+        self.kept_texts = {k: {words(v) for v in vs} for k, vs in self.kept.items()}
+        self.kept_all = set().union(*self.kept_texts.values())
+        self.codecs = _codecs(self.charsets)
+        self._raw_cache: dict[frozenset[str], list[tuple[bytes, str]]] = {}
 
-    def in_bytes(self, data: bytes) -> bool:
-        """A whole-word occurrence of a value in ``data`` (``bytes.find`` first: a regex
-        with look-arounds over half a megabyte of pixels costs 80 ms, this about 1 ms)."""
-        for needle in self.raw:
-            start = data.find(needle)
-            while start != -1:
-                end = start + len(needle)
-                if not _word_byte(data, start - 1) and not _word_byte(data, end):
-                    return True
-                start = data.find(needle, start + 1)
-        return False
+    def raw_needles(self, own: set[str]) -> list[tuple[bytes, str]]:
+        """Each whole value long enough for the raw search, in every declared encoding.
+        Not those that the gateway's own texts (``own``, as words) or a kept device, anatomy
+        or code value contain: the raw search cannot tell which element it is in. Name parts
+        are searched in decoded text only (``PERFUSION`` is a patient's name part and an
+        Image Type value)."""
+        key = frozenset(own)
+        if key not in self._raw_cache:  # the same for every object of a series, as a rule
+            self._raw_cache[key] = self._raw_needles(own)
+        return self._raw_cache[key]
 
-    def match(self, text: str, vr: str) -> bool:
+    def _raw_needles(self, own: set[str]) -> list[tuple[bytes, str]]:
+        needles: dict[bytes, str] = {}
+        for value in sorted(self.identifiers | self.patient_names):
+            value = value.strip()
+            if width(value) < _RAW_MIN_WIDTH:
+                continue
+            phrase = words(value)
+            if any(phrase in text for text in own) or any(self.excusable(value, text) for text in self.kept_all):
+                continue
+            for variant in {value, value.upper()}:
+                for codec in self.codecs:
+                    try:
+                        encoded = _ESCAPE.sub(b"", variant.encode(codec))
+                    except UnicodeError:
+                        continue
+                    needles.setdefault(encoded, self.kinds.get(value, "identifier"))
+        return sorted(needles.items())
+
+    def excusable(self, value: str, kept: str) -> bool:
+        """Whether identity ``value`` inside a kept descriptor's text (``kept``, as words) is
+        no identity there: a name without digits that is one word or is itself a whole
+        device, anatomy or code value of the series."""
+        phrase = words(value)
+        return (phrase in kept and not any(c.isdigit() for c in phrase)
+                and (len(phrase.split()) == 1 or phrase in self.kept_all))
+
+    def match(self, text: str, vr: str, keyword: str = "") -> str | None:
+        """The kind of identity ``text`` (a value of VR ``vr`` in ``keyword``) holds, if any.
+
+        In a value the original also held in this kept device, anatomy or code attribute, a
+        name of one word (``KNEE`` in ``SENSE-Knee-8``) or one that is itself such a value (an
+        institution called like the Manufacturer, in Detector Description too) is excused; a
+        longer name (``Doe Peter`` in a station name) or a value with digits is not."""
         padded = words(text)
-        if any(p in padded for p in self.phrases):
-            return True
-        return vr in _FREE_TEXT_VRS and any(p in padded for p in self.name_parts)
+        if padded in self.written_texts:
+            return None
+        excused = padded in self.kept_texts.get(keyword, ())
+        if vr in ("CS", "UI"):
+            found = [(text.strip(), self.exact[key])] if (key := normalise(text.strip())) in self.exact else []
+        else:
+            found = [(p, k) for p, k in self.phrases.items() if p in padded]
+            if not found and vr in _FREE_TEXT_VRS:
+                found = [(p, k) for p, k in self.parts.items() if p in padded]
+        for value, kind in found:
+            if not (excused and self.excusable(value, padded)):
+                return kind
+        return None
 
 
 def scan(ds: Dataset, encoded: bytes, needles: Needles) -> list[Hit]:
     """All places in ``ds`` / ``encoded`` where an identifying value shows."""
     hits: list[Hit] = []
+    own: set[str] = set(needles.written_texts)
     if getattr(ds, "file_meta", None) is not None:
-        _scan_dataset(ds.file_meta, needles, hits, "meta")
-    _scan_dataset(ds, needles, hits, "")
-    if needles.in_bytes(encoded):
-        hits.append(Hit(where="encoded bytes", kind="raw"))
+        _scan_dataset(ds.file_meta, needles, hits, own, "meta.", ())
+    _scan_dataset(ds, needles, hits, own, "", _encodings(ds, ()))
+    for needle, kind in needles.raw_needles(own):
+        if _in_bytes(encoded, needle):
+            hits.append(Hit(where="encoded bytes", kind=f"raw {kind}"))
     return hits
 
 
-def _scan_dataset(ds: Dataset, needles: Needles, hits: list[Hit], path: str) -> None:
+def _scan_dataset(ds: Dataset, needles: Needles, hits: list[Hit], own: set[str], path: str,
+                  encodings: tuple[str, ...]) -> None:
+    encodings = _encodings(ds, encodings)
     for elem in ds:
         where = f"{path}{elem.tag}"
+        if elem.tag.is_private and _in_envelope(ds, elem.tag):
+            own.update(words(t) for t in _texts(elem.value, elem.VR, (), private=False))
+            continue  # the gateway's own block: ciphertext and its labels
         if elem.VR == "SQ":
             for i, item in enumerate(elem.value):
-                _scan_dataset(item, needles, hits, f"{where}[{i}].")
+                _scan_dataset(item, needles, hits, own, f"{where}[{i}].", encodings)
             continue
-        if elem.tag.group == ENVELOPE_GROUP and elem.VR == "OB":
-            continue  # ciphertext: covered by the raw scan only
-        vr = "LT" if elem.tag.is_private else elem.VR
-        if any(needles.match(text, vr) for text in _texts(elem.value, elem.VR, elem.tag.is_private)):
-            hits.append(Hit(where=where, kind="text"))
+        vr = "LT" if elem.tag.is_private and elem.VR != "UI" else elem.VR
+        keyword = "" if elem.tag.is_private else elem.keyword
+        texts = _texts(elem.value, elem.VR, tuple(dict.fromkeys(encodings + needles.codecs)), elem.tag.is_private)
+        kinds = {kind for text in texts if (kind := needles.match(text, vr, keyword))}
+        for kind in sorted(kinds):
+            hits.append(Hit(where=f"{where} {keyword}".rstrip(), kind=kind))
+
+
+def _in_envelope(ds: Dataset, tag: int) -> bool:
+    group, element = tag >> 16, tag & 0xFFFF
+    if group != ENVELOPE_GROUP:
+        return False
+    creator = ds.get((group << 16) | (element >> 8 if element >= 0x1000 else element))
+    return creator is not None and str(creator.value).strip() == ENVELOPE_CREATOR
+
+
+def _in_bytes(data: bytes, needle: bytes) -> bool:
+    """A whole-word occurrence of ``needle`` in ``data`` (``bytes.find`` first: a regex
+    with look-arounds over half a megabyte of pixels costs 80 ms, this about 1 ms). Only
+    an ASCII letter or digit at an end of the needle asks for a boundary there."""
+    start = data.find(needle)
+    while start != -1:
+        end = start + len(needle)
+        if not (_word_byte(needle, 0) and _word_byte(data, start - 1)) \
+                and not (_word_byte(needle, len(needle) - 1) and _word_byte(data, end)):
+            return True
+        start = data.find(needle, start + 1)
+    return False
 
 
 def _word_byte(data: bytes, index: int) -> bool:
     return 0 <= index < len(data) and (chr(data[index]).isalnum() and data[index] < 128 or data[index] == 0x5F)
 
 
-def _texts(value: object, vr: str, private: bool) -> list[str]:
+def _encodings(ds: Dataset, inherited: tuple[str, ...]) -> tuple[str, ...]:
+    """The Python codecs of the Specific Character Set in force in ``ds``."""
+    declared = ds.get("SpecificCharacterSet")
+    if not declared:
+        return inherited
+    return _codecs([tuple(declared) if isinstance(declared, MultiValue) else (str(declared),)])
+
+
+def _codecs(charsets: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
+    """Distinct Python codecs of the declared character sets, plus UTF-8 and Latin-1 (what
+    an object that declares nothing, or the wrong thing, most often holds)."""
+    found: list[str] = []
+    for terms in charsets:
+        try:
+            found += convert_encodings(list(terms))
+        except (LookupError, ValueError):
+            continue
+    names: dict[str, str] = {}
+    for name in [*found, "utf-8", "latin-1"]:
+        try:
+            names.setdefault(codecs.lookup(name).name, name)
+        except LookupError:
+            continue
+    return tuple(names.values())
+
+
+def _texts(value: object, vr: str, encodings: tuple[str, ...], private: bool) -> list[str]:
+    """The text of a value as pydicom decoded it, and as each other encoding of the series
+    would read the same bytes (an object that declares the wrong character set)."""
     if vr in _STRING_VRS:
         values = value if isinstance(value, (list, MultiValue)) else [value]
-        return [str(v) for v in values if v not in (None, "")]
-    if private and isinstance(value, bytes):  # UN private data may well be text
-        return [value.decode("latin-1")]
+        texts = [str(v) for v in values if v not in (None, "")]
+        return texts + [alt for text in texts if not text.isascii() for alt in _readings(text, encodings)]
+    if private and isinstance(value, bytes) and value:  # UN private data may well be text
+        return list(dict.fromkeys(value.decode(codec, "replace") for codec in encodings or ("latin-1",)))
     return []
+
+
+def _readings(text: str, encodings: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for codec in encodings:
+        try:
+            raw = text.encode(codec)
+        except UnicodeError:
+            continue
+        out += [raw.decode(other, "replace") for other in encodings if other != codec]
+    return list(dict.fromkeys(t for t in out if t != text))

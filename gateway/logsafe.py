@@ -3,7 +3,9 @@
 pydicom reports damaged values by quoting them ("Invalid value for VR UI: '...'"), through
 its logger and through Python warnings; in a modality's broken object such a value can be a
 patient's name or accession number (the integration tests' log check caught exactly that in
-a fuzzed object). The gateway keeps pydicom's diagnosis and withholds the quoted part.
+a fuzzed object). pynetdicom does the same ("Non-conformant 'Affected SOP Instance UID'
+value '...'" quotes the original UID). The gateway keeps the libraries' diagnosis and
+withholds the quoted part, for every library logger: pydicom, pynetdicom, apscheduler, urllib3.
 """
 
 from __future__ import annotations
@@ -11,23 +13,52 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from functools import lru_cache
+
+from pydicom.datadict import DicomDictionary
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_QUOTED = re.compile(r"""['"].*""", re.DOTALL)
+LIBRARIES = ("pydicom", "pynetdicom", "apscheduler", "urllib3")
+# Loggers that see sockets, never datasets: their quotes are the peer's TLS diagnosis (which
+# certificate a C-MOVE destination presented), kept.
+NO_DATA = ("pynetdicom.transport",)
+_QUOTE = re.compile(r"""['"]""")
+WITHHELD = "[value withheld]"
 
 
 class WithholdValues(logging.Filter):
-    """Cuts a pydicom record's message at its first quote: what follows is the data's own
-    text. On the handlers, so pydicom's child loggers (pixels, ...) are covered too."""
+    """Cuts a library record's message at its first quote that does not open an attribute's
+    name: what follows is the data's own text. A traceback the library attached (its
+    exception's message may quote data too) is reduced to the exception's type. On the
+    handlers, so the libraries' child loggers (pydicom.pixels, ...) are covered too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name != "pydicom" and not record.name.startswith("pydicom."):
+        if record.name.split(".", 1)[0] not in LIBRARIES:
             return True
         message = record.getMessage()
-        cut = _QUOTED.sub("[value withheld]", message)
+        cut = message if record.name in NO_DATA else withhold(message)
+        if record.exc_info and record.exc_info[0] is not None:
+            cut += f" ({record.exc_info[0].__name__}, details withheld)"
+            record.exc_info, record.exc_text = None, None
         if cut != message:
             record.msg, record.args = cut, ()
         return True
+
+
+def withhold(message: str) -> str:
+    """``message`` up to its first quoted text that is not a DICOM attribute's name."""
+    start = 0
+    while (quote := _QUOTE.search(message, start)) is not None:
+        end = message.find(quote.group(), quote.end())
+        if end == -1 or message[quote.end():end] not in _attribute_names():
+            return message[:quote.start()] + WITHHELD
+        start = end + 1
+    return message
+
+
+@lru_cache(maxsize=1)
+def _attribute_names() -> frozenset[str]:
+    return frozenset(name for entry in DicomDictionary.values() for name in (entry[2], entry[4]) if name)
 
 
 def configure() -> None:
@@ -42,4 +73,4 @@ def configure() -> None:
         handler.addFilter(WithholdValues())
     # pydicom's warn_and_log also raises each message as a Python warning, printed unfiltered
     # to stderr (the service's log); the logger line above already carries it.
-    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    warnings.filterwarnings("ignore", module=r"(pydicom|pynetdicom)(\..*)?$")

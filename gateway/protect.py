@@ -120,7 +120,7 @@ def _seal_and_gate(raw: bytes, original: Dataset, ds: Dataset, records: list[tup
     data = _encode(ds)
     hits = gate.scan(ds, data, seen.needles)
     if hits:
-        where = ", ".join(sorted({h.where for h in hits}))[:300]
+        where = "; ".join(sorted({f"{h.where}: {h.kind}" for h in hits}))[:400]
         raise Quarantine(f"PHI gate: identifying values found in {len(hits)} place(s): {where}")
     return Protected(data=data, study_uid=seen.study_uid, series_uid=seen.series_uid, sop_uid=str(ds.SOPInstanceUID))
 
@@ -144,8 +144,12 @@ class _Survey:
         for r in results:
             for k, v in r.identity.items():
                 identity.setdefault(k, v)
-        needles = gate.Needles(set().union(*(r.identifiers for r in results)),
-                               set().union(*(r.patient_names for r in results)))
+        needles = gate.Needles(
+            set().union(*(r.identifiers for r in results)), set().union(*(r.patient_names for r in results)),
+            kinds={k: v for r in results for k, v in r.kinds.items()},
+            written=set().union(*(r.written for r in results)),
+            kept={k: set().union(*(r.kept.get(k, set()) for r in results)) for r in results for k in r.kept},
+            charsets={r.charsets for r in results if r.charsets})
         return cls(needles, identity, study_uids.pop(), series_uids.pop())
 
 

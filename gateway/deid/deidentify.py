@@ -35,6 +35,29 @@ _DUMMY = {
     "AS": "000Y", "IS": "0", "DS": "0", "UR": "",
 }
 _DUMMY_TEXTS = {v for v in _DUMMY.values() if v} | {"ANONYMOUS", "ANONYMISED"}
+# What the gateway writes to mark its work (Longitudinal Temporal Information Modified, ...).
+_MARK_VALUES = {"MODIFIED", "UNMODIFIED", "REMOVED", "YES", "DCM"}
+# Kept attributes naming a device, anatomy or code: a value the original holds in one of
+# them (Manufacturer "UIH", Body Part "KNEE") is not identity there even when a patient or
+# institution bears the same name; the gate is told these values.
+DESCRIPTORS = frozenset({
+    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "BodyPartExamined", "ReceiveCoilName",
+    "TransmitCoilName", "DetectorDescription", "DetectorType", "DetectorManufacturerName",
+    "DetectorManufacturerModelName", "SecondaryCaptureDeviceManufacturer",
+    "SecondaryCaptureDeviceManufacturerModelName", "SecondaryCaptureDeviceSoftwareVersions", "CodeValue",
+    "CodeMeaning", "LongCodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "SequenceName",
+    "PulseSequenceName", "ScanOptions", "ConvolutionKernel", "FilterType", "ContrastBolusAgent", "ImageType",
+    "Laterality", "ImageLaterality", "ViewPosition", "PatientPosition",
+    "TransducerData", "TransducerType", "CollimatorType", "Grid",
+    # kept only under the Retain Device Identity Option
+    "StationName", "DeviceLabel", "DeviceDescription", "DeviceSerialNumber",
+})
+# Free text inside a sequence the profile replaces (D) or cleans (C): what the coded
+# parts of an item are not.
+_CODE_KEYWORDS = frozenset({"CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning",
+                            "LongCodeValue", "URNCodeValue", "ValueType", "RelationshipType", "ContinuityOfContent",
+                            "TemplateIdentifier", "MappingResource", "GraphicLayer", "GraphicType"})
+_ITEM_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
 _NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
 _STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 
@@ -47,6 +70,12 @@ class DeidResult:
     identifiers: set[str] = field(default_factory=set)
     patient_names: set[str] = field(default_factory=set)
     identity: dict[str, str] = field(default_factory=dict)
+    # For the gate: the attribute each identifier came from, the values the profile wrote,
+    # the values kept device/anatomy/code attributes hold, and the declared character sets.
+    kinds: dict[str, str] = field(default_factory=dict)
+    written: set[str] = field(default_factory=set)
+    kept: dict[str, set[str]] = field(default_factory=dict)
+    charsets: tuple[str, ...] = ()
 
 
 class Deidentifier:
@@ -71,6 +100,11 @@ class Deidentifier:
         walk = _Walk(self, result, str(original.get("PatientID", "") or ""), tokens)
         walk.dataset(ds)
         self._mark(ds)
+        result.written |= _DUMMY_TEXTS | _MARK_VALUES | {str(ds.DeidentificationMethod)}
+        result.written |= {text for code in self.profile.method_codes() for text in code}
+        charset = original.get("SpecificCharacterSet")
+        if charset:
+            result.charsets = tuple(charset) if isinstance(charset, MultiValue) else (str(charset),)
         if hasattr(ds, "file_meta") and "SOPInstanceUID" in ds:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         return result
@@ -116,6 +150,9 @@ class _Walk:
             action = self.owner.profile.action(elem.tag)
             if action is None:
                 action = "Z" if elem.VR == "PN" else "K" if _in_dictionary(elem.tag) else "X"
+            if action == "K" and elem.keyword in DESCRIPTORS and elem.value not in (None, ""):
+                values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+                self.result.kept.setdefault(elem.keyword, set()).update(str(v) for v in values)
             self._apply(ds, elem, action)
 
     def _private_kept(self, ds: Dataset, elem: DataElement, kept: set[int]) -> bool:
@@ -158,17 +195,36 @@ class _Walk:
         else:  # K, D, U*, C: keep the structure, de-identify every item
             for item in elem.value:
                 self.dataset(item)
+                if action in ("D", "C"):  # and the free text the table does not list
+                    self._item_text(item, action)
+
+    def _item_text(self, item: Dataset, action: str) -> None:
+        """Free text in the items of a sequence the profile replaces (``D``: Content
+        Sequence, Graphic Annotation Sequence) or cleans (``C``: under Clean Structured
+        Content / Clean Graphics): dummy text, or this patient's identity scrubbed out.
+        Codes stay: they are the structure a reader needs."""
+        for elem in item:
+            if elem.VR == "SQ":
+                for sub in elem.value:
+                    self._item_text(sub, action)
+            elif elem.VR in _ITEM_TEXT_VRS and elem.keyword not in _CODE_KEYWORDS and elem.value not in (None, ""):
+                self._remember(elem)
+                if action == "D":
+                    elem.value = self._dummy(elem)
+                else:
+                    elem.value = _map(elem.value, self._scrub)
 
     def _pseudonym(self, elem: DataElement) -> str | None:
         text = str(elem.value or "")
         if not text:
             return None
-        if elem.keyword == "AccessionNumber":
-            return self.owner.pseudonyms.accession(text)
-        return self.patient_pseudonym
+        pseudonym = self.owner.pseudonyms.accession(text) if elem.keyword == "AccessionNumber" else self.patient_pseudonym
+        self.result.written.add(pseudonym)
+        return pseudonym
 
     def _dummy(self, elem: DataElement) -> object:
         if elem.keyword == "PatientID":
+            self.result.written.add(self.patient_pseudonym)
             return self.patient_pseudonym
         if elem.VR == "UI":
             return self._uids(elem.value)
@@ -211,6 +267,7 @@ class _Walk:
             text = str(v).strip()
             if text and _identifying(elem, text):
                 self.result.identifiers.add(text)
+                self.result.kinds.setdefault(text, elem.keyword or f"private {elem.VR}")
                 if elem.keyword in ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName"):
                     self.result.patient_names.add(text)
 
@@ -232,6 +289,22 @@ def _identifying(elem: DataElement, text: str) -> bool:
     return keyword.startswith(("Patient", "OtherPatient", "Issuer")) or keyword.endswith(("ID", "IDs", "Number")) or any(
         part in keyword for part in ("Address", "Telephone", "Telecom", "Institution", "Department", "Accession")
     )
+
+
+def kept_descriptors(original: Dataset, protected: Dataset) -> dict[str, set[str]]:
+    """The device, anatomy and code values a protected copy holds as its original held them,
+    for a gate that sees both but not the profile (the retrieval's egress gate): what
+    ``DeidResult.kept`` says at protect time."""
+    def values(ds: Dataset) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for elem in ds.iterall():
+            if elem.keyword in DESCRIPTORS and elem.value not in (None, ""):
+                items = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+                found.setdefault(elem.keyword, set()).update(str(v) for v in items)
+        return found
+
+    before, after = values(original), values(protected)
+    return {k: before[k] & after[k] for k in before.keys() & after.keys() if before[k] & after[k]}
 
 
 def _in_dictionary(tag: int) -> bool:

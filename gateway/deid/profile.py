@@ -33,6 +33,14 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "retain_institution_identity": ("rtnInstIdOpt", "113112", "Retain Institution Identity Option"),
     "retain_uids": ("rtnUIDsOpt", "113110", "Retain UIDs Option"),
     "clean_descriptors": ("cleanDescOpt", "113105", "Clean Descriptors Option"),
+    "clean_graphics": ("cleanGraphOpt", "113103", "Clean Graphics Option"),
+    "clean_structured_content": ("cleanStructContOpt", "113104", "Clean Structured Content Option"),
+}
+# Attributes the table does not list that carry the same content as a row it does: an
+# overlay's description and label are text about the overlay, so they go with its data.
+SUPPLEMENT = {
+    "(60XX,0022)": ("Overlay Description", "(60XX,3000)"),
+    "(60XX,1500)": ("Overlay Label", "(60XX,3000)"),
 }
 BASIC_CODE = ("113100", "Basic Application Confidentiality Profile")
 
@@ -81,25 +89,39 @@ class Profile:
                 return act
         return None
 
+    def action_of_row(self, tag: str) -> str:
+        """The action for a row of the table, by its tag as the table writes it."""
+        return self._resolve(dict(_rows())[tag])
+
     def method_codes(self) -> list[tuple[str, str]]:
         """CID 7050 codes for De-identification Method Code Sequence."""
         return [BASIC_CODE] + [(OPTIONS[o][1], OPTIONS[o][2]) for o in sorted(self.options)]
 
 
+def table_rows() -> list[tuple[str, str]]:
+    """(tag as the table writes it, attribute name) of every row the profile applies."""
+    return [(tag, row.name) for tag, row in _rows()]
+
+
+@lru_cache(maxsize=1)
+def _rows() -> list[tuple[str, _Row]]:
+    rows = json.loads(files("gateway").joinpath("data/ps3.15-table-e.1-1.json").read_text())
+    by_tag = {item["tag"]: item for item in rows}
+    rows += [{**by_tag[like], "tag": tag, "name": name} for tag, (name, like) in SUPPLEMENT.items()]
+    return [
+        (item["tag"], _Row(name=item["name"], basic=item["basicProfile"],
+                           options={k: v for k, v in item.items() if k.endswith("Opt")}))
+        for item in rows
+        if "WHERE GGGG IS ODD" not in item["tag"].upper()  # private: removed by the walker unless a rule keeps them
+    ]
+
+
 @lru_cache(maxsize=1)
 def _table() -> tuple[dict[int, _Row], list[tuple[int, int, _Row]]]:
-    rows = json.loads(files("gateway").joinpath("data/ps3.15-table-e.1-1.json").read_text())
     exact: dict[int, _Row] = {}
     masks: list[tuple[int, int, _Row]] = []
-    for item in rows:
-        if "WHERE GGGG IS ODD" in item["tag"].upper():
-            continue  # private attributes: removed by the walker unless a rule keeps them
-        row = _Row(
-            name=item["name"],
-            basic=item["basicProfile"],
-            options={k: v for k, v in item.items() if k.endswith("Opt")},
-        )
-        hexdigits = re.sub(r"[(),]", "", item["tag"]).upper()
+    for tag, row in _rows():
+        hexdigits = re.sub(r"[(),]", "", tag).upper()
         if "X" in hexdigits:
             mask = int("".join("0" if c == "X" else "F" for c in hexdigits), 16)
             value = int(hexdigits.replace("X", "0"), 16)

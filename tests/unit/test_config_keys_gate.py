@@ -95,7 +95,7 @@ def test_the_gate_finds_identity_in_sequences_private_data_and_raw_bytes() -> No
     private = Dataset()
     private.add_new(0x00291010, "UN", b"MRN PID-4711-0815\x00")
     assert gate.scan(private, b"", needles)
-    assert gate.scan(Dataset(), b"\x00\x01PID-4711-0815\x00", needles)[0].kind == "raw"
+    assert gate.scan(Dataset(), b"\x00\x01PID-4711-0815\x00", needles)[0].kind.startswith("raw")
     assert gate.scan(Dataset(), b"XPID-4711-08150", needles) == []  # inside a longer token
 
 

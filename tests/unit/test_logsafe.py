@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,34 @@ def test_a_damaged_value_holding_a_name_never_reaches_the_commands_output(tmp_pa
                             capture_output=True, text=True, timeout=120)
     assert "DOE" not in result.stdout + result.stderr
     assert "withheld" in result.stderr  # pydicom did complain, without the value
+
+
+def test_every_library_logger_is_filtered_and_attribute_names_are_kept(caplog: pytest.LogCaptureFixture) -> None:
+    from pynetdicom.utils import set_uid
+
+    caplog.handler.addFilter(WithholdValues())
+    original_uid = "1.2.826.0.1.3680043.8.498.0123"  # a leading zero: valid enough, not conformant
+    with caplog.at_level(logging.WARNING):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns too; its logger line is filtered
+            set_uid(original_uid, "Affected SOP Instance UID", False, False, True)  # pynetdicom's own warning
+        for name in ("apscheduler.executors.default", "urllib3.connectionpool"):
+            logging.getLogger(name).warning("Job \"protect(DOE^JANE)\" failed: 'O'Brien'")
+        try:
+            raise ValueError("Invalid value 'DOE^JANE'")
+        except ValueError:
+            logging.getLogger("pynetdicom.dul").exception("decode failed")
+    said = [(r.name.split(".")[0], r.getMessage()) for r in caplog.records]
+    assert ("pynetdicom", "Non-conformant 'Affected SOP Instance UID' value [value withheld]") in said
+    assert ("apscheduler", "Job [value withheld]") in said and ("urllib3", "Job [value withheld]") in said
+    assert ("pynetdicom", "decode failed (ValueError, details withheld)") in said
+    assert original_uid not in caplog.text and "DOE" not in caplog.text and "Brien" not in caplog.text
+
+
+def test_the_transport_s_tls_diagnosis_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.handler.addFilter(WithholdValues())
+    with caplog.at_level(logging.ERROR):
+        logging.getLogger("pynetdicom.transport").error(
+            "TCP Initialisation Error: the destination's certificate names 'ct-scanner', not 'reading-room'")
+    assert caplog.messages == ["TCP Initialisation Error: the destination's certificate names 'ct-scanner', "
+                               "not 'reading-room'"]

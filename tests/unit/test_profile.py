@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from importlib.resources import files
 
 import pytest
@@ -162,3 +163,39 @@ def test_unknown_and_conflicting_options_are_refused() -> None:
         Profile(frozenset({"retain_everything"}))
     with pytest.raises(ProfileError, match="exclude"):
         Profile(frozenset({"retain_longitudinal_modified_dates", "retain_longitudinal_full_dates"}))
+
+
+def test_the_readme_table_of_options_is_the_code_s() -> None:
+    """Every option the code knows is in the README's table with its CID 7050 code, and no other."""
+    import re
+
+    from gateway.deid.profile import OPTIONS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = dict(re.findall(r"^\s*\| `(\w+)` \| (\d{6}) \|", readme, flags=re.MULTILINE))
+    assert rows == {name: code for name, (_column, code, _meaning) in OPTIONS.items()}
+
+
+def test_describe_profile_prints_a_route_s_actions_and_options(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from gateway.keyring import Keyring
+
+    Keyring.create(tmp_path / "keys.json")
+    (tmp_path / "gw.yaml").write_text("""
+senders: [{ae_title: CT1, host: 127.0.0.1}]
+orthanc: {url: "http://127.0.0.1:8042", username: gw, password: pw}
+keyring: keys.json
+spool: {path: spool}
+profiles: {graphics: {options: [clean_graphics], keep_private: [{group: 0x0029, creator: ACME NOTES 1}]}}
+routes: [{name: ct, profile: graphics, plugin: none}]
+""")
+    run = [sys.executable, "-m", "gateway.cli", "describe-profile", "--config", str(tmp_path / "gw.yaml")]
+    out = subprocess.run([*run, "--route", "ct"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "[x] clean_graphics" in out.stdout and "[ ] clean_structured_content" in out.stdout
+    assert "Overlay Description (60XX,0022): X -> C" in out.stdout
+    assert "Content Sequence (0040,A730)" in out.stdout and "(0029,'ACME NOTES 1')" in out.stdout
+    wrong = subprocess.run([*run, "--route", "mr"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "no route 'mr'" in wrong.stderr and "['ct']" in wrong.stderr

@@ -36,7 +36,6 @@ CORNERS = {"detectors": ["rules"], "default_rules": False, "pad": 0,
 REFUSED = {
     "JPEG-lossy.dcm": "undecodable", "JPEG2000-embedded-sequence-delimiter.dcm": "undecodable",
     "MR_truncated.dcm": "truncated", "badVR.dcm": "invalid attributes",
-    "mlut_18.dcm": "PHI gate", "vlut_04.dcm": "PHI gate",
 }
 
 
