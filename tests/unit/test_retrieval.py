@@ -127,9 +127,11 @@ def test_destinations_receive_what_their_owners_may_see() -> None:
                                       "destinations": [{"ae_title": "X", "host": "h", "port": 1, "owners": bad}]})
 
 
-def _protected(keyring: Keyring, identity: synthetic.Identity = synthetic.Identity()) -> bytes:
-    series = synthetic.ct_series(1, size=32, identity=identity)
-    return protect_series([encode(series[0])], RouteSpec(options=frozenset(), plugin="none"), keyring,
+def _protected(keyring: Keyring, identity: synthetic.Identity = synthetic.Identity(), **attributes: str) -> bytes:
+    original = synthetic.ct_series(1, size=32, identity=identity)[0]
+    for keyword, value in attributes.items():
+        setattr(original, keyword, value)
+    return protect_series([encode(original)], RouteSpec(options=frozenset(), plugin="none"), keyring,
                           MemoryDataKeys())[0].data
 
 
@@ -183,3 +185,6 @@ def test_the_egress_gate_refuses_protected_objects_that_carry_identity(keyring: 
     stranger = _protected(Keyring.create(keyring.path.with_name("stranger.json")))  # type: ignore[union-attr]
     assert isinstance(egress_checked(stranger, str(pydicom.dcmread(io.BytesIO(stranger)).SOPInstanceUID), keyring),
                       Refused)  # not made with this keyring
+    # a patient called like the coil the object keeps is no reason to refuse it
+    knee = _protected(keyring, synthetic.Identity(patient_name="KNEE"), ReceiveCoilName="SENSE-Knee-8")
+    assert isinstance(egress_checked(knee, str(pydicom.dcmread(io.BytesIO(knee)).SOPInstanceUID), keyring), Dataset)
