@@ -38,6 +38,8 @@ from skimage.util import random_noise
 from testkit import synthetic
 from gateway.plugin import Context
 from models.ae_runtime import AePredictor, load
+from models.dae_quality import dae_quality
+from plugins.ae_aes.preview import dae
 from models.training_data import held_out_real, phantom
 from plugins.ae_aes import AeAesTransform
 from plugins.ae_aes.cipher_pixels import OVERHEAD
@@ -277,26 +279,6 @@ def preview_quality(predictor: AePredictor, images: dict[str, np.ndarray]) -> di
     return rows
 
 
-def dae_quality(model: torch.nn.Module | None = None) -> dict[str, Any]:
-    """The DAE on held-out 64x64x3 noisy/clean pairs (Gaussian sigma 0.1, clipped)."""
-    from models.train_dae import SIGMA, held_out_pairs
-    from plugins.ae_aes.preview import dae
-
-    model = model or dae()
-    clean, noisy = held_out_pairs()
-    with torch.inference_mode():
-        denoised = model.eval()(noisy)
-
-    def scores(a: torch.Tensor) -> dict[str, float]:
-        pairs = [(c.permute(1, 2, 0).numpy().astype(np.float64), x.permute(1, 2, 0).numpy().astype(np.float64))
-                 for c, x in zip(clean, a, strict=True)]
-        return {"psnr_db": float(np.mean([peak_signal_noise_ratio(c, x, data_range=1.0) for c, x in pairs])),
-                "ssim": float(np.mean([structural_similarity(c, x, data_range=1.0, channel_axis=2) for c, x in pairs]))}
-
-    return {"pairs": len(clean), "sigma": SIGMA, "noisy_vs_clean": scores(noisy), "denoised_vs_clean": scores(denoised),
-            "paper": "accuracy 83.4-85% overall; PSNR/SSIM only plotted per iteration (Fig. 3), no numbers given"}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=8, help="phantom slices per timing run")
@@ -321,7 +303,7 @@ def main() -> None:
                                "ae_paper": timings("ae_paper", 2)},
         "bytes_per_image": {"ae_lite": stored_bytes(lite, images), "ae_paper": stored_bytes(paper, few)},
         "quality": {"ae_lite": preview_quality(lite, images), "ae_paper": preview_quality(paper, few)},
-        "dae": dae_quality(),
+        "dae": dae_quality(dae()),
         "inputs_ae_lite_effort4": inputs("ae_lite"),
     }
     print(json.dumps(report, indent=1))

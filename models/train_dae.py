@@ -17,23 +17,9 @@ import numpy as np
 import torch
 
 from models import WEIGHTS
-from models.dae import TILE, PaperDAE
-from models.training_data import held_out_real, normalise, phantom, random_crops, training_images
-
-SIGMA = 0.1
-
-
-def noisy(clean: torch.Tensor, sigma: float, gen: torch.Generator | None = None) -> torch.Tensor:
-    return (clean + sigma * torch.randn(clean.shape, generator=gen)).clamp(0, 1)
-
-
-def held_out_pairs(n: int = 256, seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean and noisy 64x64x3 test pairs from images never used in training."""
-    rng = np.random.default_rng(seed)
-    images = [normalise(img) for img in held_out_real().values()] + [normalise(phantom(0.5, seed=0))]
-    clean = torch.from_numpy(random_crops(images, n, TILE, rng)).expand(n, 3, TILE, TILE).contiguous()
-    return clean, noisy(clean, SIGMA, torch.Generator().manual_seed(seed))
-
+from models.dae import PaperDAE
+from models.dae_quality import SIGMA, dae_quality, noisy
+from models.training_data import random_crops, training_images
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -57,9 +43,7 @@ def main() -> None:
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step} loss {loss.item():.5f} ({time.time() - start:.0f} s)", flush=True)
     torch.save(model.state_dict(), WEIGHTS / "dae.pt")
-    from bench.ae_aes import dae_quality  # the same figures the benchmark prints
-
-    print(dae_quality(model.eval()))
+    print(dae_quality(model.eval()))  # the same figures the benchmark prints
 
 
 if __name__ == "__main__":
