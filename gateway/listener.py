@@ -38,6 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from gateway import status_codes as dimse
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.integrity import Damaged, verify
@@ -46,7 +47,6 @@ from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.sop_classes import is_image
-from gateway.status_codes import Status
 from gateway.spool import Described, Spool, SpoolError
 from gateway.storage_commitment import StorageCommitment
 from gateway.tls import peer_common_name, server_context
@@ -61,9 +61,9 @@ QR_MODELS = (
     PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet,
 )
-_OUTCOMES = {Status.SUCCESS: "success", Status.OUT_OF_RESOURCES: "out_of_resources", Status.UNABLE_TO_PROCESS: "cannot_understand",
-             Status.NOT_AUTHORIZED: "not_authorized", Status.SOP_CLASS_NOT_SUPPORTED: "sop_class_not_supported",
-             Status.DOES_NOT_MATCH_SOP_CLASS: "does_not_match_sop_class"}
+_OUTCOMES = {dimse.SUCCESS: "success", dimse.OUT_OF_RESOURCES: "out_of_resources", dimse.UNABLE_TO_PROCESS: "cannot_understand",
+             dimse.NOT_AUTHORIZED: "not_authorized", dimse.SOP_CLASS_NOT_SUPPORTED: "sop_class_not_supported",
+             dimse.DOES_NOT_MATCH_SOP_CLASS: "does_not_match_sop_class"}
 _INTAKE_TAGS = [0x00080016, 0x00080018, 0x00080060, 0x0020000E]
 
 
@@ -107,7 +107,7 @@ class Listener:
     def start(self) -> None:
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_ECHO, lambda event: Status.SUCCESS),
+            (evt.EVT_C_ECHO, lambda event: dimse.SUCCESS),
             (evt.EVT_C_FIND, self.qr.on_find),
             (evt.EVT_C_MOVE, self.qr.on_move),
             (evt.EVT_C_GET, self.qr.on_get),
@@ -195,37 +195,37 @@ class Listener:
             named = self._foreign_class.pop((id(event.assoc), int(event.request.MessageID)), None)
         if not self._is_sender(calling, address, peer_common_name(event.assoc)):
             log.warning("C-STORE from %s refused: not a configured sender", calling)
-            return Status.NOT_AUTHORIZED, None
+            return dimse.NOT_AUTHORIZED, None
         if named is not None:
-            return self._refuse(calling, address, None, Status.SOP_CLASS_NOT_SUPPORTED,
+            return self._refuse(calling, address, None, dimse.SOP_CLASS_NOT_SUPPORTED,
                                 "the request names a SOP class that is not a storage class")
         received = event.dataset_path
         # This object's protected copy will need about its size again, beyond the reserve.
         if self.spool.room() - received.stat().st_size < self.config.spool.free_space_reserve_mb * 2**20:
             log.error("C-STORE from %s answered out-of-resources: the spool is below its free-space reserve",
                       calling)
-            return Status.OUT_OF_RESOURCES, "spool below its free-space reserve; send again later"
+            return dimse.OUT_OF_RESOURCES, "spool below its free-space reserve; send again later"
         try:
             series_token, sop_token, modality, sop_class = self.describe(received)
         except Exception as exc:  # noqa: BLE001 - pydicom meets damaged input with many types
             # (OSError, struct.error, ValueError, ...); whatever it is, the modality gets an
             # answer and the log gets the type only: the message may quote the content.
-            return self._refuse(calling, address, None, Status.UNABLE_TO_PROCESS,
+            return self._refuse(calling, address, None, dimse.UNABLE_TO_PROCESS,
                                 f"object cannot be read ({type(exc).__name__})")
         context_class = str(event.context.abstract_syntax)
         if context_class != sop_class or context_class != str(event.request.AffectedSOPClassUID):
-            return self._refuse(calling, address, sop_token, Status.DOES_NOT_MATCH_SOP_CLASS,
+            return self._refuse(calling, address, sop_token, dimse.DOES_NOT_MATCH_SOP_CLASS,
                                 "SOP Class UID of the data set differs from the request's")
         if self.config.listener.non_image == "refuse" and not is_image(sop_class):
             log.warning("C-STORE of %s from %s refused: %s is not an image (listener.non_image: refuse)",
                         sop_token, calling, UID(sop_class).name)
-            return Status.SOP_CLASS_NOT_SUPPORTED, "not an image (listener.non_image: refuse)"
+            return dimse.SOP_CLASS_NOT_SUPPORTED, "not an image (listener.non_image: refuse)"
         damage = None
         try:
             verify(received)
         except Damaged as exc:
             if self.config.listener.damaged == "refuse":
-                return self._refuse(calling, address, sop_token, Status.UNABLE_TO_PROCESS, f"damaged: {exc}")
+                return self._refuse(calling, address, sop_token, dimse.UNABLE_TO_PROCESS, f"damaged: {exc}")
             damage = str(exc)
             self.audit.record(calling, address, "store", "quarantined", object=sop_token, series=series_token,
                               reason=f"damaged: {damage}")
@@ -237,8 +237,8 @@ class Listener:
                               called_ae=str(event.assoc.acceptor.ae_title).strip(), address=event.assoc.requestor.address)
         except SpoolError as exc:
             log.error("C-STORE of %s from %s answered out-of-resources: %s", sop_token, calling, exc)
-            return Status.OUT_OF_RESOURCES, "the spool cannot store the object; send again later"
-        return Status.SUCCESS, None
+            return dimse.OUT_OF_RESOURCES, "the spool cannot store the object; send again later"
+        return dimse.SUCCESS, None
 
     def _refuse(self, calling: str, address: str, sop_token: str | None, status: int, reason: str) -> tuple[int, str]:
         """A failure status for one object: logged and audited, by pseudonym, without values."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from models import WEIGHTS
-from models.dae import PaperDAE
+from models.dae import TILE, PaperDAE
 from models.dae_quality import SIGMA, dae_quality, noisy
 from models.training_data import random_crops, training_images
 

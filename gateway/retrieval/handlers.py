@@ -20,6 +20,7 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 
+from gateway import status_codes as dimse
 from gateway.audit import AuditLog
 from gateway.config import Config, Workstation
 from gateway.index import Index
@@ -32,7 +33,7 @@ from gateway.retrieval.identifier import IdentifierError, selection
 from gateway.retrieval.planner import Planned, TooManyStudies, plan
 from gateway.retrieval.sending import Accepted, Refused, prepared
 from gateway.transcode import FALLBACKS
-from gateway.retrieval.vocabulary import LEVEL_NAMES, Policy, Status
+from gateway.retrieval.vocabulary import LEVEL_NAMES, Policy
 from gateway.tls import destination_tls_args, peer_common_name
 
 log = logging.getLogger("gateway.qr")
@@ -65,7 +66,7 @@ class QueryRetrieve:
         level = str(query.get("QueryRetrieveLevel", "")).upper()
         if ws is None or ws.policy is Policy.DENY or level not in LEVEL_NAMES:
             self.audit.record(ae, address, "C-FIND", "refused", level=level, policy=ws and ws.policy)
-            yield Status.UNABLE_TO_PROCESS, None
+            yield dimse.UNABLE_TO_PROCESS, None
             return
         found = self._find_restore(query, level) if ws.policy is Policy.RESTORE else self._find_pseudonymized(query, level)
         sent = 0
@@ -73,11 +74,11 @@ class QueryRetrieve:
         for study_uid, answer in found:
             if event.is_cancelled:
                 self.audit.record(ae, address, "C-FIND", "cancelled", level=level, matches=sent)
-                yield Status.CANCEL, None
+                yield dimse.CANCEL, None
                 return
             studies.add(study_uid)
             sent += 1
-            yield Status.PENDING, answer
+            yield dimse.PENDING, answer
         self.audit.record(ae, address, "C-FIND", "success", level=level, policy=ws.policy, matches=sent,
                           studies=sorted(studies))
 
@@ -133,7 +134,7 @@ class QueryRetrieve:
         if ws is None or ws.policy is Policy.DENY:
             self.audit.record(ae, address, "C-GET", "refused", policy=ws and ws.policy, reason="unknown workstation")
             yield 1
-            yield _status(Status.UNABLE_TO_PROCESS, "this AE title may not retrieve"), None
+            yield _status(dimse.UNABLE_TO_PROCESS, "this AE title may not retrieve"), None
             return
         planned, refusal = self._plan(event, ws, ws.policy)
         if refusal is not None:
@@ -149,9 +150,9 @@ class QueryRetrieve:
             chosen = selection(event.identifier, patient_root=sop_class in _PATIENT_ROOT)
             return plan(self.index.entries(self.keyring), chosen, policy, ws.max_studies_per_retrieve), None
         except IdentifierError as exc:
-            return [], _status(Status.DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            return [], _status(dimse.DOES_NOT_MATCH_SOP_CLASS, str(exc))
         except TooManyStudies as exc:
-            return [], _status(Status.UNABLE_TO_PROCESS, str(exc))
+            return [], _status(dimse.UNABLE_TO_PROCESS, str(exc))
 
     def _refuse(self, status: Dataset, ae: str, address: str, action: str, to: str,
                 announce: bool = False) -> Iterator[Any]:
@@ -168,13 +169,13 @@ class QueryRetrieve:
         for item, ds in zip(planned, prepared(planned, policy, self.reader.file, self.keyring, accepted), strict=True):
             if event.is_cancelled:
                 self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
-                yield Status.CANCEL, None
+                yield dimse.CANCEL, None
                 return
             if isinstance(ds, Refused):
                 failed += 1
                 log.error("%s of %s to %s: not sent: %s", action, item.entry.sop_uid, to, ds)
                 self.metrics.retrieved.labels(policy=policy, outcome="refused").inc()
-                yield Status.PENDING, ds  # pynetdicom counts a pending non-dataset as a failed sub-operation
+                yield dimse.PENDING, ds  # pynetdicom counts a pending non-dataset as a failed sub-operation
                 continue
             if policy is Policy.RESTORE and str(ds.file_meta.TransferSyntaxUID) != item.entry.transfer_syntax:
                 transcoded += 1
@@ -182,7 +183,7 @@ class QueryRetrieve:
                          ds.file_meta.TransferSyntaxUID.name, item.entry.transfer_syntax)
             completed += 1
             self.metrics.retrieved.labels(policy=policy, outcome="sent").inc()
-            yield Status.PENDING, ds
+            yield dimse.PENDING, ds
         self.audit.record(ae, address, action, "success" if not failed else "partial", to=to, policy=policy,
                           completed=completed, failed=failed, transcoded=transcoded,
                           studies=sorted({p.entry.study_uid for p in planned}))

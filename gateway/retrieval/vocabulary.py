@@ -5,7 +5,6 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
-from gateway.status_codes import Status
 
 
 class Policy(StrEnum):
@@ -53,4 +52,4 @@ def keys_below(name: str) -> set[str]:
     return {k for lv in LEVELS if lv.name in below for k in lv.keys}
 
 
-__all__ = ["LEVELS", "LEVEL_NAMES", "QUERY_KEYS", "Level", "Policy", "Status", "keys_below", "level"]
+__all__ = ["LEVELS", "LEVEL_NAMES", "QUERY_KEYS", "Level", "Policy", "keys_below", "level"]
