@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_describe_profile(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_describe_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("describe-profile", help="what a route does to each attribute and option (PS3.15)")
     s.add_argument("--config", type=Path, required=True)
     s.add_argument("--route", required=True, help="the route's name in the configuration")

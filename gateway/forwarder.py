@@ -11,6 +11,7 @@ filter plugin, a bad file) is permanent and shown in status. ``copies`` and ``de
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from orthanc_api_client.exceptions import ConnectionError as OrthancConnectionError
 from orthanc_api_client.exceptions import HttpError
@@ -46,7 +47,7 @@ class Forwarder:
         """Remove one instance (Orthanc removes its series, study and patient once empty)."""
         self._call("delete", f"instances/{orthanc_id}")
 
-    def _call(self, method: str, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    def _call(self, method: str, path: str, **kwargs: object) -> Any:
         try:
             response = getattr(self._client, method)(path, **self._options, **kwargs)
         except HttpError as exc:

@@ -75,8 +75,8 @@ class Layout:
 
     @classmethod
     def from_json(cls, head: dict[str, object]) -> Layout:
-        return cls(int(head["frames"]), int(head["rows"]), int(head["cols"]),  # type: ignore[arg-type]
-                   int(head.get("samples", 1)), str(head["dtype"]), bool(head.get("planar", False)))  # type: ignore[arg-type]
+        return cls(int(head["frames"]), int(head["rows"]), int(head["cols"]),
+                   int(head.get("samples", 1)), str(head["dtype"]), bool(head.get("planar", False)))
 
 
 @dataclass

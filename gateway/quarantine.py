@@ -17,16 +17,17 @@ import json
 import os
 import sys
 from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.uid import UID
 
 from gateway.audit import AuditLog
-from gateway.config import ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config
 from gateway.spool import Spool
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``quarantine`` and its actions to the ``gateway`` command."""
     actions = sub.add_parser("quarantine", help="list, inspect, release, re-route or delete set-aside series") \
         .add_subparsers(required=True, metavar="ACTION")
@@ -52,7 +53,10 @@ def _operator() -> str:
     return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
-def _run(fn):  # type: ignore[no-untyped-def]
+Action = Callable[[argparse.Namespace, Config, Spool, AuditLog], int]
+
+
+def _run(fn: Action) -> Callable[[argparse.Namespace], int]:
     """Open the spool without touching the files a running gateway is receiving."""
     def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
@@ -67,7 +71,7 @@ def _run(fn):  # type: ignore[no-untyped-def]
     return run
 
 
-def _list(args: argparse.Namespace, config, spool: Spool, audit: AuditLog) -> int:  # type: ignore[no-untyped-def]
+def _list(args: argparse.Namespace, config: Config, spool: Spool, audit: AuditLog) -> int:
     rows = spool.set_aside()
     print(f"{len(rows)} series set aside")
     for row in rows:
@@ -76,7 +80,7 @@ def _list(args: argparse.Namespace, config, spool: Spool, audit: AuditLog) -> in
     return 0
 
 
-def _show(args: argparse.Namespace, config, spool: Spool, audit: AuditLog) -> int:  # type: ignore[no-untyped-def]
+def _show(args: argparse.Namespace, config: Config, spool: Spool, audit: AuditLog) -> int:
     found = spool.series_detail(args.series)
     if found is None:
         return _not_found(args.series)
@@ -96,7 +100,7 @@ def _show(args: argparse.Namespace, config, spool: Spool, audit: AuditLog) -> in
     return 0
 
 
-def _release(args: argparse.Namespace, config, spool: Spool, audit: AuditLog) -> int:  # type: ignore[no-untyped-def]
+def _release(args: argparse.Namespace, config: Config, spool: Spool, audit: AuditLog) -> int:
     route = getattr(args, "route", None)
     if route is not None and route not in {r.name for r in config.routes}:
         print(f"gateway: no route named {route!r} in {args.config}; routes: {[r.name for r in config.routes]}",
@@ -112,7 +116,7 @@ def _release(args: argparse.Namespace, config, spool: Spool, audit: AuditLog) ->
     return 0
 
 
-def _delete(args: argparse.Namespace, config, spool: Spool, audit: AuditLog) -> int:  # type: ignore[no-untyped-def]
+def _delete(args: argparse.Namespace, config: Config, spool: Spool, audit: AuditLog) -> int:
     if spool.series_detail(args.series) is None:
         return _not_found(args.series)
     n = spool.delete_set_aside(args.series)

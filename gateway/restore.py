@@ -48,7 +48,8 @@ def restore_series(protected: list[bytes | Dataset], keyring: Keyring) -> list[R
     live = [i for i, o in enumerate(opened) if o is not None]
     carried: list[tuple[list[int], dict[str, str]]] = []
     for stage_names, members in _groups(opened, live).items():
-        identity = _undo_stages(stage_names, [series[i] for i in members], [opened[i] for i in members],
+        members_opened = [o for o in (opened[i] for i in members) if o is not None]  # live: all opened
+        identity = _undo_stages(stage_names, [series[i] for i in members], members_opened,
                                 [outcomes[i] for i in members])
         if identity:
             carried.append((members, identity))
@@ -79,7 +80,8 @@ def _groups(opened: list[Opened | None], live: list[int]) -> dict[tuple[str, ...
     return groups
 
 
-def _undo_stages(names: tuple[str, ...], series: list[Dataset], opened: list, outcomes: list[Restored]) -> dict[str, str]:  # type: ignore[type-arg]
+def _undo_stages(names: tuple[str, ...], series: list[Dataset], opened: list[Opened], outcomes: list[Restored]
+                 ) -> dict[str, str]:
     """Run the stages' restores, last first; returns the identity a stage carried itself (coverless)."""
     if all(op.payload.cut.pixel_tag is None for op in opened):
         return {}  # the whole original is in the envelope; the pixels are not needed

@@ -139,7 +139,7 @@ class StorageCommitment:
         for path in sorted(self.folder.glob("*.json")):  # requests a restart interrupted
             saved = json.loads(path.read_text())
             request = Request(saved["transaction_uid"], saved["calling_ae"], saved["address"],
-                              [tuple(r) for r in saved["references"]], saved["received_at"])  # type: ignore[misc]
+                              [tuple(r) for r in saved["references"]], saved["received_at"])
             self._pending[request.transaction_uid] = request
 
     def start(self) -> None:

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -32,7 +33,7 @@ from gateway.publish import Outcome, publish
 from gateway.protect import Quarantine, protect_batches
 from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
-from gateway.spool import Spool, SpoolError
+from gateway.spool import Outgoing, Spool, SpoolError
 
 log = logging.getLogger("gateway.worker")
 
@@ -67,7 +68,7 @@ class Worker:
         self.deliverer.stop()
         self._scheduler.shutdown(wait=True)
 
-    def _guard(self, job):  # type: ignore[no-untyped-def]
+    def _guard(self, job: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
             try:
                 job()
@@ -187,7 +188,7 @@ class Worker:
                 if not self._forward_one(item):
                     return  # Orthanc is down: the rest waits for the backoff too
 
-    def _forward_one(self, item) -> bool:  # type: ignore[no-untyped-def]
+    def _forward_one(self, item: Outgoing) -> bool:
         sched = self.config.scheduler
         try:
             published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index)

@@ -62,7 +62,7 @@ def train(arch: str, steps: int, crop: int, batch: int, loss: str, lr: float, se
     return model.eval()
 
 
-def float_program(layers: list, y: torch.Tensor) -> list[float]:  # type: ignore[type-arg]
+def float_program(layers: list, y: torch.Tensor) -> list[float]:
     """Run the decoder's layers in float; return each convolution's largest output."""
     maxima = []
     h = y
@@ -80,7 +80,7 @@ def float_program(layers: list, y: torch.Tensor) -> list[float]:  # type: ignore
 
 
 @torch.inference_mode()
-def export(model: nn.Module, crop: int, seed: int) -> dict:  # type: ignore[type-arg]
+def export(model: nn.Module, crop: int, seed: int) -> dict:
     rng = np.random.default_rng(seed + 1)
     x = torch.from_numpy(random_crops(training_images(rng=rng), 64, crop, rng))
     y = quantise_latent(model.encode(x)).float()  # type: ignore[operator]
@@ -95,7 +95,7 @@ def export(model: nn.Module, crop: int, seed: int) -> dict:  # type: ignore[type
     return {"arch": model.name, "float": model.state_dict(), "program": to_state(ops)}
 
 
-def main(arch: str, defaults: dict) -> None:  # type: ignore[type-arg]
+def main(arch: str, defaults: dict) -> None:
     parser = argparse.ArgumentParser(description=f"train and export {arch}")
     parser.add_argument("--steps", type=int, default=defaults["steps"])
     parser.add_argument("--crop", type=int, default=defaults["crop"])

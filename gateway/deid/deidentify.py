@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.datadict import get_entry
@@ -317,7 +318,7 @@ def _in_dictionary(tag: int) -> bool:
     return True
 
 
-def _map(value: object, fn) -> object:  # type: ignore[no-untyped-def]
+def _map(value: object, fn: Callable[[str], object]) -> object:
     if isinstance(value, (list, MultiValue)):
         return [fn(str(v)) for v in value]
     return fn(str(value)) if value not in (None, "") else value

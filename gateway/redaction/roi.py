@@ -88,7 +88,7 @@ def _anatomy(binary: np.ndarray, max_height: int, max_area: float) -> np.ndarray
         heights[i] = sl[0].stop - sl[0].start
     big = (areas > max_area) & (heights > 2 * max_height)  # tall and large: never a text line
     big[0] = False
-    return ndimage.binary_fill_holes(big[labels])  # type: ignore[no-any-return]
+    return ndimage.binary_fill_holes(big[labels])
 
 
 def small_components(binary: np.ndarray, max_height: int, cols: int) -> np.ndarray:
@@ -100,7 +100,7 @@ def small_components(binary: np.ndarray, max_height: int, cols: int) -> np.ndarr
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
         keep[i] = 2 <= h <= max_height and w <= cols // 2
-    return keep[labels]  # type: ignore[no-any-return]
+    return keep[labels]
 
 
 def _lines(marks: np.ndarray, max_height: int, gap: int, pad: int) -> list[Box]:

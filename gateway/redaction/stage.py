@@ -127,7 +127,7 @@ class RedactionStage:
 
 def boxes_of(record: bytes) -> list[Box]:
     """The boxes a record says were blanked (for audits and tests)."""
-    return [tuple(b) for b in _unpack(record)[1]["boxes"]] if record else []  # type: ignore[misc]
+    return [tuple(b) for b in _unpack(record)[1]["boxes"]] if record else []
 
 
 def _pack(kind: bytes, head: dict[str, Any], body: bytes) -> bytes:

@@ -145,4 +145,4 @@ def _overlap(a: Box, b: Box) -> float:
 def _disk(diameter: int) -> np.ndarray:
     r = (diameter - 1) / 2
     yy, xx = np.mgrid[:diameter, :diameter] - r
-    return xx**2 + yy**2 <= r * r + 0.5  # type: ignore[no-any-return]
+    return xx**2 + yy**2 <= r * r + 0.5

@@ -56,7 +56,7 @@ class SampleLayout:
         return 1 << self.bits_stored
 
     @property
-    def dtype(self) -> np.dtype:  # type: ignore[type-arg]
+    def dtype(self) -> np.dtype:
         return np.dtype(f"{'<' if self.little_endian else '>'}u{max(self.bits_allocated // 8, 1)}")
 
     def words(self, value: bytes) -> np.ndarray:
