@@ -207,7 +207,7 @@ def test_round_trip_restores_exactly_and_demaps_the_identity(series: list, keyri
     with caplog.at_level(logging.INFO):
         outcomes = restore_series([p for _, p in received], keyring)
     assert [o.data for o in outcomes] == [o for o, _ in received]
-    assert "identity demapped and verified (9 values from row numbers, 0 sealed)" in caplog.text
+    assert "identity demapped and verified (9 values from the table, 0 sealed; candidate 1)" in caplog.text
     assert IDENTITY.patient_name not in caplog.text and IDENTITY.patient_id not in caplog.text
 
 
@@ -222,36 +222,36 @@ def test_demapped_identity_equals_the_original_and_wrong_keys_fail(series: list,
         plugin.restore(series, records, _ctx(key=b"x" * 32))  # another study's keys
 
 
-def test_changed_images_report_failure_and_never_a_wrong_name(series: list, records: list[bytes]) -> None:  # type: ignore[type-arg]
+def test_changed_images_are_voted_through_or_reported_never_a_wrong_name(series: list, records: list[bytes]) -> None:  # type: ignore[type-arg]
     plugin = CoverlessTransform()
-    outcomes = {"exact": 0, "failed": 0}
-    for seed, step in ((0, 3), (1, 13)):
-        altered = copy.deepcopy(series)
-        rng = np.random.default_rng(seed)
-        for ds in altered[::step]:
-            pixels = ds.pixel_array.astype(np.int32) + rng.integers(-300, 300, (ds.Rows, ds.Columns))
-            ds.PixelData = np.clip(pixels, 0, 2500).astype(np.uint16).tobytes()
-        back = _ctx()
-        try:
-            plugin.restore(altered, records, back)
-        except PluginError:
-            outcomes["failed"] += 1
-            assert back.identity == {}
-        else:
-            assert back.identity == CARRIED
-            outcomes["exact"] += 1
-    assert outcomes["failed"] >= 1  # the change did reach the table
+    noisy = copy.deepcopy(series)
+    rng = np.random.default_rng(0)
+    for ds in noisy[::3]:  # noise of +-300 stored values on every third slice: the vote absorbs it
+        pixels = ds.pixel_array.astype(np.int32) + rng.integers(-300, 300, (ds.Rows, ds.Columns))
+        ds.PixelData = np.clip(pixels, 0, 2500).astype(np.uint16).tobytes()
+    back = _ctx()
+    plugin.restore(noisy, records, back)
+    assert back.identity == CARRIED
+    other = copy.deepcopy(series)  # another patient's anatomy, walked the other way: far too much
+    for ds, donor in zip(other, synthetic.ct_series(40, 128, seed=99)[::-1], strict=True):
+        ds.PixelData = donor.PixelData
+    back = _ctx()
+    with pytest.raises(PluginError, match="does not match the sender's digest"):
+        plugin.restore(other, records, back)
+    assert back.identity == {}
 
 
 def test_fallback_envelope_logs_keywords_only_and_refuse_quarantines(keyring: Keyring,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    small = synthetic.ct_series(4, 64, identity=synthetic.Identity(institution="Hôpital Émile"))
+    blank = synthetic.ct_series(4, 64, identity=synthetic.Identity(institution="Hôpital Émile"))
+    for ds in blank:  # no anatomy: every cell sits on its threshold, none can carry a bit
+        ds.PixelData = bytes(len(ds.PixelData))
     with caplog.at_level(logging.INFO):
-        _protect(small, keyring)
+        _protect(blank, keyring)
     assert "InstitutionName" in caplog.text and "sealed in the envelope (fallback envelope)" in caplog.text
     assert "mile" not in caplog.text and "DOE" not in caplog.text
     with pytest.raises(Quarantine, match="cannot carry .*InstitutionName.* fallback is refuse"):
-        _protect(small, keyring, fallback="refuse")
+        _protect(blank, keyring, fallback="refuse")
 
 
 def test_a_partial_series_is_restored_without_demapping(series: list, records: list[bytes],  # type: ignore[type-arg]
