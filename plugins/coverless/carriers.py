@@ -6,9 +6,11 @@ Here a cell is one hash bit (row m, bit i; numbered ``9 * m + i``) and the ident
 bits are each carried by ``VOTES`` cells whose bit has that value. The sender takes cells
 by their distance from flipping (largest first), dealt out in turns so every identity bit
 gets one of the strongest cells, one of the next, and so on; no cell carries two bits while
-the series has enough of them. The receiver sums the cells' signed values (a soft vote:
-a cell the attack left near zero counts little) and, when the keyed digest disagrees,
-tries flipping the least certain bits: the digest, not the vote, decides what is returned.
+the series has enough of them. The receiver takes the majority of each bit's cells and,
+when the keyed digest disagrees, tries flipping the least certain bits (the narrowest
+majorities, then the smallest sum of the cells' signed values): the digest, not the vote,
+decides what is returned. A plain majority, not the sum, decides the bit: one cell an
+attack pushed far to the wrong side must not outvote the others (measured: rotation).
 """
 
 from __future__ import annotations
@@ -80,10 +82,11 @@ def candidates(values: np.ndarray, carried: dict[str, list[int]], votes: int = V
     cells = [np.asarray(carried[k], dtype=np.int64).reshape(-1, votes) for k in keywords]
     if any(len(c) and (c.min() < 0 or c.max() >= len(values)) for c in cells):
         raise IndexError("a cell number is outside the rebuilt table")
-    sums = np.concatenate([values[c].sum(axis=1) for c in cells]) if cells else np.zeros(0, dtype=np.int64)
-    bits = (sums >= 0).astype(np.int64)
+    read = np.concatenate([values[c] for c in cells]) if cells else np.zeros((0, votes), dtype=np.int64)
+    ones = (read >= 0).sum(axis=1)
+    bits = (2 * ones > votes).astype(np.int64)
     bounds = np.cumsum([0] + [len(c) for c in cells])
-    doubtful = np.argsort(np.abs(sums), kind="stable")[:FLIP_CANDIDATES]
+    doubtful = np.lexsort((np.abs(read.sum(axis=1)), np.abs(2 * ones - votes)))[:FLIP_CANDIDATES]
     for depth in range(FLIP_DEPTH + 1):
         for flips in combinations(doubtful.tolist(), depth):
             trial = bits.copy()

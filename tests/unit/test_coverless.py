@@ -18,7 +18,8 @@ from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import MemoryDataKeys, Quarantine, RouteSpec, protect_series
 from gateway.restore import restore_series
-from plugins.coverless import CoverlessTransform, features, hashing, ordering, rpca, series_table
+from plugins.coverless import CoverlessTransform, carriers, features, hashing, ordering, rpca, series_table
+from plugins.coverless import record as rec
 from plugins.coverless.features import image_features
 from plugins.coverless.index_table import ALPHABET, PAPER_ALPHABET, DemapError, IndexTable
 from plugins.coverless.lbp_features import feature_rows, lbp
@@ -124,6 +125,66 @@ def test_alphabet_covers_dicom_identity_and_the_paper_alphabet() -> None:
     for value in ("DOE^JANE^Q", "O'NEIL-SMITH^ANN=", "PID-4711/0815", "063Y", "St. Mary's Hospital, Ward 3"):
         assert set(value) <= set(ALPHABET)
     assert len(set(ALPHABET)) == len(ALPHABET) == 94
+
+
+def test_window_differences_of_one_image_are_the_papers_and_wider_ones_are_sums() -> None:
+    feats = np.random.default_rng(7).integers(0, 10**6, size=(12, 4, 9))
+    assert np.array_equal(hashing.window_differences(feats, 1), hashing.difference_matrix(feats))
+    wide = hashing.window_differences(feats, 3).reshape(-1, 4, 9)
+    assert wide.shape == (12 - 6 + 1, 4, 9)
+    assert np.array_equal(wide[2], feats[5:8].sum(axis=0) - feats[2:5].sum(axis=0))
+
+
+def test_cells_carry_any_utf8_and_the_vote_outlasts_flipped_cells() -> None:
+    values = np.random.default_rng(8).integers(-10**5, 10**5, size=3000)
+    texts = {"PatientName": "MÜLLER^ANN", "PatientID": "Z0815-3", "PatientSex": ""}
+    carried = carriers.encode(values, texts)
+    assert [len(carried[k]) for k in sorted(texts)] == [8 * 7 * 5, 8 * 11 * 5, 0]
+    used = np.concatenate([carried[k] for k in texts])
+    assert len(set(used.tolist())) == len(used)  # no cell carries two bits while there are enough
+    assert next(carriers.candidates(values, carried)) == texts
+    hit = values.copy()
+    name = np.asarray(carried["PatientName"]).reshape(-1, 5)
+    hit[name[::8, :2]] *= -1  # two of five cells of every eighth bit flipped: the vote holds
+    assert next(carriers.candidates(hit, carried)) == texts
+    hit[name[8, 2]] *= -1  # a third for one bit: the vote is wrong there, a retry finds it
+    tried = list(carriers.candidates(hit, carried))
+    assert tried[0] != texts and texts in tried
+
+
+def test_cells_need_enough_of_each_bit_and_numbers_inside_the_table() -> None:
+    with pytest.raises(carriers.CannotCarry):
+        carriers.encode(np.array([5, 7, 0, 0, -3]), {"PatientSex": "F"})
+    with pytest.raises(IndexError):
+        next(carriers.candidates(np.ones(10, dtype=np.int64), {"PatientSex": [3] * 39 + [10]}))
+
+
+def test_method_two_table_is_the_same_in_a_worker_pool(series: list, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    single = series_table.build_cells(series, "geometry", workers=1)
+    monkeypatch.setattr(features, "POOL_THRESHOLD", 0)
+    pooled = series_table.build_cells(series, "geometry", workers=2)
+    assert single.window == pooled.window == 5 and np.array_equal(single.values, pooled.values)
+    assert (single.values != 0).mean() > 0.99
+
+
+def test_version_one_records_still_restore(series: list) -> None:  # type: ignore[type-arg]
+    """A record the paper's method (version 1) sealed before method 2 existed."""
+    built = series_table.build(series, "auto")
+    identity = {"PatientSex": "F", "PatientID": "PID4711"}
+    ctx = _ctx(identity)
+    old = rec.Record(method=series_table.METHOD, ordering=built.ordering, count=len(series),
+                     table_digest=rec.table_digest(ctx, built.rows.digest_bytes()),
+                     identity_digest=rec.identity_digest(ctx, identity),
+                     rows={k: built.table.encode(v) for k, v in identity.items()}, version=1)
+    assert b'"v":1' in old.to_bytes() and b"window" not in old.to_bytes()
+    records = [b""] * len(series)
+    records[built.order[0]] = old.to_bytes()
+    back = _ctx()
+    CoverlessTransform().restore(series, records, back)
+    assert back.identity == identity
+    records[built.order[0]] = old.to_bytes().replace(b'"v":1', b'"v":3')
+    with pytest.raises(PluginError, match="unreadable coverless record"):
+        CoverlessTransform().restore(series, records, _ctx())
 
 
 # -- ordering ---------------------------------------------------------------------------
