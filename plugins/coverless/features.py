@@ -45,9 +45,7 @@ def series_features(images: list[np.ndarray], workers: int = 0, method: int = 1)
     """(N, 4, 9) int64 features of the images, in the order given."""
     per_image = PER_IMAGE[method]
     workers = workers or default_workers()
-    # method 2 is integer numpy at about 10 ms an image: a pool only pays off for long series
-    threshold = POOL_THRESHOLD if method == 1 else 4 * POOL_THRESHOLD
-    if workers <= 1 or len(images) < threshold:
+    if workers <= 1 or len(images) < POOL_THRESHOLD:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):
