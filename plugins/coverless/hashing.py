@@ -5,6 +5,10 @@ neighbouring images. Bit i is 1 where the value is at least the row mean, tested
 ``9 * w_i >= sum(w)``: no division, no rounding. The row's margin is the smallest
 ``|9 * w_i - sum(w)|``; a row whose margin is small could flip a bit on another machine
 or after a small change, so it is marked unusable and never enters the index table.
+
+Method 2 takes the same bits from window differences (``window_differences``) and uses
+each element on its own (a cell, ``cell_values``); its features are integers from the
+pixels on, so no margin is needed for determinism, only for robustness (``carriers``).
 """
 
 from __future__ import annotations
