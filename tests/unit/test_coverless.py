@@ -302,6 +302,17 @@ def test_changed_images_are_voted_through_or_reported_never_a_wrong_name(series:
     assert back.identity == {}
 
 
+def test_a_record_whose_cells_do_not_fit_the_table_is_a_clear_failure(series: list, records: list[bytes]) -> None:  # type: ignore[type-arg]
+    holder = next(i for i, r in enumerate(records) if r)
+    raw = rec.Record.from_bytes(records[holder])
+    bad = rec.Record(**{**raw.__dict__, "rows": {k: [10**9] * len(v) for k, v in raw.rows.items()}})
+    tampered = [bad.to_bytes() if i == holder else r for i, r in enumerate(records)]
+    back = _ctx()
+    with pytest.raises(PluginError, match="cells do not fit the rebuilt table"):
+        CoverlessTransform().restore(series, tampered, back)
+    assert back.identity == {}
+
+
 def test_fallback_envelope_logs_keywords_only_and_refuse_quarantines(keyring: Keyring,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     blank = synthetic.ct_series(4, 64, identity=synthetic.Identity(institution="Hôpital Émile"))
