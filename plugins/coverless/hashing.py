@@ -5,6 +5,10 @@ neighbouring images. Bit i is 1 where the value is at least the row mean, tested
 ``9 * w_i >= sum(w)``: no division, no rounding. The row's margin is the smallest
 ``|9 * w_i - sum(w)|``; a row whose margin is small could flip a bit on another machine
 or after a small change, so it is marked unusable and never enters the index table.
+
+Method 2 takes the same bits from window differences (``window_differences``) and uses
+each element on its own (a cell, ``cell_values``); its features are integers from the
+pixels on, so no margin is needed for determinism, only for robustness (``carriers``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,24 @@ def difference_matrix(features: np.ndarray) -> np.ndarray:
     return (features[1:] - features[:-1]).reshape(-1, BITS)
 
 
+def window_differences(features: np.ndarray, window: int) -> np.ndarray:
+    """(N, 4, 9) features -> (4 * (N - 2 * window + 1), 9): the sum of ``window`` images
+    minus the sum of the ``window`` images before them, at every start (method 2).
+    ``window`` 1 is the paper's difference matrix; a wider window grows the anatomy's change
+    with the window while the independent per-image damage of an attack only grows with its
+    square root."""
+    cumulative = np.concatenate([np.zeros((1, *features.shape[1:]), dtype=np.int64), np.cumsum(features, axis=0)])
+    sums = cumulative[window:] - cumulative[:-window]
+    return (sums[window:] - sums[:-window]).reshape(-1, BITS)
+
+
+def cell_values(differences: np.ndarray) -> np.ndarray:
+    """``9 * w_i - sum(w)`` for every element: its sign is the hash bit (eq. 14-15), its
+    size how far the bit is from flipping."""
+    return BITS * differences - differences.sum(axis=1, keepdims=True)
+
+
 def row_hashes(differences: np.ndarray, margin: int = MARGIN) -> RowHashes:
-    scaled = BITS * differences - differences.sum(axis=1, keepdims=True)
+    scaled = cell_values(differences)
     bits = (scaled >= 0).astype(np.int64)
     return RowHashes(hashes=bits @ _WEIGHTS, margins=np.abs(scaled).min(axis=1), margin=margin)

@@ -1,4 +1,5 @@
-"""The index table (paper section 4.8): characters <-> hashes <-> row numbers.
+"""The index table (paper section 4.8): characters <-> hashes <-> row numbers. Method 1
+only: it demaps version-1 records (method 2 carries bits in cells, ``carriers``).
 
 The distinct hashes of the usable rows, sorted, are mapped to the alphabet in turn (and
 round again when there are more hashes than characters). A character is carried by the

@@ -31,10 +31,13 @@ def sub_block_sums(codes: np.ndarray) -> np.ndarray:
     return np.add.reduceat(np.add.reduceat(codes, ys, axis=0), xs, axis=1).ravel()
 
 
-def feature_rows(img8: np.ndarray) -> np.ndarray:
-    """4 x 9 int64: the LBP sub-block sums of the 4 quadrants (top-left, top-right,
-    bottom-left, bottom-right)."""
-    h, w = img8.shape
+def quadrants(img: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Top-left, top-right, bottom-left, bottom-right."""
+    h, w = img.shape
     hy, hx = h // 2, w // 2
-    quadrants = (img8[:hy, :hx], img8[:hy, hx:], img8[hy:, :hx], img8[hy:, hx:])
-    return np.stack([sub_block_sums(lbp(q)) for q in quadrants])
+    return img[:hy, :hx], img[:hy, hx:], img[hy:, :hx], img[hy:, hx:]
+
+
+def feature_rows(img8: np.ndarray) -> np.ndarray:
+    """4 x 9 int64: the LBP sub-block sums of the 4 quadrants."""
+    return np.stack([sub_block_sums(lbp(q)) for q in quadrants(img8)])

@@ -1,5 +1,9 @@
 """What the coverless transform seals in the envelope: row numbers and digests.
 
+Version 1 (method 1, the paper's index table): ``rows`` are row numbers, one per character.
+Version 2 (method 2): ``rows`` are cell numbers, ``votes`` per bit of the value's UTF-8,
+and ``window`` is the window of the differences. Both versions restore.
+
 One record per series (in the envelope of the first instance in table order; the other
 instances get an empty record). The gateway encrypts and authenticates it. Besides the
 row numbers it keeps two keyed digests (HMAC-SHA256 with keys from ``ctx.key``):
@@ -19,7 +23,8 @@ from typing import Any
 
 from gateway.plugin import Context
 
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -29,19 +34,23 @@ class Record:
     count: int  # instances in the series
     table_digest: str
     identity_digest: str
-    rows: dict[str, list[int]] = field(default_factory=dict)  # keyword -> row numbers
+    rows: dict[str, list[int]] = field(default_factory=dict)  # keyword -> row (v1) or cell (v2) numbers
     sealed: dict[str, str] = field(default_factory=dict)  # keyword -> value (the fallback)
+    window: int = 0  # version 2: images per side of a window difference
+    version: int = VERSION
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"v": VERSION, **self.__dict__}, separators=(",", ":"), ensure_ascii=False).encode()
+        fields = {k: v for k, v in self.__dict__.items() if k != "version" and (k != "window" or self.version > 1)}
+        return json.dumps({"v": self.version, **fields}, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Record:
         try:
             raw = json.loads(data.decode())
-            if raw.pop("v") != VERSION:
+            version = raw.pop("v")
+            if version not in VERSIONS or (version == 1 and "window" in raw):
                 raise ValueError("unknown coverless record version")
-            return cls(**raw)
+            return cls(**raw, version=version)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"unreadable coverless record ({type(exc).__name__})") from None
 

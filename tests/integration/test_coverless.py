@@ -1,5 +1,5 @@
 """Series on a coverless route: untouched pixels and no identity in Orthanc; the identity
-travels as row numbers and comes back, demapped and checked, to a restore workstation."""
+travels as cell numbers of the images' hash table and comes back, demapped and checked, to a restore workstation."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_coverless_route_keeps_pixels_hides_identity_and_restores_exactly(
         assert dataset_bytes(f.read_bytes()) == dataset_bytes(originals[str(got.SOPInstanceUID)].read_bytes())
 
     log = gateway.log_path.read_text()
-    carried = re.findall(r"coverless: identity demapped and verified \((\d+) values from row numbers", log)
+    carried = re.findall(r"coverless: identity demapped and verified \((\d+) values from the table", log)
     assert len(carried) == 2 and all(int(n) >= 1 for n in carried), "a restore did not demap the identity"
     assert "not demapped" not in log  # each series was restored whole, the long one too
     assert f"coverless: {LONG} images ordered by geometry" in log  # the long series went through the pool
