@@ -38,9 +38,9 @@ from skimage.util import random_noise
 from testkit import synthetic
 from gateway.plugin import Context
 from models.ae_runtime import AePredictor, load
-from models.dae_quality import dae_quality
+from models.training.dae_quality import dae_quality
 from plugins.ae_aes.preview import dae
-from models.training_data import held_out_real, phantom
+from models.training.training_data import held_out_real, phantom
 from plugins.ae_aes import AeAesTransform
 from plugins.ae_aes.cipher_pixels import OVERHEAD
 from gateway import frames as gateway_frames

@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from testkit import synthetic  # noqa: E402
 from gateway.plugin import Context  # noqa: E402
-from models.noise_key_data import image_dataset, jpeg_copy, run  # noqa: E402
+from models.training.noise_key_data import image_dataset, jpeg_copy, run  # noqa: E402
 from models.noise_key_denoiser import denoise, load  # noqa: E402
 from plugins.noise_key import NoiseKeyTransform  # noqa: E402
 from plugins.noise_key.unpack import unwrap  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 from models.ae_runtime import load
 from models.dae import PaperDAE, parameter_counts
 from models.exact import ACC_LIMIT, ExactnessError, check_bounds, check_machine, run_numpy, run_torch
-from models.training_data import phantom
+from models.training.training_data import phantom
 
 
 def test_the_dae_has_the_papers_parameter_counts() -> None:

@@ -11,7 +11,7 @@ from gateway.plugin import Context
 
 imagecodecs = pytest.importorskip("imagecodecs", reason="the bench extra (imagecodecs) simulates the lossy copy")
 
-from models.noise_key_data import run  # noqa: E402
+from models.training.noise_key_data import run  # noqa: E402
 from models.noise_key_denoiser import WEIGHTS_FILE, denoise, load  # noqa: E402
 
 CTX = Context(series_key=b"\x33" * 32)

@@ -27,7 +27,7 @@ from plugins.noise_key.noise import gaussian
 from plugins.noise_key.record import Record
 from plugins.noise_key.samples import SampleLayout
 from plugins.noise_key.unpack import unpack, unwrap
-from models.noise_key_data import image_dataset
+from models.training.noise_key_data import image_dataset
 from tests.conftest import encode
 
 CTX = Context(series_key=b"\x11" * 32)

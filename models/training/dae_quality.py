@@ -11,7 +11,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from models.dae import TILE
-from models.training_data import held_out_real, normalise, phantom, random_crops
+from models.training.training_data import held_out_real, normalise, phantom, random_crops
 
 SIGMA = 0.1
 

@@ -24,7 +24,7 @@ from torch import nn
 from models import WEIGHTS
 from models.ae import MODELS, noisy_latent, quantise_latent
 from models.exact import LATENT_MAX, quantise_program, run_torch, to_state
-from models.training_data import random_crops, training_images
+from models.training.training_data import random_crops, training_images
 
 STORED_RANGE = 2500.0  # typical max - min of a CT slice in stored units, for the loss
 

@@ -1,11 +1,11 @@
 """Train the seed paper's denoising autoencoder (models/dae.py) on noisy/clean pairs.
 
-Pairs: 64x64 patches of the training images (models/training_data.py), the grey value
+Pairs: 64x64 patches of the training images (models/training/training_data.py), the grey value
 repeated in the three channels; noisy = clip(clean + N(0, sigma), 0, 1), as the paper
 describes. Adam, mean squared error. Prints PSNR/SSIM on held-out pairs (real CT/MR
 and an unseen phantom slice) at the end.
 
-    .venv/bin/python -m models.train_dae                # about 5 minutes on one CPU thread
+    .venv/bin/python -m models.training.train_dae                # about 5 minutes on one CPU thread
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 
 from models import WEIGHTS
 from models.dae import TILE, PaperDAE
-from models.dae_quality import SIGMA, dae_quality, noisy
-from models.training_data import random_crops, training_images
+from models.training.dae_quality import SIGMA, dae_quality, noisy
+from models.training.training_data import random_crops, training_images
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)

@@ -11,7 +11,7 @@ slice order) of the trained weights, of the same network with random weights, an
 64x64 thumbnails, on held-out phantom series and on pydicom's real 10-slice MR, and prints
 the figures as JSON for the model card.
 
-    .venv/bin/python models/train_slice_densenet.py            # about 6 minutes on one core
+    .venv/bin/python models/training/train_slice_densenet.py            # about 6 minutes on one core
 """
 
 from __future__ import annotations

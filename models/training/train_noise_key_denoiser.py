@@ -1,11 +1,11 @@
 """Train the noise_key edge denoiser (writes models/noise_key_denoiser.pt).
 
-    .venv/bin/python -m models.train_noise_key_denoiser [--steps 1500]
+    .venv/bin/python -m models.training.train_noise_key_denoiser [--steps 1500]
 
 Data: synthetic CT phantom slices (``testkit.synthetic``, seeds 1000+, never the
 benchmark's) and real pydicom-data images of at least 12 bits that the benchmark does not
 use (CT_small, eCT_Supplemental, MR2_UNCI, RG1_UNCI crops). Each goes through the real
-pipeline (``models.noise_key_data.run``): protected by the plugin at a random strength
+pipeline (``models.training.noise_key_data.run``): protected by the plugin at a random strength
 (log-uniform 0.01..1) under a random key, copied as JPEG at a random quality (30..98),
 unpacked with the key. The network learns (unpacked, the copy's error sd read from its
 quantisation tables) -> original on 64x64 crops.
@@ -25,7 +25,7 @@ from pydicom.data import get_testdata_file
 
 from testkit import synthetic
 from gateway.plugin import Context
-from models.noise_key_data import run
+from models.training.noise_key_data import run
 from models.noise_key_denoiser import WEIGHTS_FILE, NoiseKeyDenoiser, scale_of
 
 REAL = ("CT_small.dcm", "eCT_Supplemental.dcm", "MR2_UNCI.dcm", "RG1_UNCI.dcm")
