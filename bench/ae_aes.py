@@ -35,17 +35,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.util import random_noise
 
-from testkit import synthetic
+from gateway import frames as gateway_frames
+from gateway.frames import Layout
 from gateway.plugin import Context
 from models.ae_runtime import AePredictor, load
 from models.training.dae_quality import dae_quality
-from plugins.ae_aes.preview import dae
 from models.training.training_data import held_out_real, phantom
 from plugins.ae_aes import AeAesTransform
 from plugins.ae_aes.cipher_pixels import OVERHEAD
-from gateway import frames as gateway_frames
-from gateway.frames import Layout
 from plugins.ae_aes.payload import Payload, code_frame, code_latent
+from plugins.ae_aes.preview import dae
+from testkit import synthetic
 
 # Seed paper, Table 6 (percent): SSIM and MSE of original vs noisy, original vs decoder output.
 PAPER_TABLE6 = {
@@ -206,12 +206,12 @@ def inputs(model: str, effort: int = 4) -> dict[str, Any]:
         value = bytes(original.PixelData)
         state: dict[str, Any] = {}
 
-        def protect() -> None:
+        def protect(state: dict[str, Any] = state, path: str = path) -> None:
             state["ds"] = ds = pydicom.dcmread(path)
             state["records"] = AeAesTransform(model=model, effort=effort).protect([ds], ctx)
             state["protected"] = bytes(ds.PixelData)
 
-        def restore() -> None:
+        def restore(state: dict[str, Any] = state) -> None:
             ds = state["ds"]
             ds.PixelData = state["protected"]
             AeAesTransform().restore([ds], state["records"], ctx)
@@ -273,7 +273,9 @@ def preview_quality(predictor: AePredictor, images: dict[str, np.ndarray]) -> di
             decoded = _unit(predictor.predict(latent, nlo, nhi, *img.shape)[0], lo, hi)
             noisy_scores.append(_scores(clean, noisy))
             decoded_scores.append(_scores(clean, decoded))
-        mean = lambda xs: {k: float(np.mean([x[k] for x in xs])) for k in xs[0]}
+        def mean(xs: list[dict[str, float]]) -> dict[str, float]:
+            return {k: float(np.mean([x[k] for x in xs])) for k in xs[0]}
+
         rows[noise] = {"noisy_vs_original": None if noise == "none" else mean(noisy_scores),
                        "decoded_vs_original": mean(decoded_scores), "paper_percent": PAPER_TABLE6[noise]}
     return rows

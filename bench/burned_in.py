@@ -31,10 +31,10 @@ import numpy as np
 
 from gateway.deid.deidentify import IDENTITY_KEYWORDS
 from gateway.redaction import RedactionStage
-from testkit import testimages
 from gateway.redaction.boxes import Box, mask_of
 from gateway.redaction.ocr_matching import Matcher
 from gateway.redaction.pixels import load
+from testkit import testimages
 
 DETECTORS = ("rules", "roi", "tophat", "ocr")
 PRESIDIO = Path(__file__).parent / ".presidio-venv" / "bin" / "python"

@@ -47,7 +47,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
-from testkit import synthetic
 from gateway.plugin import Context, PluginError
 from plugins.coverless import CoverlessTransform, hashing, intensity_features, ordering, series_table
 from plugins.coverless.features import image_features, one_blas_thread
@@ -56,6 +55,7 @@ from plugins.coverless.roi import otsu_threshold, roi_filtered
 from plugins.coverless.rpca import low_rank
 from plugins.coverless.series_table import WORKING_SIZE, working_images
 from plugins.coverless.working_image import render8, resample
+from testkit import synthetic
 
 # Paper, Table 1: attack -> (bit accuracy, block accuracy).
 PAPER_TABLE1 = {
@@ -367,7 +367,7 @@ def timing(slices: int, workers: int) -> dict:  # type: ignore[type-arg]
         "protect_s": round(protect_s, 2), "restore_s": round(restore_s, 2),
         "protect_cpu_s_all_processes": round(protect_cpu, 2),
         "steps_s": {"decode_and_window": round(t1 - t0, 2), "features_and_cells": round(t2 - t1, 2)},
-        "cells": int(len(table.values)), "record_bytes": max(len(r) for r in records)}}
+        "cells": len(table.values), "record_bytes": max(len(r) for r in records)}}
 
 
 def head_ct() -> dict:  # type: ignore[type-arg]

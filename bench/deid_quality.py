@@ -22,11 +22,11 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 import io
 import json
 import re
 import statistics
+import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -77,7 +77,7 @@ def _left_in(original: pydicom.Dataset, data: bytes) -> bool:
     text = gate.words(" ".join(str(e.value) for e in ds.iterall() if e.VR in gate._STRING_VRS))
     values = [str(original.get(k, "") or "").strip() for k in ("PatientName", "PatientID", "StudyInstanceUID")]
     values = [v for v in values if gate.width(gate.words(v).strip()) >= 4 and v.upper() not in _DUMMY_TEXTS]
-    return any(gate.words(v) in text or gate.width(v) >= 6 and v.encode("utf-8", "ignore") in data for v in values)
+    return any(gate.words(v) in text or (gate.width(v) >= 6 and v.encode("utf-8", "ignore") in data) for v in values)
 
 
 def bench_real(keyring: Keyring) -> dict[str, object]:

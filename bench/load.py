@@ -30,15 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.uid import generate_uid
-
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-from testkit import synthetic
 from gateway.keyring import Keyring
-from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.pseudonym import Pseudonymizer
+from testkit import synthetic
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -57,12 +57,12 @@ from skimage.metrics import structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from testkit import synthetic  # noqa: E402
-from gateway.plugin import Context  # noqa: E402
-from models.training.noise_key_data import image_dataset, jpeg_copy, run  # noqa: E402
-from models.noise_key_denoiser import denoise, load  # noqa: E402
-from plugins.noise_key import NoiseKeyTransform  # noqa: E402
-from plugins.noise_key.unpack import unwrap  # noqa: E402
+from gateway.plugin import Context
+from models.noise_key_denoiser import denoise, load
+from models.training.noise_key_data import image_dataset, jpeg_copy, run
+from plugins.noise_key import NoiseKeyTransform
+from plugins.noise_key.unpack import unwrap
+from testkit import synthetic
 
 PAPER = {"SNR_dB": 24.3165, "SSIM": 0.973, "ER": 0.001, "CNR_pct": 42.2}
 REAL = {"ct_head_693_UNCI": "693_UNCI.dcm", "mr_abdomen_siemens": "MR-SIEMENS-DICOM-WithOverlays.dcm"}

@@ -21,8 +21,8 @@ from pathlib import Path
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-from testkit import synthetic
 from gateway.transcode import transcode
+from testkit import synthetic
 
 
 def _ct_j2k() -> bytes:

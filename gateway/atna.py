@@ -246,7 +246,8 @@ class SyslogSender:
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.repo.host, self.repo.port), timeout=self.repo.timeout_seconds)
         if self.repo.transport == "tls":
-            context = ssl.create_default_context(cafile=str(self.repo.ca_certificates) if self.repo.ca_certificates else None)
+            cafile = str(self.repo.ca_certificates) if self.repo.ca_certificates else None
+            context = ssl.create_default_context(cafile=cafile)
             if self.repo.certificate is not None:
                 context.load_cert_chain(str(self.repo.certificate), str(self.repo.private_key))
             sock = context.wrap_socket(sock, server_hostname=self.repo.server_name or self.repo.host)

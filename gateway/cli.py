@@ -16,7 +16,7 @@ import threading
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlsplit
 
 import pydicom
@@ -28,15 +28,14 @@ from gateway.config import Config, ConfigError, is_loopback, load_config
 from gateway.deid.profile import OPTIONS
 from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
-from gateway.spool import SPOOL_STATES
 from gateway.plugin import PluginError, available, refused_kinds
 from gateway.protect import Quarantine, protect_batches
 from gateway.reload import check_reloadable, pid_file, signal_running
-from gateway.route_spec import RouteSpec
-from gateway.study_keys import MemoryDataKeys
 from gateway.restore import restore_series
+from gateway.route_spec import RouteSpec, route_spec
+from gateway.spool import SPOOL_STATES
 from gateway.stages import build_stages
-from gateway.route_spec import route_spec
+from gateway.study_keys import MemoryDataKeys
 
 if TYPE_CHECKING:
     from gateway.service import Service
@@ -63,34 +62,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# Commands that take only the configuration file.
+_SERVICE_COMMANDS = (
+    ("serve", "run the DICOM listener and the protect/forward workers"),
+    ("reload", "check a configuration file, then make the running gateway use it (SIGHUP)"),
+    ("check-config", "validate a configuration file and exit"),
+    ("status", "queue depths, quarantine and failures (no PHI)"),
+    ("audit", "print the audit log (who, from where, what, outcome)"),
+    ("reindex", "rebuild the retrieval index from what Orthanc holds"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="Privacy-preserving DICOM gateway in front of Orthanc.")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
+    commands = {"serve": cmd_serve, "reload": cmd_reload, "check-config": cmd_check_config, "status": cmd_status,
+                "audit": cmd_audit, "reindex": cmd_reindex}
+    for name, text in _SERVICE_COMMANDS:
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--config", type=Path, required=True)
+        s.set_defaults(func=commands[name])
+    _add_offline(sub)
+    _add_describe_profile(sub)
+    quarantine.add_commands(sub)
+    _add_keys(sub)
+    return p
 
-    s = sub.add_parser("serve", help="run the DICOM listener and the protect/forward workers")
-    s.add_argument("--config", type=Path, required=True)
-    s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("reload", help="check a configuration file, then make the running gateway use it (SIGHUP)")
-    s.add_argument("--config", type=Path, required=True)
-    s.set_defaults(func=cmd_reload)
-
-    s = sub.add_parser("check-config", help="validate a configuration file and exit")
-    s.add_argument("--config", type=Path, required=True)
-    s.set_defaults(func=cmd_check_config)
-
-    s = sub.add_parser("status", help="queue depths, quarantine and failures (no PHI)")
-    s.add_argument("--config", type=Path, required=True)
-    s.set_defaults(func=cmd_status)
-
-    s = sub.add_parser("audit", help="print the audit log (who, from where, what, outcome)")
-    s.add_argument("--config", type=Path, required=True)
-    s.set_defaults(func=cmd_audit)
-
-    s = sub.add_parser("reindex", help="rebuild the retrieval index from what Orthanc holds")
-    s.add_argument("--config", type=Path, required=True)
-    s.set_defaults(func=cmd_reindex)
-
+def _add_offline(sub: Subparsers) -> None:
     for name, fn, text in (
         ("protect", cmd_protect, "protect DICOM files offline (file or folder)"),
         ("restore", cmd_restore, "restore protected DICOM files offline (file or folder)"),
@@ -107,9 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="store decoded or changed pixels as JPEG 2000 lossless where exact and smaller")
         s.set_defaults(func=fn)
 
-    _add_describe_profile(sub)
-    quarantine.add_commands(sub)
 
+def _add_keys(sub: Subparsers) -> None:
     keys = sub.add_parser("keys", help="manage the keyring").add_subparsers(required=True, metavar="ACTION")
     for name, fn, text in (
         ("init", cmd_keys_init, "create a keyring (mode 0600)"),
@@ -123,17 +122,15 @@ def _parser() -> argparse.ArgumentParser:
         if name == "rotate":
             s.add_argument("--authenticity", action="store_true",
                            help="rotate the key that tags objects for Orthanc instead of the envelope key")
+            s.add_argument("--config", type=Path, help="audit the rotation in this gateway's audit log and repository")
         if name == "export-authenticity":
             s.add_argument("--out", type=Path, required=True)
             s.add_argument("--only-active", action="store_true",
                            help="retire older keys (once every gateway signs with the active one)")
-        if name == "rotate":
-            s.add_argument("--config", type=Path, help="audit the rotation in this gateway's audit log and repository")
         s.set_defaults(func=fn)
-    return p
 
 
-def _add_describe_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_describe_profile(sub: Subparsers) -> None:
     s = sub.add_parser("describe-profile", help="what a route does to each attribute and option (PS3.15)")
     s.add_argument("--config", type=Path, required=True)
     s.add_argument("--route", required=True, help="the route's name in the configuration")
@@ -237,7 +234,8 @@ def _check_plugins(config: Config) -> None:
             where = f"routes[{i}]" + ("" if dest.plugin is None else f".destinations ({dest.destination})")
             spec = route_spec(config, route.name, dest.destination)
             if spec.plugin not in installed:
-                raise ConfigError(f"{where}.plugin: no plugin named {spec.plugin!r} is installed; installed: {installed}")
+                raise ConfigError(f"{where}.plugin: no plugin named {spec.plugin!r} is installed; "
+                                  f"installed: {installed}")
             try:
                 build_stages(spec)
             except (PluginError, TypeError, ValueError) as exc:
@@ -255,7 +253,8 @@ def _check_legs(config: Config, serving: bool) -> None:
         try:
             tls.destination_tls_args(destination)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"retrieval.destinations.{i} ({destination.ae_title}): TLS files not usable: {exc}") from None
+            raise ConfigError(f"retrieval.destinations.{i} ({destination.ae_title}): TLS files not usable: "
+                              f"{exc}") from None
     if config.status_http.tls is not None:
         try:
             tls.server_context(config.status_http.tls)
@@ -334,8 +333,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     for line in AuditLog(config.spool.path / "audit.jsonl").lines():
-        what = ", ".join(f"{k}={v}" for k, v in line.items() if k not in ("time", "ae_title", "address", "action", "outcome"))
-        print(f"{line['time']} {line['ae_title']:16} {line['address']:15} {line['action']:9} {line['outcome']:9} {what}")
+        fixed = ("time", "ae_title", "address", "action", "outcome")
+        what = ", ".join(f"{k}={v}" for k, v in line.items() if k not in fixed)
+        print(f"{line['time']} {line['ae_title']:16} {line['address']:15} {line['action']:9} {line['outcome']:9} "
+              f"{what}")
     return 0
 
 
@@ -489,8 +490,8 @@ def _audit_rotation(config: Config, key_id: str) -> None:
     from gateway.audit import AuditLog
 
     forward = forwarder_for(config)
-    AuditLog(config.spool.path / "audit.jsonl", forward=forward).record(getpass.getuser(), "", "key-rotation", "success",
-                                                                        key_id=key_id)
+    audit = AuditLog(config.spool.path / "audit.jsonl", forward=forward)
+    audit.record(getpass.getuser(), "", "key-rotation", "success", key_id=key_id)
     if forward is not None:
         forward.close()
 
@@ -510,7 +511,8 @@ def cmd_keys_export_authenticity(args: argparse.Namespace) -> int:
     if not ring.authenticity:
         raise UsageError(f"{args.keyring} has no authenticity key: add one with 'gateway keys rotate --authenticity'")
     ring.export_authenticity(args.out, only_active=args.only_active)
-    print(f"wrote {1 if args.only_active else len(ring.authenticity)} authenticity key(s) to {args.out} (mode 0600): give it to Orthanc's user")
+    count = 1 if args.only_active else len(ring.authenticity)
+    print(f"wrote {count} authenticity key(s) to {args.out} (mode 0600): give it to Orthanc's user")
     return 0
 
 

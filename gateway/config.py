@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 from pydicom.dataset import Dataset
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.deid.profile import OPTIONS, Profile
 from gateway.attribute_matching import matches
+from gateway.deid.profile import OPTIONS, Profile
 from gateway.retrieval.vocabulary import Policy
 
 
@@ -115,7 +115,8 @@ class _Peer(_Strict):
 
     def matches(self, ae_title: str, address: str, subject: str | None) -> bool:
         """AE title, address and certificate checked together."""
-        return self.ae_title == ae_title and self.host in (None, address) and self.certificate_subject in (None, subject)
+        return (self.ae_title == ae_title and self.host in (None, address)
+                and self.certificate_subject in (None, subject))
 
 
 class Sender(_Peer):
@@ -492,7 +493,8 @@ class Config(_Strict):
         names = {"orthanc", *self.destinations}
         for i, route in enumerate(self.routes):
             if route.profile not in self.profiles:
-                raise ValueError(f"routes[{i}].profile: no profile named {route.profile!r}; defined: {sorted(self.profiles)}")
+                raise ValueError(f"routes[{i}].profile: no profile named {route.profile!r}; "
+                                 f"defined: {sorted(self.profiles)}")
             if not route.destinations:
                 raise ValueError(f"routes[{i}].destinations: a route needs at least one destination")
             for j, dest in enumerate(route.destinations):
@@ -553,14 +555,15 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     def fix_all(model: _Strict, *keys: str) -> Any:
         return model.model_copy(update={k: fix(getattr(model, k)) for k in keys if getattr(model, k) is not None})
 
-    def fix_tls(owner: _Strict) -> Any:
-        tls = getattr(owner, "tls")
+    def fix_tls(owner: Any) -> Any:
+        tls = owner.tls
         if tls is None:
             return owner
         return owner.model_copy(update={"tls": fix_all(tls, "certificate", "private_key", "ca_certificates")})
 
-    retrieval = config.retrieval.model_copy(update={"destinations": [
-        fix_all(d, "ca_certificates", "client_certificate", "client_private_key") for d in config.retrieval.destinations]})
+    moves = [fix_all(d, "ca_certificates", "client_certificate", "client_private_key")
+             for d in config.retrieval.destinations]
+    retrieval = config.retrieval.model_copy(update={"destinations": moves})
     audit = config.audit_repository
     if audit is not None:
         audit = fix_all(audit, "ca_certificates", "certificate", "private_key")

@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from gateway.keyring import Keyring
 from gateway import authenticity, framing
+from gateway.keyring import Keyring
 from gateway.original import Cut
 
 GROUP = 0x0013

@@ -21,6 +21,7 @@ forwarded as it came.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -74,7 +75,7 @@ class Layout:
                 "dtype": self.dtype, "planar": self.planar}
 
     @classmethod
-    def from_json(cls, head: dict[str, object]) -> Layout:
+    def from_json(cls, head: dict[str, Any]) -> Layout:
         return cls(int(head["frames"]), int(head["rows"]), int(head["cols"]),
                    int(head.get("samples", 1)), str(head["dtype"]), bool(head.get("planar", False)))
 

@@ -18,8 +18,8 @@ term (a patient called Knee must not stop every knee scan), UIDs only when equal
 Not searched: the gateway's own envelope block and values the profile itself wrote (dummy
 values, ``REMOVED``, pseudonyms). Excused: in a device, anatomy or code attribute the profile
 kept as the original held it, a one-word name or a name that is itself such a value
-(Manufacturer ``UIH`` for an institution called UIH). Raw bytes (pixel data, binary private values) are searched for values of 6
-character widths or more (a CJK character counts 2) in every encoding the series
+(Manufacturer ``UIH`` for an institution called UIH). Raw bytes (pixel data, binary private
+values) are searched for values of 6 character widths or more (a CJK character counts 2) in every encoding the series
 declares, where a chance match in random data is about one in 2^48 per position.
 """
 
@@ -137,7 +137,7 @@ class Needles:
 
     def _raw_needles(self, own: set[str]) -> list[tuple[bytes, str]]:
         needles: dict[bytes, str] = {}
-        for value in sorted(self.identifiers | self.patient_names):
+        for value in sorted(set(self.identifiers) | set(self.patient_names)):
             value = value.strip()
             if width(value) < _RAW_MIN_WIDTH:
                 continue
@@ -240,7 +240,7 @@ def _in_bytes(data: bytes, needle: bytes) -> bool:
 
 
 def _word_byte(data: bytes, index: int) -> bool:
-    return 0 <= index < len(data) and (chr(data[index]).isalnum() and data[index] < 128 or data[index] == 0x5F)
+    return 0 <= index < len(data) and ((chr(data[index]).isalnum() and data[index] < 128) or data[index] == 0x5F)
 
 
 def _encodings(ds: Dataset, inherited: tuple[str, ...]) -> tuple[str, ...]:

@@ -90,7 +90,8 @@ def original_attributes(ds: Dataset) -> dict[str, str]:
     for keyword in QUERY_KEYS:
         value = ds.get(keyword)
         if value is not None and value != "":
-            out[keyword] = "\\".join(map(str, value)) if isinstance(value, (list, pydicom.multival.MultiValue)) else str(value)
+            many = isinstance(value, (list, pydicom.multival.MultiValue))
+            out[keyword] = "\\".join(map(str, value)) if many else str(value)
     return out
 
 

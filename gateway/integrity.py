@@ -101,87 +101,104 @@ def _guess_syntax(fh: BinaryIO) -> UID:
 
 def _walk(fh: BinaryIO, start: int, size: int, implicit: bool, little: bool) -> _Image:
     """Walk the data set's elements, sequences, items and fragments without recursion."""
-    endian = "<" if little else ">"
-    tag_struct, length_struct, short_struct = struct.Struct(endian + "HH"), struct.Struct(endian + "L"), \
-        struct.Struct(endian + "H")
-    image = _Image()
-    # Open containers: (kind, end offset or None for undefined length); kind "ds" or "sq".
-    stack: list[tuple[str, int | None]] = [("ds", size)]
+    walker = _Walker(fh, size, implicit, little)
     fh.seek(start)
-    while stack:
-        kind, end = stack[-1]
-        pos = fh.tell()
+    while walker.stack:
+        walker.step()
+    return walker.image
+
+
+class _Walker:
+    """The state of one walk: open containers, each ``(kind, end offset or None for
+    undefined length)`` with kind ``ds`` (data set or item) or ``sq``."""
+
+    def __init__(self, fh: BinaryIO, size: int, implicit: bool, little: bool) -> None:
+        endian = "<" if little else ">"
+        self.fh, self.size, self.implicit = fh, size, implicit
+        self.tags, self.long, self.short = (struct.Struct(endian + "HH"), struct.Struct(endian + "L"),
+                                            struct.Struct(endian + "H"))
+        self.image = _Image()
+        self.stack: list[tuple[str, int | None]] = [("ds", size)]
+
+    def step(self) -> None:
+        """Read the next element (or item, or delimiter) of the innermost container."""
+        kind, end = self.stack[-1]
+        pos = self.fh.tell()
         if end is not None and pos >= end:
             if pos > end:
                 raise Damaged("an element runs past the end of its item")
-            stack.pop()
-            continue
-        head = fh.read(8)
+            self.stack.pop()
+            return
+        head = self.fh.read(8)
         if len(head) < 8:
             raise Damaged("object ends inside an element" if head or end is not None
                           else "a sequence or item is never closed")
-        group, elem = tag_struct.unpack(head[:4])
+        group, elem = self.tags.unpack(head[:4])
         tag = group << 16 | elem
-        limit = next(e for _, e in reversed(stack) if e is not None)
+        limit = next(e for _, e in reversed(self.stack) if e is not None)
         if kind == "sq":
-            length = length_struct.unpack(head[4:])[0]
-            if tag == ITEM:
-                if length == UNDEFINED:
-                    if len(stack) > MAX_DEPTH:
-                        raise Damaged(f"sequences nested deeper than {MAX_DEPTH // 2} levels")
-                    stack.append(("ds", None))
-                elif fh.tell() + length > limit:
-                    raise Damaged("an item length goes past what arrived")
-                else:
-                    stack.append(("ds", fh.tell() + length))
-            elif tag == SEQUENCE_DELIMITER and end is None:
-                stack.pop()
-            else:
-                raise Damaged("a sequence holds something other than items")
-            continue
-        if tag == ITEM_DELIMITER and end is None:
-            stack.pop()
-            continue
-        if group == 0xFFFE:
+            self._item(tag, self.long.unpack(head[4:])[0], end, limit)
+        elif tag == ITEM_DELIMITER and end is None:
+            self.stack.pop()
+        elif group == 0xFFFE:
             raise Damaged("an item or delimiter tag out of place")
-        vr = None if implicit else head[4:6]
+        else:
+            vr, length = self._vr_and_length(head)
+            self._element(tag, vr, length, limit)
+
+    def _item(self, tag: int, length: int, end: int | None, limit: int) -> None:
+        if tag == ITEM:
+            if length == UNDEFINED:
+                self._open(("ds", None))
+            elif self.fh.tell() + length > limit:
+                raise Damaged("an item length goes past what arrived")
+            else:
+                self.stack.append(("ds", self.fh.tell() + length))
+        elif tag == SEQUENCE_DELIMITER and end is None:
+            self.stack.pop()
+        else:
+            raise Damaged("a sequence holds something other than items")
+
+    def _vr_and_length(self, head: bytes) -> tuple[bytes | None, int]:
+        vr = None if self.implicit else head[4:6]
         if vr is not None and not (b"AA" <= vr <= b"ZZ"):
             vr = None  # some writers switch to implicit VR inside sequences; pydicom reads that too
         if vr is None:
-            length = length_struct.unpack(head[4:])[0]
-        elif vr in LONG_VRS:
-            extra = fh.read(4)
+            return vr, self.long.unpack(head[4:])[0]
+        if vr in LONG_VRS:
+            extra = self.fh.read(4)
             if len(extra) < 4:
                 raise Damaged("object ends inside an element")
-            length = length_struct.unpack(extra)[0]
-        else:
-            length = short_struct.unpack(head[6:])[0]
-        top = len(stack) == 1
+            return vr, self.long.unpack(extra)[0]
+        return vr, self.short.unpack(head[6:])[0]
+
+    def _element(self, tag: int, vr: bytes | None, length: int, limit: int) -> None:
+        top = len(self.stack) == 1
         if length == UNDEFINED:
             if top and tag in PIXEL_TAGS:
-                image.pixel_tag, image.pixel_length = tag, UNDEFINED
-                _walk_fragments(fh, size, length_struct, tag_struct)
-                continue
-            if len(stack) > MAX_DEPTH:
-                raise Damaged(f"sequences nested deeper than {MAX_DEPTH // 2} levels")
-            stack.append(("sq", None))
-            continue
-        value_at = fh.tell()
+                self.image.pixel_tag, self.image.pixel_length = tag, UNDEFINED
+                _walk_fragments(self.fh, self.size, self.long, self.tags)
+            else:
+                self._open(("sq", None))
+            return
+        value_at = self.fh.tell()
         if value_at + length > limit:
             raise Damaged("pixel data length goes past what arrived" if top and tag in PIXEL_TAGS
                           else "a declared length goes past what arrived")
         if top and tag in _PIXEL_ATTRIBUTES and length <= 64:
-            image.values[_PIXEL_ATTRIBUTES[tag]] = _attribute(fh.read(length), tag, short_struct)
+            self.image.values[_PIXEL_ATTRIBUTES[tag]] = _attribute(self.fh.read(length), tag, self.short)
         elif top and tag in PIXEL_TAGS:
-            image.pixel_tag, image.pixel_length = tag, length
+            self.image.pixel_tag, self.image.pixel_length = tag, length
         if _is_sequence(vr, tag) and length:
-            if len(stack) > MAX_DEPTH:
-                raise Damaged(f"sequences nested deeper than {MAX_DEPTH // 2} levels")
-            fh.seek(value_at)
-            stack.append(("sq", value_at + length))
+            self.fh.seek(value_at)
+            self._open(("sq", value_at + length))
         else:
-            fh.seek(value_at + length)
-    return image
+            self.fh.seek(value_at + length)
+
+    def _open(self, container: tuple[str, int | None]) -> None:
+        if len(self.stack) > MAX_DEPTH:
+            raise Damaged(f"sequences nested deeper than {MAX_DEPTH // 2} levels")
+        self.stack.append(container)
 
 
 def _is_sequence(vr: bytes | None, tag: int) -> bool:
@@ -227,7 +244,7 @@ def _check_pixels(image: _Image, syntax: UID) -> None:
     if image.pixel_tag is None:
         # An image storage object cut at an element boundary parses cleanly: what is
         # missing is its pixel data (Type 1 in every image IOD).
-        if values.get("rows") and values.get("columns") or "Image Storage" in UID(str(values.get("sop_class"))).name:
+        if (values.get("rows") and values.get("columns")) or "Image Storage" in UID(str(values.get("sop_class"))).name:
             raise Damaged("an image without pixel data")
         return
     if syntax.is_encapsulated and image.pixel_tag == 0x7FE00010:
@@ -240,14 +257,15 @@ def _check_pixels(image: _Image, syntax: UID) -> None:
     bits = PIXEL_TAGS[image.pixel_tag] or values.get("bits")
     if not (isinstance(rows, int) and isinstance(columns, int) and isinstance(bits, int)) or not bits:
         raise Damaged("pixel data without Rows, Columns or Bits Allocated")
-    samples = values.get("samples") if isinstance(values.get("samples"), int) else 1
+    given = values.get("samples")
+    samples = given if isinstance(given, int) else 1
     try:
         frames = int(str(values.get("frames") or "1"))
     except ValueError:
         raise Damaged("Number of Frames is not a number") from None
     if frames < 1 or not samples:
         raise Damaged("Number of Frames or Samples per Pixel is zero")
-    pixels = rows * columns * int(samples) * frames
+    pixels = rows * columns * samples * frames
     expected = math.ceil(pixels / 8) if bits == 1 else pixels * (bits // 8)
     if values.get("photometric") == "YBR_FULL_422":
         expected = expected // 3 * 2  # two chroma samples per two pixels (PS3.3 C.7.6.3.1.2)

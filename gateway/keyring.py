@@ -16,7 +16,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -100,7 +100,7 @@ class Keyring:
     def _add_authenticity_key(self) -> str:
         key_id = f"auth-{len(self.authenticity) + 1:04d}"
         self.authenticity[key_id] = secrets.token_bytes(32)
-        self.created[key_id] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.created[key_id] = datetime.now(UTC).isoformat(timespec="seconds")
         self.authenticity_active = key_id
         return key_id
 
@@ -115,7 +115,7 @@ class Keyring:
     def _add_key(self) -> str:
         key_id = f"kek-{len(self.keks) + 1:04d}"
         self.keks[key_id] = secrets.token_bytes(32)
-        self.created[key_id] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.created[key_id] = datetime.now(UTC).isoformat(timespec="seconds")
         self.active = key_id
         return key_id
 

@@ -16,25 +16,26 @@ import logging
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
-from pynetdicom import _config as netconfig
 from pynetdicom import AE, evt
+from pynetdicom import _config as netconfig
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts, build_context
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.sop_class import uid_to_service_class
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom builds its SOP class names at import time
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
-    StorageCommitmentPushModel,
     Verification,
+    uid_to_service_class,
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -61,8 +62,9 @@ QR_MODELS = (
     PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet,
 )
-_OUTCOMES = {dimse.SUCCESS: "success", dimse.OUT_OF_RESOURCES: "out_of_resources", dimse.UNABLE_TO_PROCESS: "cannot_understand",
-             dimse.NOT_AUTHORIZED: "not_authorized", dimse.SOP_CLASS_NOT_SUPPORTED: "sop_class_not_supported",
+_OUTCOMES = {dimse.SUCCESS: "success", dimse.OUT_OF_RESOURCES: "out_of_resources",
+             dimse.UNABLE_TO_PROCESS: "cannot_understand", dimse.NOT_AUTHORIZED: "not_authorized",
+             dimse.SOP_CLASS_NOT_SUPPORTED: "sop_class_not_supported",
              dimse.DOES_NOT_MATCH_SOP_CLASS: "does_not_match_sop_class"}
 _INTAKE_TAGS = [0x00080016, 0x00080018, 0x00080060, 0x0020000E]
 
@@ -82,7 +84,7 @@ class Listener:
         ae = AE(ae_title=config.listener.ae_title)
         ae.maximum_associations = config.listener.max_associations
         ae.maximum_pdu_size = config.listener.max_pdu
-        ae.supported_contexts = [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        ae.supported_contexts = [build_context(str(cx.abstract_syntax), list(TRANSFER_SYNTAXES))
                                  for cx in AllStoragePresentationContexts]
         for cx in ae.supported_contexts:  # C-GET sends over the workstation's association
             cx.scp_role, cx.scu_role = True, False
@@ -105,7 +107,7 @@ class Listener:
         self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> None:
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda event: dimse.SUCCESS),
             (evt.EVT_C_FIND, self.qr.on_find),
@@ -135,7 +137,8 @@ class Listener:
         """Accept configured senders and workstations whose policy is not deny, from their
         configured address; reject (and audit) everyone else."""
         assoc = event.assoc
-        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        primitive = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title if primitive is not None else "").strip()
         address = assoc.requestor.address
         subject = peer_common_name(assoc)
         policy = self.config.retrieval.policy(calling, address, subject)
@@ -171,7 +174,7 @@ class Listener:
             return
         context_id = event.message.context_id
         context = next((cx for cx in event.assoc.accepted_contexts if cx.context_id == context_id), None)
-        if context is None or uid_to_service_class(context.abstract_syntax) is not StorageServiceClass:
+        if context is None or uid_to_service_class(str(context.abstract_syntax)) is not StorageServiceClass:
             return  # not a storage context: pynetdicom's own handling stands
         with self._foreign_lock:
             self._foreign_class[(id(event.assoc), int(command.MessageID))] = named
@@ -191,20 +194,10 @@ class Listener:
         """(status, Error Comment) for one C-STORE; the comment names a problem, never a value."""
         calling = event.assoc.requestor.ae_title.strip()
         address = event.assoc.requestor.address
-        with self._foreign_lock:
-            named = self._foreign_class.pop((id(event.assoc), int(event.request.MessageID)), None)
-        if not self._is_sender(calling, address, peer_common_name(event.assoc)):
-            log.warning("C-STORE from %s refused: not a configured sender", calling)
-            return dimse.NOT_AUTHORIZED, None
-        if named is not None:
-            return self._refuse(calling, address, None, dimse.SOP_CLASS_NOT_SUPPORTED,
-                                "the request names a SOP class that is not a storage class")
+        refusal = self._admit(event, calling, address)
+        if refusal is not None:
+            return refusal
         received = event.dataset_path
-        # This object's protected copy will need about its size again, beyond the reserve.
-        if self.spool.room() - received.stat().st_size < self.config.spool.free_space_reserve_mb * 2**20:
-            log.error("C-STORE from %s answered out-of-resources: the spool is below its free-space reserve",
-                      calling)
-            return dimse.OUT_OF_RESOURCES, "spool below its free-space reserve; send again later"
         try:
             series_token, sop_token, modality, sop_class = self.describe(received)
         except Exception as exc:  # noqa: BLE001 - pydicom meets damaged input with many types
@@ -212,14 +205,9 @@ class Listener:
             # answer and the log gets the type only: the message may quote the content.
             return self._refuse(calling, address, None, dimse.UNABLE_TO_PROCESS,
                                 f"object cannot be read ({type(exc).__name__})")
-        context_class = str(event.context.abstract_syntax)
-        if context_class != sop_class or context_class != str(event.request.AffectedSOPClassUID):
-            return self._refuse(calling, address, sop_token, dimse.DOES_NOT_MATCH_SOP_CLASS,
-                                "SOP Class UID of the data set differs from the request's")
-        if self.config.listener.non_image == "refuse" and not is_image(sop_class):
-            log.warning("C-STORE of %s from %s refused: %s is not an image (listener.non_image: refuse)",
-                        sop_token, calling, UID(sop_class).name)
-            return dimse.SOP_CLASS_NOT_SUPPORTED, "not an image (listener.non_image: refuse)"
+        refusal = self._fits(event, calling, address, sop_token, sop_class)
+        if refusal is not None:
+            return refusal
         damage = None
         try:
             verify(received)
@@ -234,11 +222,43 @@ class Listener:
         try:
             self.spool.accept(received, calling_ae=calling, series_token=series_token, sop_token=sop_token,
                               modality=modality, sop_class_uid=sop_class, damage=damage,
-                              called_ae=str(event.assoc.acceptor.ae_title).strip(), address=event.assoc.requestor.address)
+                              called_ae=str(event.assoc.acceptor.ae_title).strip(), address=address)
         except SpoolError as exc:
             log.error("C-STORE of %s from %s answered out-of-resources: %s", sop_token, calling, exc)
             return dimse.OUT_OF_RESOURCES, "the spool cannot store the object; send again later"
         return dimse.SUCCESS, None
+
+    def _admit(self, event: Event, calling: str, address: str) -> tuple[int, str | None] | None:
+        """A refusal before the object is read: unknown sender, a request naming no storage
+        class, a spool below its reserve; None to go on."""
+        with self._foreign_lock:
+            named = self._foreign_class.pop((id(event.assoc), int(event.request.MessageID or 0)), None)
+        if not self._is_sender(calling, address, peer_common_name(event.assoc)):
+            log.warning("C-STORE from %s refused: not a configured sender", calling)
+            return dimse.NOT_AUTHORIZED, None
+        if named is not None:
+            return self._refuse(calling, address, None, dimse.SOP_CLASS_NOT_SUPPORTED,
+                                "the request names a SOP class that is not a storage class")
+        # This object's protected copy will need about its size again, beyond the reserve.
+        if self.spool.room() - event.dataset_path.stat().st_size < self.config.spool.free_space_reserve_mb * 2**20:
+            log.error("C-STORE from %s answered out-of-resources: the spool is below its free-space reserve",
+                      calling)
+            return dimse.OUT_OF_RESOURCES, "spool below its free-space reserve; send again later"
+        return None
+
+    def _fits(self, event: Event, calling: str, address: str, sop_token: str,
+              sop_class: str) -> tuple[int, str | None] | None:
+        """A refusal for an object of another class than its request, or a non-image the
+        listener refuses; None to go on."""
+        context_class = str(event.context.abstract_syntax)
+        if context_class != sop_class or context_class != str(event.request.AffectedSOPClassUID):
+            return self._refuse(calling, address, sop_token, dimse.DOES_NOT_MATCH_SOP_CLASS,
+                                "SOP Class UID of the data set differs from the request's")
+        if self.config.listener.non_image == "refuse" and not is_image(sop_class):
+            log.warning("C-STORE of %s from %s refused: %s is not an image (listener.non_image: refuse)",
+                        sop_token, calling, UID(sop_class).name)
+            return dimse.SOP_CLASS_NOT_SUPPORTED, "not an image (listener.non_image: refuse)"
+        return None
 
     def _refuse(self, calling: str, address: str, sop_token: str | None, status: int, reason: str) -> tuple[int, str]:
         """A failure status for one object: logged and audited, by pseudonym, without values."""

@@ -27,7 +27,8 @@ class Metrics:
                                ["outcome"], registry=self.registry)
         self.associations_refused = Counter("gateway_associations_refused", "Associations rejected",
                                             registry=self.registry)
-        self.retrieved = Counter("gateway_retrieve_objects", "Objects for workstations: sent, or refused because they did not restore exactly",
+        self.retrieved = Counter("gateway_retrieve_objects",
+                                 "Objects for workstations: sent, or refused because they did not restore exactly",
                                  ["policy", "outcome"], registry=self.registry)
 
     def watch(self, spool: Spool) -> None:

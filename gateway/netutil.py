@@ -36,4 +36,4 @@ def keep_responses(event: Event) -> None:
         else:
             serve(msg, context_id)
 
-    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
+    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]  # replacing pynetdicom's request dispatch is the point of this module

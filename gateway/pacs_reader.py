@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from gateway.config import Orthanc
 from gateway.tls import orthanc_client, orthanc_request_options
 

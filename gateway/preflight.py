@@ -56,7 +56,8 @@ def orthanc_warning(config: Config) -> str | None:
         response = requests.get(f"{orthanc.url.rstrip('/')}/system", auth=(orthanc.username, orthanc.secret()),
                                 timeout=min(orthanc.timeout_seconds, 5))
     except requests.RequestException as exc:
-        return f"Orthanc at {orthanc.url} is not reachable ({type(exc).__name__}); objects wait in the spool until it is"
+        return (f"Orthanc at {orthanc.url} is not reachable ({type(exc).__name__}); "
+                "objects wait in the spool until it is")
     if response.status_code in (401, 403):
         return f"Orthanc at {orthanc.url} refused the gateway's credentials (HTTP {response.status_code})"
     if not response.ok:

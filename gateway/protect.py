@@ -19,6 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -26,7 +27,7 @@ from pydicom.uid import (
 )
 
 from gateway import envelope, gate
-from gateway.deid.deidentify import DeidResult, Deidentifier
+from gateway.deid.deidentify import Deidentifier, DeidResult
 from gateway.deid.profile import Profile
 from gateway.keyring import Keyring
 from gateway.original import cut
@@ -195,7 +196,7 @@ def _parse(raw: bytes | Path, index: int, headers_only: bool = False) -> Dataset
         ds = pydicom.dcmread(raw if isinstance(raw, Path) else io.BytesIO(raw), force=True,
                              stop_before_pixels=headers_only)
         ds.SOPInstanceUID  # noqa: B018 - must exist
-        for elem in ds:  # decode every element now, so bad ones fail here and not half-way
+        for _ in ds:  # decode every element now, so bad ones fail here and not half-way
             pass
     except (InvalidDicomError, AttributeError, ValueError, KeyError, EOFError, OSError) as exc:
         raise Quarantine(f"object {index} of the series cannot be parsed: {type(exc).__name__}") from None
@@ -214,7 +215,7 @@ def _normalise_transfer_syntax(ds: Dataset) -> None:
 
 
 def _encode(ds: Dataset) -> bytes:
-    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)

@@ -16,8 +16,8 @@ import getpass
 import json
 import os
 import sys
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from pydicom.uid import UID
@@ -89,13 +89,13 @@ def _show(args: argparse.Namespace, config: Config, spool: Spool, audit: AuditLo
     print(f"state       {row.state} since {_stamp(row.updated_at)}")
     print(f"route       {row.route or '(none matched)'}")
     print("why")
-    for line in _reason_lines(row.reason or next((o["error"] for o in objects if o["error"]), None)):
+    for line in _reason_lines(row.reason or next((str(o["error"]) for o in objects if o["error"]), None)):
         print(f"  {line}")
     print(f"objects     {len(objects)}")
     for o in objects:
         sop_class = str(o["sop_class_uid"])
         print(f"  {o['object']}  from {o['sender']}  {o['modality'] or '-':4} {UID(sop_class).name or sop_class}"
-              f"  received {_stamp(float(o['received_at']))}  {o['state']}"
+              f"  received {_stamp(float(str(o['received_at'])))}  {o['state']}"
               + (f": {_one_line(str(o['error']))}" if o["error"] and o["error"] != row.reason else ""))
     return 0
 

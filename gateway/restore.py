@@ -103,11 +103,12 @@ def _check_carried_identity(identity: dict[str, str], outcomes: list[Restored]) 
     """Identity a transform carried itself must be what the restored headers say: every
     value it demapped is that attribute's value in the series, or nothing is returned."""
     done = [o for o in outcomes if o.data is not None]
-    headers = [pydicom.dcmread(io.BytesIO(o.data), stop_before_pixels=True) for o in done]  # type: ignore[arg-type]
+    headers = [pydicom.dcmread(io.BytesIO(o.data), stop_before_pixels=True) for o in done]  # type: ignore[arg-type]  # every o.data is bytes here: ``done`` holds the restored ones only
     for keyword, value in identity.items():
         if value not in {str(h.get(keyword, "") or "") for h in headers}:
             for outcome in done:
-                outcome.data, outcome.error = None, "identity carried by the transform does not match the restored header"
+                outcome.data = None
+                outcome.error = "identity carried by the transform does not match the restored header"
             log.error("restore of a series of %d failed: %s carried by the transform differs from the restored header",
                       len(outcomes), keyword)
             return

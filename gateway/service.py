@@ -8,16 +8,16 @@ from gateway.atna import forwarder_for
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.forwarder import Forwarder
-from gateway.keyring import Keyring
 from gateway.index import Index
+from gateway.keyring import Keyring
 from gateway.listener import Listener
 from gateway.metrics import Metrics
 from gateway.pacs_reader import PacsReader
 from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.spool import Spool
-from gateway.storage_commitment import StorageCommitment
 from gateway.status_http import StatusServer
+from gateway.storage_commitment import StorageCommitment
 from gateway.worker import Worker
 
 log = logging.getLogger("gateway.service")

@@ -377,7 +377,7 @@ class Spool:
             rows = self._db.execute(
                 "SELECT id, path FROM instances i WHERE state='forwarded' AND forwarded_at <= ?", (cutoff,)
             ).fetchall()
-        for row_id, name in rows:
+        for _, name in rows:
             (self.incoming / name).unlink(missing_ok=True)
         self._set_state([r[0] for r in rows], "done")
         return len(rows)

@@ -13,14 +13,13 @@ import logging
 import ssl
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from gateway.config import StatusHttp
 from gateway.metrics import Metrics
-from gateway.spool import SPOOL_STATES
-from gateway.spool import Spool
+from gateway.spool import SPOOL_STATES, Spool
 from gateway.tls import server_context
 
 log = logging.getLogger("gateway.status")
@@ -36,7 +35,7 @@ def status_document(spool: Spool) -> dict[str, Any]:
         "quarantined_objects": counts.get("quarantined", 0),
         "last_errors": [
             {"series": token, "state": state, "reason": reason,
-             "at": datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")}
+             "at": datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")}
             for token, state, reason, when in problems
         ],
     }
@@ -90,7 +89,7 @@ def _handler(spool: Spool, metrics: Metrics, context: ssl.SSLContext | None) -> 
             if context is not None:  # the server closes the plain socket, which the TLS one took over
                 self.request.close()
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.path == "/status":
                 self._send(200, "application/json", json.dumps(status_document(spool), indent=2).encode())
             elif self.path == "/metrics":
@@ -101,7 +100,7 @@ def _handler(spool: Spool, metrics: Metrics, context: ssl.SSLContext | None) -> 
         def _refuse(self) -> None:
             self._send(405, "text/plain", b"read-only: GET /status or /metrics\n")
 
-        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
         def _send(self, code: int, content_type: str, body: bytes) -> None:
             self.send_response(code)
@@ -110,7 +109,7 @@ def _handler(spool: Spool, metrics: Metrics, context: ssl.SSLContext | None) -> 
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: scrapes every few seconds
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
     return Handler

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]  # pynetdicom builds its SOP class names at import time
 
 from gateway.config import Config, Route, Sender
 from gateway.delivery import header_and_origin

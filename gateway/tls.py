@@ -102,7 +102,7 @@ def orthanc_client(settings: Orthanc) -> OrthancApiClient:
     fails the same way each time. The forwarder's own backoff, which records why, takes
     over. (The client keeps its session private; its adapter's retry policy is the hook.)"""
     client = OrthancApiClient(settings.url, user=settings.username, pwd=settings.secret())
-    adapter = client._http_session.get_adapter(settings.url)  # noqa: SLF001 - see above
+    adapter = client._http_session.get_adapter(settings.url)
     adapter.max_retries = adapter.max_retries.new(other=0)
     return client
 

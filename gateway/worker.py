@@ -19,21 +19,22 @@ import time
 from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from pydicom.dataset import Dataset
 
 from gateway.audit import AuditLog
 from gateway.authenticity import AuthenticityError
-from gateway.config import Config
+from gateway.config import Config, Route
 from gateway.delivery import Deliverer, header_and_origin, stage_copies, study_still_receiving
 from gateway.envelope import EnvelopeError
 from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.index import Index
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
-from gateway.publish import Outcome, publish
 from gateway.protect import Quarantine, protect_batches
+from gateway.publish import Outcome, publish
 from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
-from gateway.spool import Outgoing, Spool, SpoolError
+from gateway.spool import Incoming, Outgoing, Spool, SpoolError
 
 log = logging.getLogger("gateway.worker")
 
@@ -92,32 +93,50 @@ class Worker:
         items = self.spool.received(token)
         if not items:
             return
-        first = items[0]
-        forced = self.spool.forced_route(token)
         ids = [i.id for i in items]
+        chosen = self._route(token, items)
+        if chosen is None:
+            return
+        route, header = chosen
+        damaged = next((i.damage for i in items if i.damage), None)
+        if damaged is not None:  # kept by listener.damaged: quarantine, never protected
+            self._quarantine(token, route.name, damaged, ids)
+            return
+        study = str(header.get("StudyInstanceUID", "")) if header is not None else ""
+        settle = self.config.scheduler.settle_seconds
+        if route.level == "study" and study_still_receiving(self.spool, token, study, settle):
+            return  # the study has not settled: its series go together, later
+        if self.config.listener.non_image != "protect" and not all(is_image(i.sop_class_uid) for i in items):
+            self._quarantine(token, route.name, "non-image objects are kept for review (listener.non_image)", ids)
+            return
+        staged = self._protect(token, route, items)
+        if staged is not None:
+            self._finish(token, route, ids, staged)
+
+    def _route(self, token: str, items: list[Incoming]) -> tuple[Route, Dataset | None] | None:
+        """The series' route (the one ``reroute`` forced, else the first that matches) and the
+        header it was matched on; None when the series went to quarantine instead."""
+        first, ids = items[0], [i.id for i in items]
+        forced = self.spool.forced_route(token)
         try:
             header, called, address = header_and_origin(first, self.config)
         except Exception as exc:  # noqa: BLE001 - as for any unreadable object: type only
             self._quarantine(token, None, f"header cannot be read for routing ({type(exc).__name__})", ids)
-            return
+            return None
         route = (next((r for r in self.config.routes if r.name == forced), None) if forced
                  else self.config.route_for(first.calling_ae, first.modality, first.sop_class_uid, called, address,
                                             header))
         if route is None:
             self._quarantine(token, None, f"the route {forced!r} named by reroute no longer exists" if forced
                              else "no route matches this series", ids)
-            return
-        damaged = next((i.damage for i in items if i.damage), None)
-        if damaged is not None:  # kept by listener.damaged: quarantine, never protected
-            self._quarantine(token, route.name, damaged, ids)
-            return
-        study = str(header.get("StudyInstanceUID", "")) if header is not None else ""
-        if route.level == "study" and study_still_receiving(self.spool, token, study, self.config.scheduler.settle_seconds):
-            return  # the study has not settled: its series go together, later
+            return None
+        return route, header
+
+    def _protect(self, token: str, route: Route, items: list[Incoming]) -> list[int] | None:
+        """Protected copies for Orthanc (in the spool's outputs) and for the route's other
+        destinations (staged deliveries); None when the series was quarantined or must wait."""
+        ids = [i.id for i in items]
         to_main = any(d.destination == "orthanc" for d in route.destinations)
-        if self.config.listener.non_image != "protect" and not all(is_image(i.sop_class_uid) for i in items):
-            self._quarantine(token, route.name, "non-image objects are kept for review (listener.non_image)", ids)
-            return
         written: list[int] = []
         try:
             for batch in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
@@ -126,23 +145,23 @@ class Worker:
                     self.spool.write_output(ids[len(written)], protected.data)
                     written.append(ids[len(written)])
                 batch.clear()  # on disk now: free it before the next batch is made
-            staged = stage_copies(self.config, self.keyring, self.spool, route, token, items,
-                                  lambda name: route_spec(self.config, route.name, name))
+            return stage_copies(self.config, self.keyring, self.spool, route, token, items,
+                                lambda name: route_spec(self.config, route.name, name))
         except (Quarantine, PluginError) as exc:
             self.spool.discard_outputs(written)
             self._quarantine(token, route.name, str(exc), ids)
-            return
         except Exception as exc:  # noqa: BLE001 - one poisonous series must not stall the others
             self.spool.discard_outputs(written)
             if is_infrastructure(exc):
                 self._wait(token, exc)
-                return
-            # The exception's text may quote the object's content; its type names the fault.
-            self._quarantine(token, route.name, f"internal error while protecting ({type(exc).__name__})", ids)
-            return
+            else:  # the exception's text may quote the object's content; its type names the fault
+                self._quarantine(token, route.name, f"internal error while protecting ({type(exc).__name__})", ids)
+        return None
+
+    def _finish(self, token: str, route: Route, ids: list[int], staged: list[int]) -> None:
         try:
             self.spool.release_deliveries(staged)
-            if to_main:
+            if any(d.destination == "orthanc" for d in route.destinations):
                 self.spool.protected(token, route.name, ids)
             else:
                 self.spool.handed_on(token, route.name, ids)

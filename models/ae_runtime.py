@@ -36,8 +36,8 @@ class AePredictor:
         self.model.load_state_dict(state["float"])
         self.model.eval()
         self.program: list[Op] = from_state(state["program"])
-        self.factor: int = self.model.factor  # type: ignore[assignment]
-        self.channels: int = self.model.latent_channels  # type: ignore[assignment]
+        self.factor: int = self.model.factor  # type: ignore[assignment]  # torch types module attributes as Tensor | Module; these are ints
+        self.channels: int = self.model.latent_channels  # type: ignore[assignment]  # torch types module attributes as Tensor | Module; these are ints
         self.device = device
         check_machine(self.program, self.channels, device)
 
@@ -53,7 +53,7 @@ class AePredictor:
         span = np.maximum(hi - lo, 1).astype(np.float32)
         x = (images.astype(np.float32) - lo[:, None, None].astype(np.float32)) / span[:, None, None]
         t = _pad_to(torch.from_numpy(x)[:, None], self.factor)
-        latents = quantise_latent(self.model.encode(t)).numpy()  # type: ignore[operator]
+        latents = quantise_latent(self.model.encode(t)).numpy()  # type: ignore[operator]  # the model is one of the ae.py networks, typed nn.Module
         return latents, lo, hi
 
     def predict(self, latents: np.ndarray, lo: np.ndarray, hi: np.ndarray, rows: int, cols: int,

@@ -118,7 +118,8 @@ def check_bounds(ops: list[Op], in_max: int) -> None:
             amax = ACT_MAX
 
 
-def run_torch(ops: list[Op], latent: torch.Tensor, device: str = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
+def run_torch(ops: list[Op], latent: torch.Tensor, device: str = "cpu",
+              dtype: torch.dtype | None = None) -> torch.Tensor:
     """The program on ``latent`` (int, N C H W) with torch; returns int64 N 1 H W.
     float32 on CPU, float64 on CUDA unless ``dtype`` says otherwise (tests run both)."""
     dtype = dtype or (torch.float64 if device.startswith("cuda") else torch.float32)
@@ -146,7 +147,8 @@ def run_numpy(ops: list[Op], latent: np.ndarray) -> np.ndarray:
         if isinstance(op, Shuffle):
             n, c, h, w = x.shape
             r = op.factor
-            x = x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+            x = x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3)
+            x = x.reshape(n, c // (r * r), h * r, w * r)
         elif isinstance(op, Upsample):
             x = x.repeat(op.factor, axis=2).repeat(op.factor, axis=3)
         else:

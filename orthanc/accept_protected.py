@@ -36,7 +36,7 @@ def envelope_block(tags):
     if _text(tags, "0012,0062") != "YES":
         return None
     for element in range(0x10, 0x100):
-        if _text(tags, "0013,%04x" % element) == ENVELOPE_CREATOR:
+        if _text(tags, f"0013,{element:04x}") == ENVELOPE_CREATOR:
             return element
     return None
 
@@ -60,9 +60,9 @@ def is_protected(dicom, tags, keys):
     block = envelope_block(tags)
     if block is None:
         return False
-    if _text(tags, "0013,%02x01" % block) != "1" or not _text(tags, "0013,%02x02" % block):
+    if _text(tags, f"0013,{block:02x}01") != "1" or not _text(tags, f"0013,{block:02x}02"):
         return False
-    value = _text(tags, "0013,%02x07" % block)
+    value = _text(tags, f"0013,{block:02x}07")
     return bool(value) and authentic(dicom, value, keys)
 
 
@@ -87,7 +87,7 @@ def on_received(dicom, origin):
     if is_protected(bytes(dicom), tags, _authenticity_keys()):
         return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
     orthanc.LogWarning("privacy filter: refused an instance that the gateway did not protect and tag "
-                       "(SOP Instance UID %s)" % _text(tags, "0008,0018"))
+                       "(SOP Instance UID {})".format(_text(tags, "0008,0018")))
     return orthanc.ReceivedInstanceAction.DISCARD, None
 
 

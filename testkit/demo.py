@@ -22,10 +22,9 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from testkit import synthetic
-from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.original import dataset_bytes
-from testkit import testimages
+from testkit import synthetic, testimages
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 
 SHOWN = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
          "ReferringPhysicianName", "StudyDate", "StudyDescription", "StudyInstanceUID", "PatientIdentityRemoved",
@@ -80,7 +79,8 @@ def main() -> int:
         ws_port = free_port()
         orthanc = OrthancServer(root / "orthanc", gateway_port=free_port()).start()
         retrieval = {"workstations": [{"ae_title": WORKSTATION, "policy": "restore"}],
-                     "destinations": [{"ae_title": WORKSTATION, "host": "127.0.0.1", "port": ws_port, "owners": [WORKSTATION], "allow_cleartext_originals": True}]}
+                     "destinations": [{"ae_title": WORKSTATION, "host": "127.0.0.1", "port": ws_port,
+                                       "owners": [WORKSTATION], "allow_cleartext_originals": True}]}
         gateway = GatewayProcess(
             root / "gateway", orthanc, settle_seconds=1,
             profiles={"default": {"options": ["retain_longitudinal_modified_dates", "clean_descriptors"]}},

@@ -196,7 +196,8 @@ class GatewayProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not self.keyring.exists():
             run_cli("keys", "init", "--keyring", str(self.keyring))
-        run_cli("keys", "export-authenticity", "--keyring", str(self.keyring), "--out", str(self.orthanc.authenticity_keys))
+        run_cli("keys", "export-authenticity", "--keyring", str(self.keyring),
+                "--out", str(self.orthanc.authenticity_keys))
         config = {
             "listener": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port},
             "senders": self.senders,

@@ -64,7 +64,7 @@ def fonts(size: int) -> list[ImageFont.ImageFont | ImageFont.FreeTypeFont]:
 
 def identity_lines(identity: Identity, rng: np.random.Generator) -> list[tuple[str, str]]:
     """The identity as a modality might print it, in varying formats: (label, value)."""
-    family, given, *rest = identity.patient_name.split("^") + ["", ""]
+    family, given, *_rest = [*identity.patient_name.split("^"), "", ""]
     names = [identity.patient_name, f"{family}, {given}", f"{given.title()} {family.title()}", f"{family}^{given}"]
     d = identity.birth_date
     dates = [d, f"{d[:4]}-{d[4:6]}-{d[6:]}", f"{d[6:]}.{d[4:6]}.{d[:4]}", f"{d[4:6]}/{d[6:]}/{d[:4]}"]
@@ -108,7 +108,7 @@ def make(kind: str, seed: int, identity: Identity = Identity(), size: int | None
         if w >= cols - 12:
             continue
         if placement == "anatomy":
-            ys, xs = np.nonzero(anatomy)
+            ys, _xs = np.nonzero(anatomy)
             y0 = int(np.clip(rng.integers(ys.min(), max(ys.max() - h, ys.min() + 1)), 0, rows - h - 1))
             x0 = int(np.clip((cols - w) // 2 + rng.integers(-cols // 8, cols // 8), 0, cols - w - 1))
         else:
@@ -150,8 +150,8 @@ def make(kind: str, seed: int, identity: Identity = Identity(), size: int | None
 
 def _render(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> tuple[np.ndarray, list[np.ndarray]]:
     """Ink mask of ``text`` and one mask per character (drawn one by one, so exact)."""
-    left, top, right, bottom = font.getbbox(text)
-    width = int(font.getlength(text)) + 4 + max(right - int(font.getlength(text)), 0)
+    _left, _top, right, bottom = font.getbbox(text)
+    width = int(font.getlength(text)) + 4 + max(int(right) - int(font.getlength(text)), 0)
     height = int(bottom) + 2
     chars = []
     x = 0.0
@@ -160,7 +160,7 @@ def _render(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> tu
         ImageDraw.Draw(img).text((x + 1, 0), ch, fill=255, font=font)
         chars.append(np.asarray(img) > 96)
         x += font.getlength(ch)
-    full = np.logical_or.reduce(chars) if chars else np.zeros((height, width), bool)
+    full = np.logical_or.reduce(chars) if chars else np.zeros((height, width), dtype=np.bool_)
     rows = np.nonzero(full.any(axis=1))[0]
     cut = slice(max(rows.min() - 1, 0), rows.max() + 2) if rows.size else slice(0, height)
     return full[cut], [c[cut] for c in chars]

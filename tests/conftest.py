@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from testkit import synthetic
 from gateway.keyring import Keyring
+from testkit import synthetic
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def issue(folder: Path, name: str, issuer: Issuer | None, ca: bool = False) -> I
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     signer_cert, signer_key = issuer if issuer else (None, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject)
                .issuer_name(signer_cert.subject if signer_cert else subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pydicom.datadict import get_entry
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 
 from gateway.deid.profile import Profile
 from gateway.pseudonym import Pseudonymizer, shift_da, shift_dt
@@ -162,8 +162,8 @@ class _Walk:
             creator = str(elem.value).strip().upper()
             return (group, creator) in self.owner.keep_private
         creator_tag = (group << 16) | (elem.tag.element >> 8)
-        creator = ds.get(creator_tag)
-        return creator is not None and (group, str(creator.value).strip().upper()) in self.owner.keep_private
+        block = ds.get(creator_tag)
+        return block is not None and (group, str(block.value).strip().upper()) in self.owner.keep_private
 
     def _apply(self, ds: Dataset, elem: DataElement, action: str) -> None:
         if elem.VR == "SQ":
@@ -176,7 +176,8 @@ class _Walk:
         if action == "X":
             del ds[elem.tag]
         elif action == "Z":
-            elem.value = self._pseudonym(elem) if elem.keyword in ("PatientID", "PatientName", "AccessionNumber") else None
+            pseudonymized = elem.keyword in ("PatientID", "PatientName", "AccessionNumber")
+            elem.value = self._pseudonym(elem) if pseudonymized else None
             if elem.value is None:
                 elem.value = b"" if elem.VR in ("OB", "OW", "UN") else ""
         elif action == "D":
@@ -219,7 +220,8 @@ class _Walk:
         text = str(elem.value or "")
         if not text:
             return None
-        pseudonym = self.owner.pseudonyms.accession(text) if elem.keyword == "AccessionNumber" else self.patient_pseudonym
+        pseudonym = (self.owner.pseudonyms.accession(text) if elem.keyword == "AccessionNumber"
+                     else self.patient_pseudonym)
         self.result.written.add(pseudonym)
         return pseudonym
 
@@ -284,12 +286,14 @@ def _identifying(elem: DataElement, text: str) -> bool:
     if elem.VR in ("IS", "DS", "AS", "TM") or text.upper() in _DUMMY_TEXTS:
         return False
     if elem.VR == "PN":
-        return keyword.startswith(("Patient", "OtherPatient")) or len([p for p in re.split(r"[\^=]", text) if p.strip()]) >= 2
+        parts = [p for p in re.split(r"[\^=]", text) if p.strip()]
+        return keyword.startswith(("Patient", "OtherPatient")) or len(parts) >= 2
     if elem.VR in ("UI", "DA", "DT"):
         return True
-    return keyword.startswith(("Patient", "OtherPatient", "Issuer")) or keyword.endswith(("ID", "IDs", "Number")) or any(
-        part in keyword for part in ("Address", "Telephone", "Telecom", "Institution", "Department", "Accession")
-    )
+    if keyword.startswith(("Patient", "OtherPatient", "Issuer")) or keyword.endswith(("ID", "IDs", "Number")):
+        return True
+    places = ("Address", "Telephone", "Telecom", "Institution", "Department", "Accession")
+    return any(place in keyword for place in places)
 
 
 def kept_descriptors(original: Dataset, protected: Dataset) -> dict[str, set[str]]:

@@ -49,7 +49,8 @@ def describe(options: frozenset[str], keep_private: tuple[tuple[int, str], ...] 
     kept = ", ".join(f"({group:04X},{creator!r})" for group, creator in keep_private) or "none"
     lines += [
         "Not in the table:",
-        f"  private attributes: removed, except blocks a rule keeps ({kept}); kept ones are still searched by the PHI gate",
+        f"  private attributes: removed, except blocks a rule keeps ({kept}); "
+        "kept ones are still searched by the PHI gate",
         "  other standard attributes: kept; person names (PN): emptied; tags no dictionary knows: removed",
         "  free text in items of replaced (D) or cleaned (C) sequences: dummy text or scrubbed; codes stay",
         "Marked: Patient Identity Removed YES, De-identification Method (Code Sequence), Longitudinal Temporal "

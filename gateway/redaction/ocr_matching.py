@@ -71,7 +71,8 @@ class Matcher:
             return True
         if len(joined) >= 4 and any(_similar(joined, i) or (len(joined) >= 5 and joined in i) for i in self.ids):
             return True
-        if re.search(r"\d{5,}", joined) or (re.search(r"\d{3,}", joined) and re.search(r"[A-Z]", joined) and "-" in text):
+        coded = re.search(r"\d{3,}", joined) and re.search(r"[A-Z]", joined) and "-" in text
+        if re.search(r"\d{5,}", joined) or coded:
             return True  # ID-like: long digit runs, or letters and digits joined by dashes
         return any(_similar(t, w) for t in tokens for w in self.words)
 

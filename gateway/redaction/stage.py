@@ -101,10 +101,10 @@ class RedactionStage:
                 log.warning("an object flagged with burned-in annotation had no text found; flag kept")
             return b""
         original_value = bytes(ds.PixelData)
-        originals = [px.array[:, t:b, l:r, :].copy() for t, l, b, r in boxes]
+        originals = [px.array[:, top:bottom, left:right, :].copy() for top, left, bottom, right in boxes]
         fill = px.fill()
-        for t, l, b, r in boxes:
-            px.array[:, t:b, l:r, :] = fill
+        for top, left, bottom, right in boxes:
+            px.array[:, top:bottom, left:right, :] = fill
         pixels.store(ds, px)
         _mark_clean(ds)
         if not px.native:
@@ -155,10 +155,10 @@ def _restore_native(ds: Dataset, head: dict[str, Any], body: bytes) -> None:
         spp = int(ds.SamplesPerPixel)
         pos = 0
         boxes_values = []
-        for t, l, b, r in head["boxes"]:
-            count = frames * (b - t) * (r - l) * spp
-            chunk = np.frombuffer(values, dtype, count, pos).reshape(frames, b - t, r - l, spp)
-            boxes_values.append(((t, l, b, r), chunk))
+        for top, left, bottom, right in head["boxes"]:
+            count = frames * (bottom - top) * (right - left) * spp
+            chunk = np.frombuffer(values, dtype, count, pos).reshape(frames, bottom - top, right - left, spp)
+            boxes_values.append(((top, left, bottom, right), chunk))
             pos += count * dtype.itemsize
         if pos != len(values) or not pixels.is_native(ds):
             raise ValueError("size")

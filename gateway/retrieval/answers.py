@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
-from gateway.index import Entry
 from gateway.attribute_matching import matches
+from gateway.index import Entry
 from gateway.retrieval.vocabulary import keys_below, level
 
 
@@ -64,6 +64,7 @@ def answer(query: Dataset, values: dict[str, str], level_name: str, retrieve_ae:
         elif elem.keyword == "SpecificCharacterSet":
             out.SpecificCharacterSet = "ISO_IR 192"
         elif elem.keyword and elem.VR != "SQ":
-            out.add_new(elem.tag, dictionary_VR(elem.tag), value.split("\\") if value and "\\" in value else (value or ""))
+            filled = value.split("\\") if value and "\\" in value else (value or "")
+            out.add_new(elem.tag, dictionary_VR(elem.tag), filled)
     out.RetrieveAETitle = retrieve_ae
     return out

@@ -32,9 +32,9 @@ from gateway.retrieval import answers
 from gateway.retrieval.identifier import IdentifierError, selection
 from gateway.retrieval.planner import Planned, TooManyStudies, plan
 from gateway.retrieval.sending import Accepted, Refused, prepared
-from gateway.transcode import FALLBACKS
 from gateway.retrieval.vocabulary import LEVEL_NAMES, Policy
 from gateway.tls import destination_tls_args, peer_common_name
+from gateway.transcode import FALLBACKS
 
 log = logging.getLogger("gateway.qr")
 
@@ -68,7 +68,10 @@ class QueryRetrieve:
             self.audit.record(ae, address, "C-FIND", "refused", level=level, policy=ws and ws.policy)
             yield dimse.UNABLE_TO_PROCESS, None
             return
-        found = self._find_restore(query, level) if ws.policy is Policy.RESTORE else self._find_pseudonymized(query, level)
+        if ws.policy is Policy.RESTORE:
+            found = self._find_restore(query, level)
+        else:
+            found = self._find_pseudonymized(query, level)
         sent = 0
         studies: set[str] = set()
         for study_uid, answer in found:

@@ -30,9 +30,9 @@ from gateway.deid.deidentify import kept_descriptors
 from gateway.envelope import EnvelopeError
 from gateway.keyring import Keyring, KeyringError
 from gateway.restore import restore_series
-from gateway.transcode import TranscodeError, choose, transcode
 from gateway.retrieval.planner import Planned
 from gateway.retrieval.vocabulary import Policy
+from gateway.transcode import TranscodeError, choose, transcode
 
 log = logging.getLogger("gateway.qr")
 

@@ -6,7 +6,6 @@ from enum import StrEnum
 from typing import NamedTuple
 
 
-
 class Policy(StrEnum):
     """What a workstation (or a C-MOVE destination, through its owners) may receive."""
 

@@ -43,13 +43,14 @@ def train(arch: str, steps: int, crop: int, batch: int, loss: str, lr: float, se
     rng = np.random.default_rng(seed)
     images = training_images(rng=rng)
     model = MODELS[arch]()
-    opt = torch.optim.Adamax(model.parameters(), lr=lr) if loss == "mse" else torch.optim.Adam(model.parameters(), lr=lr)
+    optimiser = torch.optim.Adamax if loss == "mse" else torch.optim.Adam
+    opt = optimiser(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     start = time.time()
     for step in range(steps):
         x = torch.from_numpy(random_crops(images, batch, crop, rng))
-        y = noisy_latent(model.encode(x))  # type: ignore[operator]
-        pred = model.decode(y)  # type: ignore[operator]
+        y = noisy_latent(model.encode(x))  # type: ignore[operator]  # the model is one of the ae.py networks, typed nn.Module
+        pred = model.decode(y)  # type: ignore[operator]  # the model is one of the ae.py networks, typed nn.Module
         # the latent's cost joins after a warm-up, or it collapses before the decoder uses it
         rate_weight = rate * min(1.0, max(0.0, (step / steps - 0.3) / 0.3))
         value = ((pred - x) ** 2).mean() if loss == "mse" else bits_proxy(pred, x, y, rate_weight)
@@ -83,10 +84,10 @@ def float_program(layers: list, y: torch.Tensor) -> list[float]:
 def export(model: nn.Module, crop: int, seed: int) -> dict:
     rng = np.random.default_rng(seed + 1)
     x = torch.from_numpy(random_crops(training_images(rng=rng), 64, crop, rng))
-    y = quantise_latent(model.encode(x)).float()  # type: ignore[operator]
-    layers = model.program_layers()  # type: ignore[operator]
+    y = quantise_latent(model.encode(x)).float()  # type: ignore[operator]  # the model is one of the ae.py networks, typed nn.Module
+    layers = model.program_layers()  # type: ignore[operator]  # the model is one of the ae.py networks, typed nn.Module
     ops = quantise_program(layers, LATENT_MAX, float_program(layers, y))
-    float_pred = model.decode(y)  # type: ignore[operator]
+    float_pred = model.decode(y)  # type: ignore[operator]  # the model is one of the ae.py networks, typed nn.Module
     int_pred = run_torch(ops, y.to(torch.int64)).double() / 2**16
     err_float = (float_pred - x).abs().mean().item() * STORED_RANGE
     err_int = (int_pred - x).abs().mean().item() * STORED_RANGE

@@ -61,11 +61,11 @@ def jpeg_copy(pattern: np.ndarray, bits_stored: int, quality: int) -> tuple[np.n
 
     if bits_stored <= 8:
         stream = imagecodecs.jpeg8_encode(pattern.astype(np.uint8), level=quality)
-        return imagecodecs.jpeg8_decode(stream).astype(np.int64), jpeg_error_sd(stream)
+        return imagecodecs.jpeg8_decode(stream).astype(np.int64), jpeg_error_sd(bytes(stream))
     drop = max(bits_stored - 12, 0)
     reduced = np.minimum(np.rint(pattern / (1 << drop)), 4095).astype(np.uint16)
     stream = imagecodecs.jpeg8_encode(reduced, level=quality, bitspersample=12)
-    return imagecodecs.jpeg8_decode(stream).astype(np.int64) << drop, jpeg_error_sd(stream) * (1 << drop)
+    return imagecodecs.jpeg8_decode(stream).astype(np.int64) << drop, jpeg_error_sd(bytes(stream)) * (1 << drop)
 
 
 def run(values: np.ndarray, bits_stored: int, signed: bool, strength: float, quality: int | None,

@@ -21,6 +21,7 @@ from models.dae import TILE, PaperDAE
 from models.training.dae_quality import SIGMA, dae_quality, noisy
 from models.training.training_data import random_crops, training_images
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=300)

@@ -23,10 +23,10 @@ import pydicom
 import torch
 from pydicom.data import get_testdata_file
 
-from testkit import synthetic
 from gateway.plugin import Context
-from models.training.noise_key_data import run
 from models.noise_key_denoiser import WEIGHTS_FILE, NoiseKeyDenoiser, scale_of
+from models.training.noise_key_data import run
+from testkit import synthetic
 
 REAL = ("CT_small.dcm", "eCT_Supplemental.dcm", "MR2_UNCI.dcm", "RG1_UNCI.dcm")
 CROP = 64

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from testkit import synthetic
 from models import WEIGHTS
 from models.slice_densenet import INPUT_SIZE, WEIGHTS_NAME, SliceDenseNet
 from plugins.coverless import densenet_features, ordering, working_image
+from testkit import synthetic
 
 
 def bank(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +106,7 @@ def held_out() -> dict[str, list[np.ndarray]]:
     import pydicom
     from pydicom.data import get_testdata_file
 
-    mr = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
+    mr = pydicom.dcmread(str(get_testdata_file("emri_small.dcm")))
     sets["pydicom_emri_small_mr_10"] = [
         working_image.resample(working_image.window8(frame.astype(np.int64)), 256) for frame in mr.pixel_array
     ]

@@ -99,7 +99,8 @@ class AeAesTransform:
     def _show_preview(self, ds: Dataset, fr: Frames, prediction: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                       ratio: float) -> None:
         if self.denoise:
-            prediction = np.stack([preview.denoised(p, int(a), int(b)) for p, a, b in zip(prediction, lo, hi, strict=True)])
+            prediction = np.stack([preview.denoised(p, int(a), int(b))
+                                   for p, a, b in zip(prediction, lo, hi, strict=True)])
         lay = fr.layout
         image = prediction.reshape(lay.frames, lay.samples, lay.rows, lay.cols).transpose(0, 2, 3, 1)
         frames.write(ds, Frames(image.astype(fr.array.dtype), lay, fr.photometric, fr.encoded))
@@ -145,7 +146,7 @@ def _encode(predictor: ae_runtime.AePredictor, planes: np.ndarray) -> tuple[np.n
     """The encoder over ``PLANES_AT_ONCE`` planes at a time: a 120-frame colour cine is 360
     planes, whose activations at once would take gigabytes."""
     parts = [predictor.encode(planes[i : i + PLANES_AT_ONCE]) for i in range(0, len(planes), PLANES_AT_ONCE)]
-    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]  # three arrays, as the annotation says; mypy sees a tuple of unknown length
 
 
 def _chunks(items: list[Dataset], size: int) -> list[list[Dataset]]:

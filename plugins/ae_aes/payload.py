@@ -49,7 +49,8 @@ class Payload:
     original: bytes | None = None  # the original encoded pixel value, in place of ``frames``
 
     def encode(self, effort: int) -> bytes:
-        head: dict[str, object] = {"model": self.model, **self.layout.to_json(), "latent_shape": list(self.latent.shape)}
+        head: dict[str, object] = {"model": self.model, **self.layout.to_json(),
+                                   "latent_shape": list(self.latent.shape)}
         blobs = [MAGIC, b"", code_latent(self.latent)]
         if self.original is not None:
             head["codes"] = "original"
@@ -81,7 +82,7 @@ class Payload:
             frames = np.stack([_unjxl(b).astype(np.int64) + lo for b, lo in zip(blobs[3:-1], head["lo"], strict=True)])
         except (ValueError, KeyError, TypeError, RuntimeError, imagecodecs.JpegxlError):
             raise PluginError("ae_aes payload is malformed") from None
-        frames = frames.reshape(frames.shape[:3] + (-1,))
+        frames = frames.reshape((*frames.shape[:3], -1))
         if frames.shape != (layout.frames, layout.rows, layout.cols, layout.samples):
             raise PluginError("ae_aes payload's image does not match its layout")
         native = np.dtype(layout.dtype).newbyteorder("=")

@@ -93,4 +93,4 @@ def candidates(values: np.ndarray, carried: dict[str, list[int]], votes: int = V
             trial[list(flips)] ^= 1
             texts = [from_bits(trial[bounds[i] : bounds[i + 1]]) for i in range(len(keywords))]
             if all(t is not None for t in texts):
-                yield dict(zip(keywords, texts, strict=True))  # type: ignore[arg-type]
+                yield dict(zip(keywords, texts, strict=True))  # type: ignore[arg-type]  # texts holds no None once all decoded

@@ -1,8 +1,9 @@
 """Per-image features of a whole series, spread over a pool of worker processes.
 
 Method 1 (the paper's): ROI -> median -> low-rank -> LBP sums; method 2: ROI -> median ->
-intensity sums. Each image is independent, so the work splits cleanly across processes. Every worker pins BLAS to one thread: OpenBLAS is slower with
-two threads than one on these small SVDs, and two workers already use two cores.
+intensity sums. Each image is independent, so the work splits cleanly across processes.
+Every worker pins BLAS to one thread: OpenBLAS is slower with two threads than one on these
+small SVDs, and two workers already use two cores.
 """
 
 from __future__ import annotations

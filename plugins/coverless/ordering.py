@@ -49,7 +49,8 @@ def _positions(series: list[Dataset]) -> list[int] | None:
         out = []
         for ds in series:
             p = [Decimal(str(v)) for v in ds.ImagePositionPatient]
-            out.append(int((sum(a * b for a, b in zip(p, normal, strict=True)) * 1000).to_integral_value()))
+            along = sum((a * b for a, b in zip(p, normal, strict=True)), Decimal(0))
+            out.append(int((along * 1000).to_integral_value()))
         return out
     except (AttributeError, InvalidOperation, TypeError, ValueError, IndexError):
         return None

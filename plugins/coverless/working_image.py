@@ -27,7 +27,7 @@ def render8(ds: Dataset) -> np.ndarray:
         raise UnsupportedImage("multi-frame instances are not supported")
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # any decoder failure: the plugin reports it, never the pixels
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: the plugin reports it, never the pixels
         raise UnsupportedImage(f"pixel data cannot be decoded ({type(exc).__name__})") from None
     values = np.asarray(arr).astype(np.int64)
     if values.ndim == 3:  # colour: integer mean of the samples

@@ -10,9 +10,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from gateway.original import dataset_bytes
 from testkit import synthetic
 from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
-from gateway.original import dataset_bytes
 from tests.conftest import encode
 from tests.integration.conftest import wait_for
 from tests.integration.test_retrieval import movescu

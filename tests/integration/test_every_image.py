@@ -21,8 +21,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from gateway import envelope
-from testkit.localstack import GatewayProcess, OrthancServer, free_port, run_cli
 from gateway.original import dataset_bytes
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, run_cli
 from tests.integration.conftest import wait_for
 from tests.integration.test_retrieval import ENV
 

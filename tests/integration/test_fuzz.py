@@ -20,10 +20,10 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom import _config as netconfig
 
-from testkit import synthetic
 from gateway.keyring import Keyring
-from testkit.localstack import GatewayProcess, OrthancServer
 from gateway.pseudonym import Pseudonymizer
+from testkit import synthetic
+from testkit.localstack import GatewayProcess, OrthancServer
 from tests.conftest import encode
 from tests.integration.conftest import HANDLED_IDENTITY, wait_for
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom import _config as netconfig
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode as encode_dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from testkit import synthetic
 from testkit.localstack import GatewayProcess, OrthancServer

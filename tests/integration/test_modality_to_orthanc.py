@@ -11,8 +11,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from testkit import synthetic
 from gateway.original import dataset_bytes
+from testkit import synthetic
 from testkit.localstack import REPO, GatewayProcess, OrthancServer, run_cli, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
@@ -174,5 +174,5 @@ def test_the_gateway_log_carries_no_identity(tmp_path: Path, orthanc: OrthancSer
     wait_for(lambda: len(_orthanc_instances(orthanc)) == 2)
     log = gateway.log_path.read_text().upper()
     original = pydicom.dcmread(next((tmp_path / "study").iterdir()))
-    for value in PHI + [original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID]:
+    for value in [*PHI, original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID]:
         assert value.upper() not in log

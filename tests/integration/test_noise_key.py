@@ -8,8 +8,8 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 
-from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.original import dataset_bytes
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
 from tests.integration.test_retrieval import getscu, movescu

@@ -14,11 +14,11 @@ from pydicom.encaps import encapsulate
 
 from gateway import envelope
 from gateway.keyring import Keyring
-from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.original import dataset_bytes
-from testkit import testimages
 from gateway.redaction.stage import boxes_of
 from gateway.restore import restore_series
+from testkit import testimages
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from testkit.synthetic import Identity
 from tests.conftest import encode
 from tests.integration.conftest import wait_for

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 import requests
 
-from testkit.localstack import ORTHANC_USER, GatewayProcess, OrthancServer, free_port, run_cli, storescu
 from gateway.original import dataset_bytes
+from testkit.localstack import ORTHANC_USER, GatewayProcess, OrthancServer, free_port, run_cli, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
 

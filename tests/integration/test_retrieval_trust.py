@@ -12,9 +12,9 @@ from pathlib import Path
 import pydicom
 import requests
 
+from gateway.original import dataset_bytes
 from testkit import synthetic
 from testkit.localstack import ORTHANC_USER, GatewayProcess, OrthancServer, free_port, run_cli, storescu
-from gateway.original import dataset_bytes
 from tests.conftest import encode, write_study
 from tests.integration.conftest import wait_for
 
@@ -160,7 +160,8 @@ def test_a_correction_supersedes_the_old_copy_end_to_end(tmp_path: Path, orthanc
                 (folder / f.name).write_bytes(encode(ds))
             files = sorted(folder.iterdir())
             storescu(gateway.port, folder)
-            wait_for(lambda: "forwarded    " + str(6 + 2 * n) in gateway.status())
+            forwarded = f"forwarded    {6 + 2 * n}"
+            wait_for(lambda forwarded=forwarded: forwarded in gateway.status())
             corrected = pydicom.dcmread(files[0])
             assert len(orthanc.get("instances")) == 2  # one copy per SOP instance, never two
             assert len(orthanc.get("patients")) == 1  # nothing of the old identity stays reachable

@@ -12,8 +12,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from gateway.storage_commitment import WELL_KNOWN_INSTANCE
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from testkit.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu, wait_port
 from gateway.original import dataset_bytes
+from testkit.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu, wait_port
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
 from tests.pki import issue

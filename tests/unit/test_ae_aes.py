@@ -11,17 +11,17 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, JPEG2000Lossless
 
-from testkit import synthetic
+from gateway import frames
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import protect_series
+from gateway.restore import restore_series
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
-from gateway.restore import restore_series
 from models import ae_runtime
 from plugins.ae_aes import AeAesTransform
-from gateway import frames
 from plugins.ae_aes.payload import MAGIC, Payload
+from testkit import synthetic
 from tests.conftest import encode
 
 CTX = Context(series_key=b"\x01" * 32)

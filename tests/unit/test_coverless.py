@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import Quarantine, protect_series
+from gateway.restore import restore_series
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
-from gateway.restore import restore_series
 from plugins.coverless import CoverlessTransform, carriers, features, hashing, ordering, rpca, series_table
 from plugins.coverless import record as rec
 from plugins.coverless.features import image_features
 from plugins.coverless.index_table import ALPHABET, PAPER_ALPHABET, DemapError, IndexTable
 from plugins.coverless.lbp_features import feature_rows, lbp
 from plugins.coverless.roi import otsu_threshold, roi_filtered
+from testkit import synthetic
 from tests.conftest import encode
 
 IDENTITY = synthetic.Identity()

@@ -88,7 +88,7 @@ def test_no_credential_is_committed() -> None:
     orthanc = json.loads((REPO / "orthanc" / "orthanc.json").read_text())
     assert orthanc["AuthenticationEnabled"] is True and "RegisteredUsers" not in orthanc
     for service in COMPOSE["services"].values():
-        for key, value in (service.get("environment") or {}).items():
+        for key in service.get("environment") or {}:
             assert "PASSWORD" not in key.upper() and "USERS" not in key.upper(), key
     tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
     for name in tracked:

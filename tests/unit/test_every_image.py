@@ -20,9 +20,9 @@ from gateway import frames
 from gateway.envelope import stage_names as envelope_stage_names
 from gateway.keyring import Keyring
 from gateway.protect import Quarantine, protect_series
+from gateway.restore import restore_series
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
-from gateway.restore import restore_series
 
 TAKEN = [
     "JPEG-LL.dcm",  # JPEG lossless, 16-bit signed NM

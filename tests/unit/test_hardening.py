@@ -109,11 +109,11 @@ def test_a_series_is_protected_in_batches_with_the_whole_series_identity_gated(t
     import pydicom
 
     from gateway import protect
-    from testkit import synthetic
     from gateway.protect import Quarantine, protect_batches
+    from gateway.restore import restore_series
     from gateway.route_spec import RouteSpec
     from gateway.study_keys import MemoryDataKeys
-    from gateway.restore import restore_series
+    from testkit import synthetic
     from tests.conftest import encode
 
     monkeypatch.setattr(protect, "BATCH_BYTES", 20_000)  # a few 64x64 objects per batch

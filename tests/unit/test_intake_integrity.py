@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from gateway.audit import AuditLog
-
 import json
 import sqlite3
 import time
@@ -13,11 +11,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 
-from testkit import synthetic
+from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.integrity import Damaged, verify
 from gateway.spool import Spool
 from gateway.worker import Worker, is_infrastructure
+from testkit import synthetic
 from tests.conftest import encode
 
 # pydicom's own test files that are damaged on purpose: cut short, too-short fragments, an

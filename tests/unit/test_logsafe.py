@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.logsafe import WithholdValues
+from testkit import synthetic
 from tests.conftest import encode
 
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from testkit import synthetic
 from gateway.plugin import Context
+from testkit import synthetic
 
 imagecodecs = pytest.importorskip("imagecodecs", reason="the bench extra (imagecodecs) simulates the lossy copy")
 
-from models.training.noise_key_data import run  # noqa: E402
 from models.noise_key_denoiser import WEIGHTS_FILE, denoise, load  # noqa: E402
+from models.training.noise_key_data import run  # noqa: E402
 
 CTX = Context(series_key=b"\x33" * 32)
 

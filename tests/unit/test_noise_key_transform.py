@@ -15,19 +15,19 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import Quarantine, protect_series
+from gateway.restore import restore_series
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
-from gateway.restore import restore_series
+from models.training.noise_key_data import image_dataset
 from plugins.noise_key import NoiseKeyTransform
 from plugins.noise_key.noise import gaussian
 from plugins.noise_key.record import Record
 from plugins.noise_key.samples import SampleLayout
 from plugins.noise_key.unpack import unpack, unwrap
-from models.training.noise_key_data import image_dataset
+from testkit import synthetic
 from tests.conftest import encode
 
 CTX = Context(series_key=b"\x11" * 32)

@@ -15,17 +15,16 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 
-from testkit import synthetic
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import Quarantine, protect_series
-from gateway.route_spec import RouteSpec
-from gateway.study_keys import MemoryDataKeys
 from gateway.redaction import RedactionStage, ocr, ocr_matching, roi, rules
-from testkit import testimages
 from gateway.redaction.boxes import mask_of
 from gateway.redaction.pixels import load
 from gateway.restore import restore_series
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
+from testkit import synthetic, testimages
 from tests.conftest import encode
 
 # A fixed region on every image: exercises every pixel layout without any detector cost.

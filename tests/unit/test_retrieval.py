@@ -11,18 +11,18 @@ import pytest
 from pydicom.dataset import Dataset
 
 from gateway import authenticity
-from testkit import synthetic
 from gateway.config import Retrieval
 from gateway.index import Entry
 from gateway.keyring import Keyring
 from gateway.protect import protect_series
-from gateway.route_spec import RouteSpec
-from gateway.study_keys import MemoryDataKeys
 from gateway.retrieval import answers
 from gateway.retrieval.identifier import IdentifierError, selection
 from gateway.retrieval.planner import Planned, TooManyStudies, plan
 from gateway.retrieval.sending import BATCH, Refused, _batches, egress_checked
 from gateway.retrieval.vocabulary import Policy
+from gateway.route_spec import RouteSpec
+from gateway.study_keys import MemoryDataKeys
+from testkit import synthetic
 from tests.conftest import encode
 
 

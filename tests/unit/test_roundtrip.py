@@ -13,10 +13,11 @@ from pydicom.data import get_charset_files, get_testdata_files
 from gateway import envelope
 from gateway.keyring import Keyring
 from gateway.protect import protect_series
+from gateway.restore import restore_series
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
-from gateway.restore import restore_series
 from tests.conftest import encode, write_study
+
 
 def _readable() -> list[Path]:
     out = []
