@@ -49,9 +49,9 @@ from threadpoolctl import threadpool_limits
 
 from gateway.plugin import Context, PluginError
 from plugins.coverless import CoverlessTransform, hashing, intensity_features, ordering, series_table
+from plugins.coverless.body_roi import otsu_threshold, roi_filtered
 from plugins.coverless.features import image_features, one_blas_thread
 from plugins.coverless.lbp_features import feature_rows, lbp
-from plugins.coverless.roi import otsu_threshold, roi_filtered
 from plugins.coverless.rpca import low_rank
 from plugins.coverless.series_table import WORKING_SIZE, working_images
 from plugins.coverless.working_image import render8, resample

@@ -15,8 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from plugins.coverless import intensity_features
+from plugins.coverless.body_roi import roi_filtered
 from plugins.coverless.lbp_features import feature_rows
-from plugins.coverless.roi import roi_filtered
 from plugins.coverless.rpca import low_rank
 
 # Below this many images a pool costs more to start (about a second) than it saves.

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from plugins.coverless.body_roi import roi_filtered
 from plugins.coverless.lbp_features import quadrants, sub_block_sums
-from plugins.coverless.roi import roi_filtered
 
 
 def feature_rows(img8: np.ndarray) -> np.ndarray:

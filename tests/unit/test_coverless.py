@@ -21,10 +21,10 @@ from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
 from plugins.coverless import CoverlessTransform, carriers, features, hashing, ordering, rpca, series_table
 from plugins.coverless import record as rec
+from plugins.coverless.body_roi import otsu_threshold, roi_filtered
 from plugins.coverless.features import image_features
 from plugins.coverless.index_table import ALPHABET, PAPER_ALPHABET, DemapError, IndexTable
 from plugins.coverless.lbp_features import feature_rows, lbp
-from plugins.coverless.roi import otsu_threshold, roi_filtered
 from testkit import synthetic
 from tests.conftest import encode
 
