@@ -52,8 +52,10 @@ def test_an_administrator_inspects_reroutes_deletes_and_releases(tmp_path: Path,
         assert not list((gateway.folder / "spool" / "quarantine").rglob("*.dcm"))
         assert _listed(gateway) == []
         audit = [json.loads(line) for line in (gateway.folder / "spool" / "audit.jsonl").read_text().splitlines()]
-        assert {(a["ae_title"], a["action"], a["series"]) for a in audit if a["action"].startswith("quarantine")} == {
+        assert {(a["ae_title"], a["action"], a["series"]) for a in audit if a["action"].startswith("quarantine_")} == {
             ("alice", "quarantine_reroute", two), ("bob", "quarantine_delete", one)}
+        # the worker audited putting both series aside in the first place
+        assert {a["series"] for a in audit if a["action"] == "quarantine" and a["ae_title"] == "gateway"} >= {one, two}
         with urllib.request.urlopen(f"http://127.0.0.1:{gateway.status_port}/metrics", timeout=10) as response:
             metrics = response.read().decode()
         assert 'gateway_quarantine_actions_total{action="reroute"} 1.0' in metrics
