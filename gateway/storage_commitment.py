@@ -17,6 +17,7 @@ was delivered. Logs name the transaction by its UID and the instances by count o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -176,7 +177,8 @@ class StorageCommitment:
         self._save(request)
         with self._lock:
             self._pending[transaction] = request
-        log.info("storage commitment %s from %s: %d instance(s) requested", transaction, calling, len(references))
+        log.info("storage commitment %s from %s: %d instance(s) requested", _token(transaction), calling,
+                 len(references))
         return SUCCESS, None
 
     def _sender(self, calling: str, address: str, subject: str | None) -> Sender | None:
@@ -219,7 +221,8 @@ class StorageCommitment:
                 with self._lock:
                     self._pending.pop(request.transaction_uid, None)
                 (self.folder / f"{request.transaction_uid}.json").unlink(missing_ok=True)
-                log.info("storage commitment %s: %d committed, %d failed, reported to %s", request.transaction_uid,
+                log.info("storage commitment %s: %d committed, %d failed, reported to %s",
+                         _token(request.transaction_uid),
                          len(result[0]), len(result[1]), request.calling_ae)
             else:
                 request.retry_at = time.time() + _RETRY_SECONDS
@@ -244,7 +247,7 @@ class StorageCommitment:
         if sender is None or sender.host is None or sender.storage_commitment_port is None:
             if time.time() - request.received_at > self.config.storage_commitment.timeout_seconds:
                 log.error("storage commitment %s: %s closed the association and has no storage_commitment_port;"
-                          " result dropped", request.transaction_uid, request.calling_ae)
+                          " result dropped", _token(request.transaction_uid), request.calling_ae)
                 return True
             return False
         return self._report_on_new_association(sender, sender.host, sender.storage_commitment_port, event_type, info,
@@ -259,10 +262,16 @@ class StorageCommitment:
         assoc = ae.associate(host, port, ae_title=sender.ae_title, ext_neg=[role])
         if not assoc.is_established:
             log.warning("storage commitment %s: %s at %s:%d did not accept an association; retrying",
-                        request.transaction_uid, sender.ae_title, host, port)
+                        _token(request.transaction_uid), sender.ae_title, host, port)
             return False
         try:
             status, _ = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
             return "Status" in status
         finally:
             assoc.release()
+
+
+def _token(transaction_uid: str) -> str:
+    """A transaction named in the log without its UID: the modality's UIDs may carry its own
+    identifiers (root, serial number), and the log check allows no original UID."""
+    return "txn-" + hashlib.sha256(transaction_uid.encode()).hexdigest()[:12]

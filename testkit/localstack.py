@@ -28,10 +28,20 @@ ORTHANC_DIR = REPO / "orthanc"
 ORTHANC_USER = "gateway"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port, never one this process handed out before: the kernel may give
+    the same free port to two calls in a row, and two peers of one test would then meet on
+    it (a TLS test's "wrong certificate" destination answering with the right one)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
