@@ -141,7 +141,7 @@ class QueryRetrieve:
             return
         planned, refusal = self._plan(event, ws, ws.policy)
         if refusal is not None:
-            yield from self._refuse(refusal, ae, address, "C-GET", ae, announce=True)
+            yield from self._refuse(refusal, ae, address, "C-GET", ae)
             return
         yield from self._send(event, planned, ws.policy, ae, address, "C-GET", ae,
                               lambda: event.assoc.accepted_contexts)  # C-GET stores on the caller's association
@@ -157,8 +157,7 @@ class QueryRetrieve:
         except TooManyStudies as exc:
             return [], _status(dimse.UNABLE_TO_PROCESS, str(exc))
 
-    def _refuse(self, status: Dataset, ae: str, address: str, action: str, to: str,
-                announce: bool = False) -> Iterator[Any]:
+    def _refuse(self, status: Dataset, ae: str, address: str, action: str, to: str) -> Iterator[Any]:
         self.audit.record(ae, address, action, "refused", to=to, status=f"0x{status.Status:04X}",
                           reason=str(status.ErrorComment))
         yield 1  # pynetdicom needs a count before the final status; nothing is sent
