@@ -20,6 +20,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
+from gateway import authenticity
 from gateway.config import Config, DicomDestination, Route
 from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.keyring import Keyring
@@ -115,9 +116,10 @@ def study_still_receiving(spool: Spool, series_token: str, study_uid: str, settl
 class Deliverer:
     """The job that sends staged copies to their destinations."""
 
-    def __init__(self, config: Config, spool: Spool) -> None:
+    def __init__(self, config: Config, spool: Spool, keyring: Keyring) -> None:
         self.config = config
         self.spool = spool
+        self.keyring = keyring
         self._senders: dict[object, Forwarder | CStoreSender] = {}
         self._stop = threading.Event()
 
@@ -138,7 +140,8 @@ class Deliverer:
                     self.spool.delivery_failed(delivery_id, f"destination {name!r} is no longer configured")
                     continue
                 try:
-                    self._sender(name).send(Path(path).read_bytes())
+                    # tagged like the main Orthanc's copies: another Orthanc runs the same filter
+                    self._sender(name).send(authenticity.sign(Path(path).read_bytes(), self.keyring))
                 except Unreachable as exc:
                     delay = min(sched.retry_initial_seconds * 2 ** min(attempts, 20), sched.retry_max_seconds)
                     self.spool.delivery_later(delivery_id, delay, str(exc))

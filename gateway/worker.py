@@ -54,7 +54,7 @@ class Worker:
         self._stop = threading.Event()
         # Series waiting out an infrastructure fault: token -> (attempts, not before).
         self._backoff: dict[str, tuple[int, float]] = {}
-        self.deliverer = Deliverer(config, spool)
+        self.deliverer = Deliverer(config, spool, keyring)
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds

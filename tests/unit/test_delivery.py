@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from gateway import authenticity
 from gateway.config import Config
 from gateway.delivery import Deliverer
 from gateway.forwarder import Refused, Unreachable
+from gateway.keyring import Keyring
 from gateway.spool import Spool
 
 
@@ -39,11 +41,17 @@ class FakeNode:
         return "ok"
 
 
-def test_down_then_up_delivers_once_and_a_refusal_stays_for_an_admin(tmp_path: Path) -> None:
+def _copy(text: bytes) -> bytes:
+    """A staged copy as protect makes it: the authenticity placeholder still in it."""
+    return text + b" " + authenticity.PLACEHOLDER.encode()
+
+
+def test_down_then_up_delivers_once_and_a_refusal_stays_for_an_admin(tmp_path: Path, keyring: Keyring) -> None:
     spool = Spool(tmp_path / "spool")
-    staged = [spool.add_delivery(1, "ai", "2.25.1", b"copy-1"), spool.add_delivery(2, "ai", "2.25.1", b"copy-2"),
-              spool.add_delivery(1, "pacs2", "2.25.1", b"other")]
-    deliverer = Deliverer(config(), spool)
+    staged = [spool.add_delivery(1, "ai", "2.25.1", _copy(b"copy-1")),
+              spool.add_delivery(2, "ai", "2.25.1", _copy(b"copy-2")),
+              spool.add_delivery(1, "pacs2", "2.25.1", _copy(b"other"))]
+    deliverer = Deliverer(config(), spool, keyring)
     assert spool.due_deliveries() == []  # staged: the series is not protected yet
     spool.release_deliveries(staged)
     ai, pacs2 = FakeNode("down", "ok", "ok"), FakeNode("refuse")
@@ -53,7 +61,8 @@ def test_down_then_up_delivers_once_and_a_refusal_stays_for_an_admin(tmp_path: P
     assert ai.received == [] and spool.delivery_counts() == {("ai", "due"): 2, ("pacs2", "failed"): 1}
     time.sleep(0.05)
     deliverer.deliver_due()
-    assert ai.received == [b"copy-1", b"copy-2"]
+    assert [r[:6] for r in ai.received] == [b"copy-1", b"copy-2"]
+    assert all(authenticity.verify(r, r[7:].decode(), keyring.authenticity) for r in ai.received)  # tagged
     assert spool.delivery_counts() == {("ai", "delivered"): 2, ("pacs2", "failed"): 1}
     assert not (spool.outbox / f"d{staged[0]}.dcm").exists()  # delivered copies leave the outbox
     assert (spool.outbox / f"d{staged[2]}.dcm").exists()  # the refused one stays for an admin
