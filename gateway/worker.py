@@ -17,7 +17,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
+import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
 
@@ -37,6 +39,8 @@ from gateway.sop_classes import is_image
 from gateway.spool import Incoming, Outgoing, Spool, SpoolError
 
 log = logging.getLogger("gateway.worker")
+# Uploads in flight to Orthanc at once, each on its own keep-alive connection.
+FORWARD_CONNECTIONS = 4
 
 
 class Worker:
@@ -199,13 +203,25 @@ class Worker:
     # -- forward ------------------------------------------------------------------------
 
     def forward_due(self) -> None:
-        while not self._stop.is_set():
-            batch = self.spool.due()
-            if not batch:
+        """Upload due objects over ``FORWARD_CONNECTIONS`` connections at once (Orthanc's
+        answer, not the gateway, is the wait). Copies of one SOP instance go in spool order,
+        one after the other, so a correction still ends as the one copy."""
+        down = threading.Event()
+        with ThreadPoolExecutor(FORWARD_CONNECTIONS, thread_name_prefix="forward") as pool:
+            while not self._stop.is_set() and not down.is_set():
+                batch = self.spool.due()
+                if not batch:
+                    return
+                for _ in pool.map(lambda items: self._forward_in_order(items, down), _by_instance(batch)):
+                    pass  # Orthanc down: the rest waits for the backoff too
+
+    def _forward_in_order(self, items: list[Outgoing], down: threading.Event) -> None:
+        for item in items:
+            if down.is_set() or self._stop.is_set():
                 return
-            for item in batch:
-                if not self._forward_one(item):
-                    return  # Orthanc is down: the rest waits for the backoff too
+            if not self._forward_one(item):
+                down.set()
+                return
 
     def _forward_one(self, item: Outgoing) -> bool:
         sched = self.config.scheduler
@@ -247,6 +263,20 @@ class Worker:
                               reason=f"quarantine_retention_days ({days:g}) passed")
             log.warning("series %s: %d set-aside original(s) deleted after %g days (quarantine_retention_days)",
                         token, deleted, days)
+
+
+def _by_instance(batch: list[Outgoing]) -> list[list[Outgoing]]:
+    """The batch's objects grouped by SOP Instance UID, each group in spool order. An
+    unreadable header forms a group of its own (publishing it reports the fault)."""
+    groups: dict[str, list[Outgoing]] = {}
+    for item in batch:
+        try:
+            header = pydicom.dcmread(item.out_path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            key = str(header.SOPInstanceUID)
+        except Exception:  # noqa: BLE001 - _forward_one meets the same fault and says what it is
+            key = f"unreadable {item.id}"
+        groups.setdefault(key, []).append(item)
+    return list(groups.values())
 
 
 def is_infrastructure(exc: BaseException) -> bool:
