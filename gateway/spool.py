@@ -134,6 +134,7 @@ class Outgoing:
     out_path: Path
     series_token: str
     attempts: int
+    sop_token: str = ""  # the original's SOP Instance UID, pseudonymised: corrections share it
 
 
 class Spool:
@@ -345,11 +346,11 @@ class Spool:
         """Protected objects whose next forwarding attempt is due."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, out_path, series_token, attempts FROM instances"
+                "SELECT id, out_path, series_token, attempts, sop_token FROM instances"
                 " WHERE state='protected' AND next_attempt <= ? ORDER BY id LIMIT ?",
                 (time.time(), limit),
             ).fetchall()
-        return [Outgoing(r[0], self.outbox / r[1], r[2], r[3]) for r in rows]
+        return [Outgoing(r[0], self.outbox / r[1], r[2], r[3], r[4]) for r in rows]
 
     def forwarded(self, row_id: int) -> None:
         with self._lock:

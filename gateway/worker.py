@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import pydicom
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
 
@@ -266,16 +265,11 @@ class Worker:
 
 
 def _by_instance(batch: list[Outgoing]) -> list[list[Outgoing]]:
-    """The batch's objects grouped by SOP Instance UID, each group in spool order. An
-    unreadable header forms a group of its own (publishing it reports the fault)."""
+    """The batch's objects grouped by SOP instance (the original's, as the spool keeps it:
+    a correction re-sends the same one), each group in spool order."""
     groups: dict[str, list[Outgoing]] = {}
     for item in batch:
-        try:
-            header = pydicom.dcmread(item.out_path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-            key = str(header.SOPInstanceUID)
-        except Exception:  # noqa: BLE001 - _forward_one meets the same fault and says what it is
-            key = f"unreadable {item.id}"
-        groups.setdefault(key, []).append(item)
+        groups.setdefault(item.sop_token or f"item {item.id}", []).append(item)
     return list(groups.values())
 
 
