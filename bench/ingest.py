@@ -3,8 +3,8 @@
 Prints one JSON object. Same machine, same run, same 512x512 16-bit CT instances:
 - gateway_intake: storescu -> gateway, acknowledged (durable in the spool), no processing
   running alongside (settle time longer than the send);
-- orthanc_intake: storescu -> Orthanc directly (protected copies, which its filter plugin
-  accepts; the same size as the originals to within the envelope's few KB);
+- orthanc_intake: storescu -> a second Orthanc directly (protected copies; without the filter plugin,
+  which cannot verify what C-STORE rewrites; the same size as the originals to within a few KB);
 - protect_and_forward: from the first byte sent until the last protected object is stored
   in Orthanc, with the gateway's default pipeline (PS3.15 + envelope + gate, plugin none).
 
@@ -31,6 +31,18 @@ def _wait(predicate, timeout: float = 900.0) -> None:  # type: ignore[no-untyped
         time.sleep(0.1)
 
 
+class _PlainOrthanc(OrthancServer):
+    """Orthanc without the privacy filter: over C-STORE Orthanc writes its own file meta, so
+    the authenticity tag (an HMAC over the file as the gateway uploads it) cannot verify."""
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        config = json.loads(path.read_text())
+        del config["PythonScript"]
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=300)
@@ -53,15 +65,17 @@ def main() -> None:
             intake = time.perf_counter() - t
             gw.stop()
 
-            # 2. Orthanc's own intake of the same objects (protected, so its filter keeps them)
+            # 2. Orthanc's own intake of the same objects (protected; a second Orthanc, no filter)
             protected = root / "protected"
             run_cli("protect", str(study), str(protected), "--keyring", str(gw.keyring))
-            t = time.perf_counter()
-            storescu(orthanc.dicom_port, protected, calling="GATEWAY", called="ORTHANC")
-            direct = time.perf_counter() - t
-            _wait(lambda: len(orthanc.get("instances")) == n)
-            for study_id in orthanc.get("studies"):
-                orthanc.delete(f"studies/{study_id}")
+            plain = _PlainOrthanc(root / "plain").start()
+            try:
+                t = time.perf_counter()
+                storescu(plain.dicom_port, protected, calling="GATEWAY", called="ORTHANC")
+                direct = time.perf_counter() - t
+                _wait(lambda: len(plain.get("instances")) == n)
+            finally:
+                plain.stop()
 
             # 3. sustained protect and forward
             gw = GatewayProcess(root / "gw2", orthanc, settle_seconds=1).start()

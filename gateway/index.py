@@ -113,6 +113,15 @@ def entry_of(protected_bytes: bytes, orthanc_id: str, keyring: Keyring) -> tuple
     return entry, Sealing(key_id, wrapped, opened.data_key)
 
 
+def _row(entry: Entry, sealing: Sealing) -> tuple[Any, ...]:
+    """The table row of one entry, the original's attributes and digest sealed."""
+    nonce = os.urandom(12)
+    plain = json.dumps({"original": entry.original, "digest": entry.digest}).encode()
+    sealed = AESGCM(sealing.data_key).encrypt(nonce, plain, _aad(entry.sop_uid))
+    return (entry.sop_uid, entry.study_uid, entry.series_uid, entry.patient_id, entry.orthanc_id, entry.sop_class,
+            entry.transfer_syntax, "\\".join(entry.stages), sealing.kek_id, sealing.wrapped, nonce, sealed)
+
+
 class Index:
     """SQLite file of entries, the originals sealed."""
 
@@ -135,16 +144,22 @@ class Index:
 
     def put(self, entry: Entry, sealing: Sealing) -> None:
         """Add or replace the entry of one SOP instance (a correction replaces it)."""
-        nonce = os.urandom(12)
-        plain = json.dumps({"original": entry.original, "digest": entry.digest}).encode()
-        sealed = AESGCM(sealing.data_key).encrypt(nonce, plain, _aad(entry.sop_uid))
+        self.put_many([(entry, sealing)])
+
+    def put_many(self, entries: list[tuple[Entry, Sealing]]) -> None:
+        """Add or replace several entries, in order, in one transaction (one commit)."""
+        rows = [_row(entry, sealing) for entry, sealing in entries]
+        if not rows:
+            return
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.sop_uid, entry.study_uid, entry.series_uid, entry.patient_id, entry.orthanc_id,
-                 entry.sop_class, entry.transfer_syntax, "\\".join(entry.stages), sealing.kek_id, sealing.wrapped,
-                 nonce, sealed),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                     rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def get(self, sop_uid: str, keyring: Keyring) -> Entry | None:
         """The entry of one (pseudonymous) SOP Instance UID, or None."""

@@ -15,12 +15,13 @@ the steps; nothing of the old identity stays reachable once it succeeds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from gateway import authenticity
 from gateway.forwarder import Forwarder, Unreachable
-from gateway.index import Index, entry_of
+from gateway.index import Entry, Index, Sealing, entry_of
 from gateway.keyring import Keyring
 
 
@@ -38,8 +39,13 @@ class Published:
     replaced: int  # Orthanc copies deleted
 
 
-def publish(data: bytes, keyring: Keyring, forwarder: Forwarder, index: Index) -> Published:
-    """Store ``data`` (a protected object from the spool) as the one copy of its SOP instance."""
+def publish(data: bytes, keyring: Keyring, forwarder: Forwarder, index: Index,
+            record: Callable[[Entry, Sealing], None] | None = None) -> Published:
+    """Store ``data`` (a protected object from the spool) as the one copy of its SOP instance.
+
+    ``record`` takes the new index entry in place of ``index.put`` (the worker writes a
+    batch's entries in one transaction before it marks them forwarded; should it stop in
+    between, the object is published again and the steps above repair Orthanc)."""
     entry, sealing = entry_of(data, "", keyring)
     previous = index.get(entry.sop_uid, keyring)
     copies = forwarder.copies(entry.sop_uid)
@@ -51,7 +57,7 @@ def publish(data: bytes, keyring: Keyring, forwarder: Forwarder, index: Index) -
     held = forwarder.copies(entry.sop_uid)
     if held != [stored]:  # another writer, or a delete Orthanc did not do: try again later
         raise Unreachable(f"Orthanc holds {len(held)} copies of the instance after the upload, not one")
-    index.put(replace(entry, orthanc_id=stored), sealing)
+    (record or index.put)(replace(entry, orthanc_id=stored), sealing)
     changed = previous is not None and previous.digest != entry.digest
     outcome = Outcome.SUPERSEDED if changed or copies else Outcome.STORED
     return Published(stored, outcome, entry.study_uid, len(copies))

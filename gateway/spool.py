@@ -134,6 +134,7 @@ class Outgoing:
     out_path: Path
     series_token: str
     attempts: int
+    sop_token: str = ""  # the original's SOP Instance UID, pseudonymised: corrections share it
 
 
 class Spool:
@@ -345,19 +346,31 @@ class Spool:
         """Protected objects whose next forwarding attempt is due."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, out_path, series_token, attempts FROM instances"
+                "SELECT id, out_path, series_token, attempts, sop_token FROM instances"
                 " WHERE state='protected' AND next_attempt <= ? ORDER BY id LIMIT ?",
                 (time.time(), limit),
             ).fetchall()
-        return [Outgoing(r[0], self.outbox / r[1], r[2], r[3]) for r in rows]
+        return [Outgoing(r[0], self.outbox / r[1], r[2], r[3], r[4]) for r in rows]
 
     def forwarded(self, row_id: int) -> None:
+        self.forwarded_many([row_id])
+
+    def forwarded_many(self, row_ids: list[int]) -> None:
+        """Mark objects forwarded in one transaction (one commit), then drop their copies."""
+        if not row_ids:
+            return
+        now = time.time()
         with self._lock:
-            self._db.execute(
-                "UPDATE instances SET state='forwarded', forwarded_at=?, error=NULL WHERE id=?",
-                (time.time(), row_id),
-            )
-        (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("UPDATE instances SET state='forwarded', forwarded_at=?, error=NULL WHERE id=?",
+                                     [(now, row_id) for row_id in row_ids])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        for row_id in row_ids:
+            (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
 
     def retry_later(self, row_id: int, delay: float, error: str) -> None:
         with self._lock:

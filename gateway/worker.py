@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
@@ -27,7 +28,7 @@ from gateway.config import Config, Route
 from gateway.delivery import Deliverer, header_and_origin, stage_copies, study_still_receiving
 from gateway.envelope import EnvelopeError
 from gateway.forwarder import Forwarder, Refused, Unreachable
-from gateway.index import Index
+from gateway.index import Entry, Index, Sealing
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.protect import Quarantine, protect_batches
@@ -37,6 +38,8 @@ from gateway.sop_classes import is_image
 from gateway.spool import Incoming, Outgoing, Spool, SpoolError
 
 log = logging.getLogger("gateway.worker")
+# Uploads in flight to Orthanc at once, each on its own keep-alive connection.
+FORWARD_CONNECTIONS = 4
 
 
 class Worker:
@@ -199,18 +202,40 @@ class Worker:
     # -- forward ------------------------------------------------------------------------
 
     def forward_due(self) -> None:
-        while not self._stop.is_set():
-            batch = self.spool.due()
-            if not batch:
-                return
-            for item in batch:
-                if not self._forward_one(item):
-                    return  # Orthanc is down: the rest waits for the backoff too
+        """Upload due objects over ``FORWARD_CONNECTIONS`` connections at once (Orthanc's
+        answer, not the gateway, is the wait). Copies of one SOP instance go in spool order,
+        one after the other, so a correction still ends as the one copy. A batch's index
+        entries, then its spool states, are written in one transaction each."""
+        down = threading.Event()
+        with ThreadPoolExecutor(FORWARD_CONNECTIONS, thread_name_prefix="forward") as pool:
+            while not self._stop.is_set() and not down.is_set():
+                batch = self.spool.due()
+                if not batch:
+                    return
+                done = _Forwarded()
+                futures = [pool.submit(self._forward_in_order, items, down, done) for items in _by_instance(batch)]
+                wait(futures)  # Orthanc down: the rest waits for the backoff too
+                self.index.put_many(done.entries)
+                self.spool.forwarded_many(done.ids)
+                for future in futures:
+                    future.result()  # an unexpected error: the guard logs it
 
-    def _forward_one(self, item: Outgoing) -> bool:
+    def _forward_in_order(self, items: list[Outgoing], down: threading.Event, done: _Forwarded) -> None:
+        """One SOP instance's copies; where there are several (a re-send, a correction), each
+        index entry is written at once, for the next copy to be compared with."""
+        for item in items:
+            if down.is_set() or self._stop.is_set():
+                return
+            if not self._forward_one(item, done, defer_index=len(items) == 1):
+                down.set()
+                return
+
+    def _forward_one(self, item: Outgoing, done: _Forwarded, defer_index: bool = True) -> bool:
         sched = self.config.scheduler
+        entries: list[tuple[Entry, Sealing]] = []
         try:
-            published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index)
+            record = (lambda entry, sealing: entries.append((entry, sealing))) if defer_index else None
+            published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index, record)
         except Unreachable as exc:
             delay = min(sched.retry_initial_seconds * 2 ** min(item.attempts, 20), sched.retry_max_seconds)
             self.spool.retry_later(item.id, delay, str(exc))
@@ -233,7 +258,7 @@ class Worker:
         if published.outcome is Outcome.SUPERSEDED:
             self.audit.record("gateway", "-", "supersede", "success", study=published.study_uid,
                               instance=published.orthanc_id, copies_replaced=published.replaced)
-        self.spool.forwarded(item.id)
+        done.add(item.id, entries)
         return True
 
     def purge(self) -> None:
@@ -247,6 +272,29 @@ class Worker:
                               reason=f"quarantine_retention_days ({days:g}) passed")
             log.warning("series %s: %d set-aside original(s) deleted after %g days (quarantine_retention_days)",
                         token, deleted, days)
+
+
+class _Forwarded:
+    """What one batch published: index entries and spool ids, written after the batch."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ids: list[int] = []
+        self.entries: list[tuple[Entry, Sealing]] = []
+
+    def add(self, row_id: int, entries: list[tuple[Entry, Sealing]]) -> None:
+        with self._lock:  # in the order published: a correction's entry after its first copy's
+            self.ids.append(row_id)
+            self.entries += entries
+
+
+def _by_instance(batch: list[Outgoing]) -> list[list[Outgoing]]:
+    """The batch's objects grouped by SOP instance (the original's, as the spool keeps it:
+    a correction re-sends the same one), each group in spool order."""
+    groups: dict[str, list[Outgoing]] = {}
+    for item in batch:
+        groups.setdefault(item.sop_token or f"item {item.id}", []).append(item)
+    return list(groups.values())
 
 
 def is_infrastructure(exc: BaseException) -> bool:

@@ -99,6 +99,18 @@ def test_the_gate_finds_identity_in_sequences_private_data_and_raw_bytes() -> No
     assert gate.scan(Dataset(), b"XPID-4711-08150", needles) == []  # inside a longer token
 
 
+def test_the_raw_search_finds_every_value_in_one_pass() -> None:
+    """One automaton for all values: a value inside a longer token is skipped and a later
+    whole-word occurrence of it still found, overlapping values are each found, and a
+    value only in the Latin-1 bytes of another encoding is found in those bytes."""
+    needles = gate.Needles({"PID-4711-0815", "4711-0815-99", "MÜLLERSTRASSE 5"}, set(),
+                           charsets={("ISO_IR 100",)})
+    kinds = [h.kind for h in gate.scan(Dataset(), b"XPID-4711-08150 .. PID-4711-0815-99\x00", needles)]
+    assert kinds == ["raw identifier", "raw identifier"]  # both, from one overlapping run
+    assert gate.scan(Dataset(), b"\x00M\xdcLLERSTRASSE 5\x00", needles)[0].kind == "raw identifier"
+    assert gate.scan(Dataset(), b"AMPID-4711-0815Z 4711-0815-990", needles) == []
+
+
 def test_spool_intake_is_durable_and_failures_are_errors(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     row = spool.accept(b"DICM-bytes", "CT1", "2.25.1", "2.25.2", "CT", "1.2")
