@@ -195,7 +195,7 @@ class Spool:
         if isinstance(data, Path):
             _adopt_durably(data, path)
         else:
-            _write_durably(path, data)
+            write_durably(path, data)
         try:
             return self._add_row(path, series_token, sop_token, modality, sop_class_uid,
                                  f"{DAMAGE_NOTE}{damage}" if damage else None)
@@ -297,7 +297,7 @@ class Spool:
     def write_output(self, row_id: int, data: bytes) -> None:
         """Store the protected copy of one object durably; it leaves only once its whole
         series is marked ``protected``."""
-        _write_durably(self.outbox / f"{row_id}.dcm", data)
+        write_durably(self.outbox / f"{row_id}.dcm", data)
 
     def discard_outputs(self, row_ids: list[int]) -> None:
         """Drop protected copies written for a series that ended in quarantine."""
@@ -531,7 +531,7 @@ class Spool:
                                    (instance_id, destination, series_token))
         delivery_id = int(cur.lastrowid or 0)
         try:
-            _write_durably(self.outbox / f"d{delivery_id}.dcm", data)
+            write_durably(self.outbox / f"d{delivery_id}.dcm", data)
         except SpoolError:
             self.discard_deliveries([delivery_id])
             raise
@@ -661,7 +661,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(dir_fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that it survives a power cut: a temporary file, fsynced,
+    renamed, the folder fsynced. Raises SpoolError."""
     tmp = path.with_suffix(".part")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

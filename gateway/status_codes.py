@@ -21,8 +21,15 @@ UNABLE_TO_PROCESS = 0xC000  # C-STORE "cannot understand", Q/R "unable to proces
 DOES_NOT_MATCH_SOP_CLASS = 0xA900  # the data set (C-STORE) or identifier (Q/R) does not match
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 NOT_AUTHORIZED = 0x0124
+# N-ACTION answers and Storage Commitment failure reasons (PS3.7 C.4, PS3.4 J.3.3).
+NO_SUCH_ACTION = 0x0123
+MISSING_ATTRIBUTE = 0x0120
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_INSTANCE = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
 
 for _name in ("OUT_OF_RESOURCES", "UNABLE_TO_PROCESS", "DOES_NOT_MATCH_SOP_CLASS", "SOP_CLASS_NOT_SUPPORTED",
-              "NOT_AUTHORIZED"):
+              "NOT_AUTHORIZED", "NO_SUCH_ACTION", "MISSING_ATTRIBUTE", "PROCESSING_FAILURE", "NO_SUCH_INSTANCE",
+              "CLASS_INSTANCE_CONFLICT"):
     if not hasattr(Status, _name):
         Status.add(_name, globals()[_name])

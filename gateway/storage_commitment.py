@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,23 +31,17 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]  # pynetdicom builds its SOP class names at import time
 
+from gateway import status_codes as dimse
 from gateway.config import Config, Route, Sender
 from gateway.delivery import header_and_origin
 from gateway.pseudonym import Pseudonymizer
-from gateway.spool import Incoming, Spool
+from gateway.spool import SPOOL_STATES, Incoming, Spool, write_durably
 from gateway.tls import peer_common_name
 
 log = logging.getLogger("gateway.commitment")
 
 WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
-SUCCESS = 0x0000
-NOT_AUTHORIZED = 0x0124
-NO_SUCH_ACTION = 0x0123
-MISSING_ATTRIBUTE = 0x0120
-PROCESSING_FAILURE = 0x0110
-NO_SUCH_INSTANCE = 0x0112
-CLASS_INSTANCE_CONFLICT = 0x0119
-_IN_SPOOL = {"received", "protected", "forwarded", "done", "quarantined", "failed", "superseded"}
+_IN_SPOOL = set(SPOOL_STATES) - {"purged"}  # durable: every state until an original is purged
 _IN_ORTHANC = {"forwarded", "done"}
 _NEVER_IN_ORTHANC = {"quarantined", "failed"}
 _RETRY_SECONDS = 10.0  # between attempts to deliver a result the modality did not take
@@ -84,22 +77,22 @@ def outcome(request: Request, rows: dict[str, tuple[str, Incoming]], tokens: lis
         if row is None:
             if waited < settings.missing_after_seconds:
                 return None
-            failed.append((sop_class, sop_uid, NO_SUCH_INSTANCE))
+            failed.append((sop_class, sop_uid, dimse.NO_SUCH_INSTANCE))
             continue
         state, item = row
         if item.sop_class_uid != sop_class:
-            failed.append((sop_class, sop_uid, CLASS_INSTANCE_CONFLICT))
+            failed.append((sop_class, sop_uid, dimse.CLASS_INSTANCE_CONFLICT))
             continue
         route = route_of(item)
         wanted = _IN_ORTHANC if route is not None and route.commitment == "orthanc" else _IN_SPOOL
         if state in wanted:
             committed.append((sop_class, sop_uid))
         elif state in _NEVER_IN_ORTHANC or route is None:
-            failed.append((sop_class, sop_uid, PROCESSING_FAILURE))
+            failed.append((sop_class, sop_uid, dimse.PROCESSING_FAILURE))
         elif waited < settings.timeout_seconds:
             return None
         else:
-            failed.append((sop_class, sop_uid, PROCESSING_FAILURE))
+            failed.append((sop_class, sop_uid, dimse.PROCESSING_FAILURE))
     return committed, failed
 
 
@@ -159,9 +152,9 @@ class StorageCommitment:
         address = assoc.requestor.address
         if self._sender(calling, address, peer_common_name(assoc)) is None:
             log.warning("storage commitment from %s refused: not a configured sender", calling)
-            return NOT_AUTHORIZED, None
+            return dimse.NOT_AUTHORIZED, None
         if getattr(event.request, "ActionTypeID", None) != 1:  # 1: Request Storage Commitment
-            return NO_SUCH_ACTION, None
+            return dimse.NO_SUCH_ACTION, None
         info = event.action_information
         try:
             references = [(str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID))
@@ -169,33 +162,25 @@ class StorageCommitment:
             transaction = str(info.TransactionUID)
         except (AttributeError, TypeError):
             log.warning("storage commitment from %s refused: no Transaction UID or Referenced SOP Sequence", calling)
-            return MISSING_ATTRIBUTE, None
+            return dimse.MISSING_ATTRIBUTE, None
         if not references or not transaction or not all(c and i for c, i in references):
             log.warning("storage commitment from %s refused: empty Transaction UID or references", calling)
-            return MISSING_ATTRIBUTE, None
+            return dimse.MISSING_ATTRIBUTE, None
         request = Request(transaction, calling, address, references, assoc=assoc)
         self._save(request)
         with self._lock:
             self._pending[transaction] = request
         log.info("storage commitment %s from %s: %d instance(s) requested", _token(transaction), calling,
                  len(references))
-        return SUCCESS, None
+        return dimse.SUCCESS, None
 
     def _sender(self, calling: str, address: str, subject: str | None) -> Sender | None:
         return next((s for s in self.config.senders if s.matches(calling, address, subject)), None)
 
     def _save(self, request: Request) -> None:
-        path = self.folder / f"{request.transaction_uid}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"transaction_uid": request.transaction_uid, "calling_ae": request.calling_ae,
-                                   "address": request.address, "references": request.references,
-                                   "received_at": request.received_at}))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_durably(self.folder / f"{request.transaction_uid}.json", json.dumps({
+            "transaction_uid": request.transaction_uid, "calling_ae": request.calling_ae, "address": request.address,
+            "references": request.references, "received_at": request.received_at}).encode())
 
     # -- results ----------------------------------------------------------------------------
 

@@ -9,10 +9,8 @@ import pytest
 from gateway.config import Config
 from gateway.pseudonym import Pseudonymizer
 from gateway.spool import Incoming, Spool
+from gateway.status_codes import CLASS_INSTANCE_CONFLICT, NO_SUCH_INSTANCE, PROCESSING_FAILURE
 from gateway.storage_commitment import (
-    CLASS_INSTANCE_CONFLICT,
-    NO_SUCH_INSTANCE,
-    PROCESSING_FAILURE,
     Request,
     StorageCommitment,
     event_information,
