@@ -186,6 +186,10 @@ class Scheduler(_Strict):
     retry_initial_seconds: float = Field(1, gt=0)
     retry_max_seconds: float = Field(300, gt=0)
 
+    def retry_delay(self, attempts: int) -> float:
+        """Exponential backoff after ``attempts`` failed tries, capped at ``retry_max_seconds``."""
+        return min(self.retry_initial_seconds * 2 ** min(attempts, 20), self.retry_max_seconds)
+
 
 class PrivateKeep(_Strict):
     group: int = Field(ge=0x0009, le=0xFFFF)

@@ -127,7 +127,6 @@ class Deliverer:
         self._stop.set()
 
     def deliver_due(self) -> None:
-        sched = self.config.scheduler
         down: set[str] = set()  # a destination that is down waits for its backoff as a whole
         while not self._stop.is_set():
             batch = [d for d in self.spool.due_deliveries() if d[1] not in down]
@@ -143,7 +142,7 @@ class Deliverer:
                     # tagged like the main Orthanc's copies: another Orthanc runs the same filter
                     self._sender(name).send(authenticity.sign(Path(path).read_bytes(), self.keyring))
                 except Unreachable as exc:
-                    delay = min(sched.retry_initial_seconds * 2 ** min(attempts, 20), sched.retry_max_seconds)
+                    delay = self.config.scheduler.retry_delay(attempts)
                     self.spool.delivery_later(delivery_id, delay, str(exc))
                     log.warning("series %s: delivery to %s deferred %.0f s: %s", series_token, name, delay, exc)
                     down.add(name)

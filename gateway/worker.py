@@ -162,39 +162,42 @@ class Worker:
         return None
 
     def _finish(self, token: str, route: Route, ids: list[int], staged: list[int]) -> None:
-        try:
+        def record() -> None:
             self.spool.release_deliveries(staged)
             if any(d.destination == "orthanc" for d in route.destinations):
                 self.spool.protected(token, route.name, ids)
             else:
                 self.spool.handed_on(token, route.name, ids)
-        except Exception as exc:
-            if not is_infrastructure(exc):
-                raise
-            self._wait(token, exc)
+
+        if not self._recorded(token, record):
             return
-        self._backoff.pop(token, None)
         log.info("series %s: %d objects protected by route %s for %s", token, len(ids), route.name,
                  ", ".join(d.destination for d in route.destinations))
 
     def _wait(self, token: str, exc: BaseException) -> None:
         """The disk or database, not the series: try again later, backing off."""
-        sched = self.config.scheduler
         attempts = self._backoff.get(token, (0, 0.0))[0]
-        delay = min(sched.retry_initial_seconds * 2 ** min(attempts, 20), sched.retry_max_seconds)
+        delay = self.config.scheduler.retry_delay(attempts)
         self._backoff[token] = (attempts + 1, time.time() + delay)
         log.error("series %s waits %.1f s for the spool (%s: %s); it is not quarantined", token, delay,
                   type(exc).__name__, _infrastructure_text(exc))
 
-    def _quarantine(self, token: str, route: str | None, reason: str, ids: list[int]) -> None:
+    def _recorded(self, token: str, record: Callable[[], None]) -> bool:
+        """Run a spool write that settles the series; a disk or database fault makes the series
+        wait with backoff instead (False), anything else is raised."""
         try:
-            self.spool.quarantine(token, route, reason, ids)
+            record()
         except Exception as exc:
             if not is_infrastructure(exc):
                 raise
             self._wait(token, exc)
-            return
+            return False
         self._backoff.pop(token, None)
+        return True
+
+    def _quarantine(self, token: str, route: str | None, reason: str, ids: list[int]) -> None:
+        if not self._recorded(token, lambda: self.spool.quarantine(token, route, reason, ids)):
+            return
         log.warning("series %s quarantined (%d objects): %s", token, len(ids), reason)
         self.audit.record("gateway", "-", "quarantine", "quarantined", series=token, route=route, objects=len(ids),
                           reason=reason)
@@ -231,13 +234,12 @@ class Worker:
                 return
 
     def _forward_one(self, item: Outgoing, done: _Forwarded, defer_index: bool = True) -> bool:
-        sched = self.config.scheduler
         entries: list[tuple[Entry, Sealing]] = []
         try:
             record = (lambda entry, sealing: entries.append((entry, sealing))) if defer_index else None
             published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index, record)
         except Unreachable as exc:
-            delay = min(sched.retry_initial_seconds * 2 ** min(item.attempts, 20), sched.retry_max_seconds)
+            delay = self.config.scheduler.retry_delay(item.attempts)
             self.spool.retry_later(item.id, delay, str(exc))
             log.warning("series %s: forward deferred %.0f s: %s", item.series_token, delay, exc)
             return False
@@ -246,7 +248,7 @@ class Worker:
                 self.spool.failed(item.id, f"protected copy unreadable ({type(exc).__name__})")
                 log.error("series %s: forward failed for good: protected copy unreadable", item.series_token)
                 return True
-            delay = min(sched.retry_initial_seconds * 2 ** min(item.attempts, 20), sched.retry_max_seconds)
+            delay = self.config.scheduler.retry_delay(item.attempts)
             self.spool.retry_later(item.id, delay, f"spool: {type(exc).__name__}")
             log.error("series %s: protected copy unreadable, retrying in %.0f s: %s", item.series_token, delay,
                       type(exc).__name__)
