@@ -37,3 +37,15 @@ def issue(folder: Path, name: str, issuer: Issuer | None, ca: bool = False) -> I
     (folder / f"{name}.key").write_bytes(key_pem)
     (folder / f"{name}.pem").write_bytes(key_pem + cert_pem)
     return cert, key
+
+
+def site_pki(folder: Path, *signed: str, strangers: tuple[str, ...] = ()) -> Path:
+    """``folder`` with a ``site-ca``, certificates it signs for ``signed``, and self-signed
+    ones for ``strangers`` (no CA the site trusts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    site_ca = issue(folder, "site-ca", None, ca=True)
+    for name in signed:
+        issue(folder, name, site_ca)
+    for name in strangers:
+        issue(folder, name, None)
+    return folder

@@ -18,7 +18,7 @@ from testkit import synthetic
 from testkit.localstack import GatewayProcess, OrthancServer, storescu
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
-from tests.pki import issue
+from tests.pki import site_pki
 
 ENV = dict(os.environ, TCP_NODELAY="1")
 
@@ -32,14 +32,8 @@ def _tls_storescu(port: int, folder: Path, pki: Path, who: str, calling: str = "
 
 
 def test_dicom_tls_checks_certificate_ae_title_and_address_together(tmp_path: Path, orthanc: OrthancServer) -> None:
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    site_ca = issue(pki, "site-ca", None, ca=True)
-    issue(pki, "gateway", site_ca)
-    issue(pki, "ct-scanner", site_ca)
-    issue(pki, "other-device", site_ca)
-    issue(pki, "reading-room", site_ca)
-    issue(pki, "rogue", None)  # not signed by the site's CA
+    pki = site_pki(tmp_path / "pki", "gateway", "ct-scanner", "other-device", "reading-room",
+                   strangers=("rogue",))  # rogue: not signed by the site's CA
     tls = {"certificate": str(pki / "gateway.crt"), "private_key": str(pki / "gateway.key"),
            "ca_certificates": str(pki / "site-ca.crt"), "require_client_certificate": True}
     retrieval = {"workstations": [{"ae_title": "WS", "policy": "restore", "certificate_subject": "reading-room"}]}

@@ -17,7 +17,7 @@ from gateway.original import dataset_bytes
 from testkit.localstack import GatewayProcess, OrthancServer, free_port, run_cli, storescu, wait_port
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
-from tests.pki import issue
+from tests.pki import issue, site_pki
 
 ENV = dict(os.environ, TCP_NODELAY="1")
 
@@ -26,11 +26,7 @@ ENV = dict(os.environ, TCP_NODELAY="1")
 def pki(tmp_path: Path) -> Path:
     """The site CA with the gateway, Orthanc and two workstations; a rogue CA with a
     workstation of its own."""
-    folder = tmp_path / "pki"
-    folder.mkdir()
-    site_ca = issue(folder, "site-ca", None, ca=True)
-    for name in ("gateway", "orthanc", "reading-room", "ct-scanner"):
-        issue(folder, name, site_ca)
+    folder = site_pki(tmp_path / "pki", "gateway", "orthanc", "reading-room", "ct-scanner")
     issue(folder, "rogue-reading-room", issue(folder, "rogue-ca", None, ca=True))
     return folder
 

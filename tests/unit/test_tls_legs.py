@@ -19,7 +19,7 @@ from gateway.metrics import Metrics
 from gateway.spool import Spool
 from gateway.status_http import StatusServer
 from gateway.tls import destination_tls_args
-from tests.pki import issue
+from tests.pki import issue, site_pki
 
 BASE = """
 senders: [{ae_title: CT1}]
@@ -117,12 +117,7 @@ def test_the_status_endpoint_binds_beyond_loopback_only_with_client_certificates
 
 
 def test_the_status_endpoint_serves_https_only_to_clients_of_the_site_ca(tmp_path: Path) -> None:
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    site_ca = issue(pki, "site-ca", None, ca=True)
-    issue(pki, "gateway", site_ca)
-    issue(pki, "monitor", site_ca)
-    issue(pki, "stranger", None)
+    pki = site_pki(tmp_path / "pki", "gateway", "monitor", strangers=("stranger",))
     settings = StatusHttp(host="127.0.0.1", port=0, tls=Tls(
         certificate=pki / "gateway.crt", private_key=pki / "gateway.key", ca_certificates=pki / "site-ca.crt",
         require_client_certificate=True))
@@ -148,11 +143,7 @@ def test_the_status_endpoint_serves_https_only_to_clients_of_the_site_ca(tmp_pat
 
 def test_the_forwarder_reports_why_tls_with_orthanc_failed_without_retrying_inside_the_request(tmp_path: Path) -> None:
     """An https server that wants client certificates of the site CA stands in for Orthanc."""
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    site_ca = issue(pki, "site-ca", None, ca=True)
-    issue(pki, "orthanc", site_ca)
-    issue(pki, "gateway", site_ca)
+    pki = site_pki(tmp_path / "pki", "orthanc", "gateway")
     issue(pki, "other-ca", None, ca=True)
     server = StatusServer(StatusHttp(host="127.0.0.1", port=0, tls=Tls(
         certificate=pki / "orthanc.crt", private_key=pki / "orthanc.key", ca_certificates=pki / "site-ca.crt",
