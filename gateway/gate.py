@@ -260,12 +260,19 @@ def _word_byte(data: bytes, index: int) -> bool:
     return 0 <= index < len(data) and ((chr(data[index]).isalnum() and data[index] < 128) or data[index] == 0x5F)
 
 
-def _encodings(ds: Dataset, inherited: tuple[str, ...]) -> tuple[str, ...]:
-    """The Python codecs of the Specific Character Set in force in ``ds``."""
+def declared_charset(ds: Dataset) -> tuple[str, ...]:
+    """The terms of the Specific Character Set ``ds`` declares, as ``Needles`` takes them;
+    empty where it declares none."""
     declared = ds.get("SpecificCharacterSet")
     if not declared:
-        return inherited
-    return _codecs([tuple(declared) if isinstance(declared, MultiValue) else (str(declared),)])
+        return ()
+    return tuple(declared) if isinstance(declared, MultiValue) else (str(declared),)
+
+
+def _encodings(ds: Dataset, inherited: tuple[str, ...]) -> tuple[str, ...]:
+    """The Python codecs of the Specific Character Set in force in ``ds``."""
+    declared = declared_charset(ds)
+    return _codecs([declared]) if declared else inherited
 
 
 def _codecs(charsets: Iterable[tuple[str, ...]]) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from gateway.deid.profile import Profile
+from gateway.gate import declared_charset
 from gateway.pseudonym import Pseudonymizer, shift_da, shift_dt
 
 GATEWAY_NAME = "privacy-gateway"
@@ -103,9 +104,7 @@ class Deidentifier:
         self._mark(ds)
         result.written |= _DUMMY_TEXTS | _MARK_VALUES | {str(ds.DeidentificationMethod)}
         result.written |= {text for code in self.profile.method_codes() for text in code}
-        charset = original.get("SpecificCharacterSet")
-        if charset:
-            result.charsets = tuple(charset) if isinstance(charset, MultiValue) else (str(charset),)
+        result.charsets = declared_charset(original)
         if hasattr(ds, "file_meta") and "SOPInstanceUID" in ds:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         return result

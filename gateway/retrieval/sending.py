@@ -147,24 +147,15 @@ def egress_checked(raw: bytes, sop_uid: str, keyring: Keyring) -> Dataset | Refu
     if str(ds.get("SOPInstanceUID", "")) != sop_uid:
         return Refused("Orthanc returned another instance than the index planned")
     names = {str(v) for v in _values(original, ("PatientName", "OtherPatientNames", "PatientMotherBirthName"))}
+    charsets = {c for c in map(gate.declared_charset, (original, ds)) if c}
     needles = gate.Needles({str(v) for v in _values(original, _PATIENT_IDENTITY)}, names,
-                           kept=kept_descriptors(original, ds), charsets=_charsets(original, ds))
+                           kept=kept_descriptors(original, ds), charsets=charsets)
     hits = gate.scan(ds, raw, needles)
     if hits:
         log.error("object %s refused for sending: the egress gate found identity in %s", sop_uid,
                   ", ".join(sorted({h.where for h in hits}))[:200])
         return Refused("the egress gate found identifying values")
     return ds
-
-
-def _charsets(*datasets: Dataset) -> set[tuple[str, ...]]:
-    """The Specific Character Sets the datasets declare, as the gate takes them."""
-    out = set()
-    for ds in datasets:
-        value = ds.get("SpecificCharacterSet")
-        if value:
-            out.add(tuple(value) if isinstance(value, pydicom.multival.MultiValue) else (str(value),))
-    return out
 
 
 def _values(ds: Dataset, keywords: tuple[str, ...]) -> list[object]:
