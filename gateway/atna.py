@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.config import AuditRepository, Config
+from gateway.retrieval.vocabulary import Policy
 
 log = logging.getLogger("gateway.atna")
 
@@ -110,7 +111,7 @@ def _transfer(entry: dict[str, Any], source: Source, when: str, indicator: str) 
     requestor is a third participant. A restore adds an Accessed message for the originals."""
     to = str(entry.get("to") or entry.get("destination") or entry["ae_title"])
     studies = [str(s) for s in entry.get("studies", [])]
-    restored = entry.get("policy") == "restore" and int(entry.get("completed", 0) or 0) > 0
+    restored = entry.get("policy") == Policy.RESTORE and int(entry.get("completed", 0) or 0) > 0
 
     def build(event: Code, action_code: str) -> bytes:
         msg = _message(event, action_code, when, indicator, source)

@@ -47,6 +47,7 @@ from gateway.metrics import Metrics
 from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
+from gateway.retrieval.vocabulary import Policy
 from gateway.sop_classes import is_image
 from gateway.spool import Described, Spool, SpoolError
 from gateway.storage_commitment import StorageCommitment
@@ -142,7 +143,7 @@ class Listener:
         address = assoc.requestor.address
         subject = peer_common_name(assoc)
         policy = self.config.retrieval.policy(calling, address, subject)
-        if self._is_sender(calling, address, subject) or policy in ("restore", "pseudonymized"):
+        if self._is_sender(calling, address, subject) or policy in (Policy.RESTORE, Policy.PSEUDONYMIZED):
             return
         self.audit.record(calling, address, "associate", "refused", policy=policy)
         self.metrics.associations_refused.inc()
