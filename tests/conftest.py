@@ -1,8 +1,9 @@
-"""Shared fixtures: a keyring, synthetic studies written as files."""
+"""Shared fixtures: a keyring, synthetic studies written as files, a PostgreSQL server."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,23 @@ from pydicom.dataset import Dataset
 
 from gateway.keyring import Keyring
 from testkit import synthetic
+from testkit.postgres import PostgresServer, have_postgres
 
 
 @pytest.fixture
 def keyring(tmp_path: Path) -> Keyring:
     return Keyring.create(tmp_path / "keyring.json")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (Debian ``postgresql``); each test that
+    needs a clean state creates its own database on it (``create_database``)."""
+    if not have_postgres():
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = PostgresServer().start()
+    yield server
+    server.stop()
 
 
 def encode(ds: Dataset) -> bytes:
