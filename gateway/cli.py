@@ -267,19 +267,21 @@ def _check_legs(config: Config, serving: bool) -> None:
     for destination in config.retrieval.cleartext_originals():
         log.warning("C-MOVE destination %s (%s:%d) receives restored originals WITHOUT TLS "
                     "(allow_cleartext_originals: true)", destination.ae_title, destination.host, destination.port)
-    orthanc_host = urlsplit(config.orthanc.url).hostname or ""
-    if config.orthanc.url.startswith("http://") and not is_loopback(orthanc_host):
-        log.warning("orthanc.url is plain http to %s: the REST password and protected objects cross the network "
-                    "unencrypted; use https:// unless this is a private network", orthanc_host)
+    for url in config.orthanc.urls:
+        orthanc_host = urlsplit(url).hostname or ""
+        if url.startswith("http://") and not is_loopback(orthanc_host):
+            log.warning("orthanc.url is plain http to %s: the REST password and protected objects cross the network "
+                        "unencrypted; use https:// unless this is a private network", orthanc_host)
     context = tls.orthanc_context(config.orthanc)  # files that cannot be used stop even a serving gateway
     if context is None:
         return
-    try:
-        tls.check_orthanc_certificate(config.orthanc, context)
-    except ConfigError as exc:
-        if not serving:
-            raise
-        log.error("%s; objects wait in the spool until it is fixed", exc)
+    for url in config.orthanc.urls:
+        try:
+            tls.check_orthanc_certificate(config.orthanc.model_copy(update={"url": url}), context)
+        except ConfigError as exc:
+            if not serving:
+                raise
+            log.error("%s; objects wait in the spool until it is fixed", exc)
 
 
 def _refusals(config: Config) -> list[str]:

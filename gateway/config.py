@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -134,6 +135,10 @@ class Sender(_Peer):
 
 class Orthanc(_Strict):
     url: str
+    # Further servers of the same Orthanc cluster (one PostgreSQL index, one storage area),
+    # with the same credentials and TLS settings: when the one in use is down (connection
+    # refused, timeout, HTTP 5xx) the next is tried, and the one that answered is kept.
+    failover: list[str] = []
     username: str
     password: str | None = None
     password_file: Path | None = None
@@ -154,12 +159,24 @@ class Orthanc(_Strict):
     def _https_settings(self) -> Orthanc:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url {self.url!r}: give an http:// or https:// URL")
+        scheme = urlsplit(self.url).scheme
+        for i, other in enumerate(self.failover):
+            if urlsplit(other).scheme != scheme or not urlsplit(other).hostname:
+                raise ValueError(f"failover.{i} {other!r}: give a {scheme}:// URL like url's (one TLS setting "
+                                 "serves them all)")
+        if len({u.rstrip("/") for u in self.urls}) != len(self.urls):
+            raise ValueError("failover: each Orthanc URL once, url included")
         given = [k for k in ("ca_certificates", "client_certificate", "client_private_key") if getattr(self, k)]
         if given and not self.url.startswith("https://"):
             raise ValueError(f"{', '.join(given)} only apply to an https:// url")
         if (self.client_certificate is None) != (self.client_private_key is None):
             raise ValueError("give client_certificate and client_private_key together")
         return self
+
+    @property
+    def urls(self) -> list[str]:
+        """Every Orthanc of the cluster, in the order they are tried."""
+        return [self.url, *self.failover]
 
     def secret(self) -> str:
         if self.password is not None:

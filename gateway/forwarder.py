@@ -4,7 +4,9 @@ Uses the Orthanc team's client (``orthanc-api-client``). An object counts as for
 only when Orthanc answers that it stored it (``Success``) or already holds it
 (``AlreadyStored``). Connection problems, an https Orthanc whose certificate does not chain
 to the configured CA included, are retried with exponential backoff; a refusal (Orthanc's
-filter plugin, a bad file) is permanent and shown in status. ``copies`` and ``delete`` let
+filter plugin, a bad file) is permanent and shown in status. Where ``orthanc.failover``
+lists further servers of an Orthanc cluster, a server that is down is skipped
+(``gateway/orthanc_cluster.py``) before the backoff begins. ``copies`` and ``delete`` let
 ``gateway/publish.py`` keep one copy per SOP instance when a correction supersedes an object.
 """
 
@@ -18,7 +20,8 @@ from orthanc_api_client.exceptions import HttpError
 from orthanc_api_client.exceptions import TimeoutError as OrthancTimeout
 
 from gateway.config import Orthanc
-from gateway.tls import describe_tls_failure, orthanc_client, orthanc_request_options
+from gateway.orthanc_cluster import OrthancCluster
+from gateway.tls import describe_tls_failure, orthanc_request_options
 
 log = logging.getLogger("gateway.forward")
 
@@ -32,10 +35,10 @@ class Refused(Exception):
 
 
 class Forwarder:
-    """Uploads protected objects to one Orthanc."""
+    """Uploads protected objects to Orthanc (any server of its cluster that answers)."""
 
     def __init__(self, settings: Orthanc) -> None:
-        self._client = orthanc_client(settings)
+        self._orthanc = OrthancCluster(settings)
         self._options = {"timeout": settings.timeout_seconds, **orthanc_request_options(settings)}
 
     def copies(self, sop_uid: str) -> list[str]:
@@ -49,7 +52,7 @@ class Forwarder:
 
     def _call(self, method: str, path: str, **kwargs: object) -> Any:
         try:
-            response = getattr(self._client, method)(path, **self._options, **kwargs)
+            response = self._orthanc.request(method, path, **self._options, **kwargs)
         except HttpError as exc:
             raise Unreachable(f"Orthanc answered HTTP {exc.http_status_code or 0} to {method.upper()} "
                               f"{path.split('/')[0]}") from None
@@ -62,7 +65,7 @@ class Forwarder:
     def send(self, data: bytes) -> str:
         """Upload one object; return Orthanc's instance id once it is stored."""
         try:
-            response = self._client.post("instances", data=data, **self._options)
+            response = self._orthanc.request("post", "instances", data=data, **self._options)
         except HttpError as exc:
             status = exc.http_status_code or 0
             if status >= 500 or status in (401, 403, 408, 429):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, Orthanc
 
 
 def check_files(config: Config) -> None:
@@ -50,16 +50,24 @@ def _readable(key: str, path: Path, secret: bool = False) -> list[str]:
 
 
 def orthanc_warning(config: Config) -> str | None:
-    """None when Orthanc answers with the configured credentials, else what is wrong."""
-    orthanc = config.orthanc
+    """None when every Orthanc of ``orthanc.url`` and ``orthanc.failover`` answers with the
+    configured credentials, else what is wrong with each that does not."""
+    problems = [p for url in config.orthanc.urls if (p := _orthanc_problem(config.orthanc, url))]
+    if not problems:
+        return None
+    if len(problems) < len(config.orthanc.urls):
+        return "; ".join(problems) + "; the other Orthanc servers of the cluster serve meanwhile"
+    return "; ".join(problems) + "; objects wait in the spool until one does"
+
+
+def _orthanc_problem(orthanc: Orthanc, url: str) -> str | None:
     try:
-        response = requests.get(f"{orthanc.url.rstrip('/')}/system", auth=(orthanc.username, orthanc.secret()),
+        response = requests.get(f"{url.rstrip('/')}/system", auth=(orthanc.username, orthanc.secret()),
                                 timeout=min(orthanc.timeout_seconds, 5))
     except requests.RequestException as exc:
-        return (f"Orthanc at {orthanc.url} is not reachable ({type(exc).__name__}); "
-                "objects wait in the spool until it is")
+        return f"Orthanc at {url} is not reachable ({type(exc).__name__})"
     if response.status_code in (401, 403):
-        return f"Orthanc at {orthanc.url} refused the gateway's credentials (HTTP {response.status_code})"
+        return f"Orthanc at {url} refused the gateway's credentials (HTTP {response.status_code})"
     if not response.ok:
-        return f"Orthanc at {orthanc.url} answered HTTP {response.status_code}"
+        return f"Orthanc at {url} answered HTTP {response.status_code}"
     return None
