@@ -26,6 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 ORTHANC_DIR = REPO / "orthanc"
 ORTHANC_USER = "gateway"
+POSTGRESQL_INDEX_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
 
 
 _HANDED_OUT: set[int] = set()
@@ -72,6 +73,13 @@ class OrthancServer:
     https_ca: Path | None = None
     https_client_ca: Path | None = None
     https_client: tuple[Path, Path] | None = None
+    # An Orthanc cluster: the index in database ``postgres_database`` of the PostgreSQL on
+    # loopback port ``postgres_port`` (the orthanc-postgresql plugin, several writers), the
+    # object files in ``storage``, shared by every Orthanc of the cluster; this one's own
+    # folder keeps only its IndexDirectory (the plugin leaves nothing there).
+    postgres_port: int | None = None
+    postgres_database: str = "orthanc"
+    storage: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,11 +98,13 @@ class OrthancServer:
 
     def write_config(self) -> Path:
         config = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
-        storage = self.folder / "storage"
-        storage.mkdir(parents=True, exist_ok=True)
+        storage = self.storage or self.folder / "storage"
+        index = self.folder / "index" if self.storage else storage
+        for folder in (storage, index):
+            folder.mkdir(parents=True, exist_ok=True)
         config.update(
             StorageDirectory=str(storage),
-            IndexDirectory=str(storage),
+            IndexDirectory=str(index),
             HttpPort=self.http_port,
             DicomPort=self.dicom_port,
             RemoteAccessAllowed=False,
@@ -102,6 +112,12 @@ class OrthancServer:
             PythonScript=str(ORTHANC_DIR / "accept_protected.py"),
             PrivacyGateway={"AuthenticityKeys": str(self.authenticity_keys)},
         )
+        if self.postgres_port is not None:
+            config["Plugins"] = [*config["Plugins"], str(POSTGRESQL_INDEX_PLUGIN)]
+            config["PostgreSQL"] = {"EnableIndex": True, "EnableStorage": False, "Host": "127.0.0.1",
+                                    "Port": self.postgres_port, "Database": self.postgres_database,
+                                    "Username": "postgres", "Password": "", "Lock": False,
+                                    "IndexConnectionsCount": 2}
         if self.https_pem is not None:
             config.update(SslEnabled=True, SslCertificate=str(self.https_pem))
         if self.https_client_ca is not None:
@@ -184,6 +200,14 @@ class GatewayProcess:
     port: int = 0
     status_port: int = 0
     ae_title: str = "GATEWAY"
+    # A node of a gateway cluster: further Orthanc servers of the same Orthanc cluster
+    # (``orthanc.failover``; each gets the authenticity keys), the state database
+    # (``state.url``) and this node's id, and the keyring and spool folder the nodes share.
+    failover: list[OrthancServer] = field(default_factory=list)
+    state_url: str | None = None
+    node: str | None = None
+    shared_keyring: Path | None = None
+    shared_spool: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -192,7 +216,11 @@ class GatewayProcess:
 
     @property
     def keyring(self) -> Path:
-        return self.folder / "keyring.json"
+        return self.shared_keyring or self.folder / "keyring.json"
+
+    @property
+    def spool(self) -> Path:
+        return self.shared_spool or self.folder / "spool"
 
     @property
     def config_path(self) -> Path:
@@ -206,14 +234,19 @@ class GatewayProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not self.keyring.exists():
             run_cli("keys", "init", "--keyring", str(self.keyring))
-        run_cli("keys", "export-authenticity", "--keyring", str(self.keyring),
-                "--out", str(self.orthanc.authenticity_keys))
-        config = {
+        for orthanc in (self.orthanc, *self.failover):
+            run_cli("keys", "export-authenticity", "--keyring", str(self.keyring),
+                    "--out", str(orthanc.authenticity_keys))
+        orthanc_settings: dict[str, Any] = {"url": self.orthanc.url, "username": ORTHANC_USER,
+                                            "password": self.orthanc.password}
+        if self.failover:
+            orthanc_settings["failover"] = [o.url for o in self.failover]
+        config: dict[str, Any] = {
             "listener": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port},
             "senders": self.senders,
-            "orthanc": {"url": self.orthanc.url, "username": ORTHANC_USER, "password": self.orthanc.password},
+            "orthanc": orthanc_settings,
             "keyring": str(self.keyring),
-            "spool": {"path": str(self.folder / "spool"), "retention_hours": 0},
+            "spool": {"path": str(self.spool), "retention_hours": 0},
             "scheduler": {"settle_seconds": self.settle_seconds, "poll_seconds": 0.2,
                           "retry_initial_seconds": 0.5, "retry_max_seconds": 2},
             "profiles": self.profiles,
@@ -221,6 +254,8 @@ class GatewayProcess:
             "status_http": {"port": self.status_port},
             "log_level": "INFO",
         }
+        if self.state_url is not None or self.node is not None:
+            config["state"] = {k: v for k, v in (("url", self.state_url), ("node", self.node)) if v is not None}
         config.update(self.extra)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         return self.config_path
