@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from testkit.localstack import REPO, free_port
@@ -88,7 +90,9 @@ def test_no_credential_is_committed() -> None:
     orthanc = json.loads((REPO / "orthanc" / "orthanc.json").read_text())
     assert orthanc["AuthenticationEnabled"] is True and "RegisteredUsers" not in orthanc
     for service in COMPOSE["services"].values():
-        for key in service.get("environment") or {}:
+        for key, value in (service.get("environment") or {}).items():
+            if key.endswith("_FILE") and str(value).startswith("/run/secrets/"):
+                continue  # where a secret is mounted (POSTGRES_PASSWORD_FILE), not the secret
             assert "PASSWORD" not in key.upper() and "USERS" not in key.upper(), key
     tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
     for name in tracked:
@@ -150,3 +154,98 @@ def test_check_config_names_a_spool_the_user_cannot_write(tmp_path: Path) -> Non
     config.write_text(text)
     result = _cli("check-config", "--config", str(config))
     assert result.returncode == 2 and "spool.path" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- profile "cluster": PostgreSQL, two Orthanc on its index, three gateway nodes, HAProxy ------
+
+CLUSTER_EXAMPLE = yaml.safe_load((REPO / "deploy" / "gateway.cluster.example.yaml").read_text())
+NODES = ("gateway-1", "gateway-2", "gateway-3")
+CLUSTER = ("postgres", "orthanc-a", "orthanc-b", "gateway-migrate", *NODES, "haproxy")
+
+
+def test_the_cluster_profile_adds_its_services_and_leaves_the_single_site_as_it_was() -> None:
+    services = COMPOSE["services"]
+    for name in CLUSTER:
+        assert services[name]["profiles"] == ["cluster"], name
+    for name in ("gateway", "orthanc"):
+        assert "profiles" not in services[name]  # `docker compose up -d` starts what it did
+    for name in set(CLUSTER) - {"gateway-migrate"}:  # long-running: each has a health check
+        assert services[name]["healthcheck"]["test"], name
+    published = {name for name in CLUSTER if "ports" in services[name]}
+    assert published == {"haproxy"} and services["haproxy"]["ports"] == ["11112:11112"]
+
+
+def test_the_gateway_nodes_share_spool_state_and_keys_and_each_has_its_own_id() -> None:
+    services = COMPOSE["services"]
+    nodes = [services[name] for name in NODES]
+    assert [n["hostname"] for n in nodes] == list(NODES)  # state.node defaults to the host name
+    assert "node" not in CLUSTER_EXAMPLE["state"]
+    for node in nodes:
+        assert "cluster-spool:/var/lib/gateway" in node["volumes"]
+        assert "./deploy/gateway-cluster.yaml:/etc/gateway/gateway.yaml:ro" in node["volumes"]
+        assert {"gateway_keyring", "orthanc_password", "postgres_pgpass"} <= set(node["secrets"])
+        assert node["environment"]["PGPASSFILE"] == "/run/secrets/postgres_pgpass"
+        assert node["depends_on"]["gateway-migrate"]["condition"] == "service_completed_successfully"
+        assert {"orthanc-a", "orthanc-b"} <= set(node["depends_on"])
+        assert f"127.0.0.1:{CLUSTER_EXAMPLE['status_http']['port']}/status" in " ".join(node["healthcheck"]["test"])
+    migrate = services["gateway-migrate"]
+    assert migrate["command"][:2] == ["db", "upgrade"] and migrate["depends_on"]["postgres"]["condition"] == \
+        "service_healthy"
+    url = CLUSTER_EXAMPLE["state"]["url"]
+    assert url.startswith("postgresql+psycopg://gateway@postgres:5432/") and ":" not in url.split("//")[1].split("@")[0]
+    assert services["postgres"]["environment"]["POSTGRES_USER"] == "gateway"
+    assert url.rsplit("/", 1)[1] == services["postgres"]["environment"]["POSTGRES_DB"]
+
+
+def test_the_cluster_example_is_the_single_site_example_but_for_the_cluster_keys() -> None:
+    differing = {key for key in EXAMPLE.keys() | CLUSTER_EXAMPLE.keys() if EXAMPLE.get(key) != CLUSTER_EXAMPLE.get(key)}
+    assert differing == {"senders", "orthanc", "state"}
+    assert {k: v for k, v in CLUSTER_EXAMPLE["orthanc"].items() if k not in ("url", "failover")} == \
+        {k: v for k, v in EXAMPLE["orthanc"].items() if k != "url"}
+    assert [CLUSTER_EXAMPLE["orthanc"]["url"], *CLUSTER_EXAMPLE["orthanc"]["failover"]] == \
+        ["http://orthanc-a:8042", "http://orthanc-b:8042"]
+    # behind the proxy every association comes from its address: no sender is checked by host
+    assert all("host" not in s and "storage_commitment_port" not in s for s in CLUSTER_EXAMPLE["senders"])
+    assert [s["ae_title"] for s in CLUSTER_EXAMPLE["senders"]] == [s["ae_title"] for s in EXAMPLE["senders"]]
+
+
+def test_the_orthanc_servers_share_one_postgresql_index_and_one_storage_volume() -> None:
+    services = COMPOSE["services"]
+    plugin = json.loads((REPO / "orthanc" / "postgresql.json").read_text())["PostgreSQL"]
+    # several writers on one database (orthanc-postgresql 4.0: Lock false), files not in the database
+    assert plugin["EnableIndex"] is True and plugin["EnableStorage"] is False and plugin["Lock"] is False
+    assert plugin["Host"] == "postgres" and "Password" not in plugin  # the password comes from PGPASSFILE
+    assert plugin["Username"] == services["postgres"]["environment"]["POSTGRES_USER"]
+    init = (REPO / "deploy" / "postgres-init.sql").read_text()
+    assert f"CREATE DATABASE {plugin['Database']}" in init
+    assert any(v.endswith("/docker-entrypoint-initdb.d/10-orthanc.sql:ro") for v in services["postgres"]["volumes"])
+    for name in ("orthanc-a", "orthanc-b"):
+        orthanc = services[name]
+        assert "./orthanc/postgresql.json:/etc/orthanc/postgresql.json:ro" in orthanc["volumes"]
+        assert "orthanc-cluster-storage:/var/lib/orthanc/db" in orthanc["volumes"]
+        assert orthanc["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert {"orthanc_authenticity_keys", "postgres_pgpass"} <= set(orthanc["secrets"])
+        assert "ports" not in orthanc
+    for name in ("postgres_password", "postgres_pgpass"):
+        assert COMPOSE["secrets"][name]["file"].startswith("./deploy/secrets/")
+    assert "postgres-pgpass" in (REPO / "deploy" / "make-secrets").read_text()
+
+
+def test_haproxy_passes_dicom_in_tcp_mode_to_every_node_checked_on_its_status_port() -> None:
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    cfg = REPO / "deploy" / "haproxy.cfg"
+    checked = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "Configuration file is valid" in checked.stdout + checked.stderr
+    # the only warnings: the node names resolve on the compose network, not here
+    warnings = [line for line in checked.stderr.splitlines() if "WARNING" in line]
+    assert all("could not resolve address" in line for line in warnings), warnings
+    text = cfg.read_text()
+    assert re.search(r"^\s*mode tcp$", text, re.M) and re.search(r"^\s*bind :11112$", text, re.M)
+    servers = re.findall(r"^\s*server (\S+) (\S+)$", text, re.M)
+    assert servers == [(name, f"{name}:{CLUSTER_EXAMPLE['listener']['port']}") for name in NODES]
+    assert f"check port {CLUSTER_EXAMPLE['status_http']['port']}" in text and "uri /status" in text
+    mounted = COMPOSE["services"]["haproxy"]["volumes"]
+    assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in mounted
+    assert "monitor-uri /healthz" in text
+    assert "/healthz" in " ".join(COMPOSE["services"]["haproxy"]["healthcheck"]["test"])
