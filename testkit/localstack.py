@@ -208,6 +208,7 @@ class GatewayProcess:
     node: str | None = None
     shared_keyring: Path | None = None
     shared_spool: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to the process's environment
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -265,7 +266,7 @@ class GatewayProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **self.env} if self.env else None,
         )
         wait_port(self.port)
         return self

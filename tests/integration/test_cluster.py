@@ -4,17 +4,31 @@ orthanc-postgresql plugin, one storage folder), gateway processes as nodes."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
+import pydicom
 import pytest
 
-from testkit import synthetic
-from testkit.localstack import POSTGRESQL_INDEX_PLUGIN, GatewayProcess, OrthancServer, free_port, storescu
+from testkit import held_plugin, synthetic
+from testkit.localstack import (
+    POSTGRESQL_INDEX_PLUGIN,
+    GatewayProcess,
+    OrthancServer,
+    free_port,
+    run_cli,
+    storescu,
+)
 from testkit.postgres import PostgresServer
 from tests.conftest import write_study
 from tests.integration.conftest import wait_for
+from tests.integration.test_retrieval import _assert_exact, findscu, movescu
 
 if not POSTGRESQL_INDEX_PLUGIN.exists():
     pytest.skip("Orthanc's PostgreSQL plugin is not installed (apt-get install orthanc-postgresql)",
@@ -85,3 +99,129 @@ def test_an_orthanc_stopped_during_forwarding_the_other_takes_the_objects(
         gateway.stop()
         if a.process is None:
             a.start()  # the module's other tests use both
+
+
+# -- gateway nodes on one state database, one spool folder, one keyring -------------------
+
+_DATABASES = (f"state_{n}" for n in itertools.count(1))
+# Until the shared state (branch i15-state) is merged here.
+needs_state = pytest.mark.skipif(importlib.util.find_spec("gateway.state") is None,
+                                 reason="the PostgreSQL state is not in this tree yet")
+StartNodes = Callable[..., tuple[GatewayProcess, GatewayProcess]]
+
+
+@pytest.fixture
+def start_nodes(tmp_path: Path, postgres: PostgresServer,
+                orthancs: list[OrthancServer]) -> Iterator[StartNodes]:
+    """Node A on Orthanc A and node B on Orthanc B (each the other's failover), a fresh state
+    database, ``gateway db upgrade`` once, then both nodes serving."""
+    started: list[GatewayProcess] = []
+
+    def start(**settings: Any) -> tuple[GatewayProcess, GatewayProcess]:
+        url = postgres.create_database(next(_DATABASES))
+        lease = settings.pop("lease_seconds", 30)
+        nodes = [GatewayProcess(tmp_path / f"node-{name}", primary, failover=[other], port=free_port(),
+                                state_url=url, node=f"node-{name}", shared_keyring=tmp_path / "keyring.json",
+                                shared_spool=tmp_path / "spool", **settings)
+                 for name, primary, other in (("a", *orthancs), ("b", *reversed(orthancs)))]
+        for node in nodes:
+            node.extra = {**node.extra, "state": {"url": url, "node": node.node, "lease_seconds": lease}}
+        nodes[0].write_config()
+        run_cli("db", "upgrade", "--config", str(nodes[0].config_path))
+        for node in nodes:
+            started.append(node.start())
+        return nodes[0], nodes[1]
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def _acknowledged(port: int, files: list[Path]) -> int:
+    """Send ``files`` to ``port``; how many the node answered Success."""
+    return storescu(port, files).stderr.count("Received Store Response (Success)")
+
+
+def _protected_lines(*nodes: GatewayProcess) -> list[str]:
+    return [line for node in nodes for line in node.log_path.read_text().splitlines()
+            if re.search(r"series \S+: \d+ objects protected by route", line)]
+
+
+def _series_of(orthanc: OrthancServer, instances: set[str]) -> set[str]:
+    return {orthanc.get(f"instances/{i}")["ParentSeries"] for i in instances}
+
+
+@needs_state
+def test_a_series_received_half_by_each_node_is_protected_once_and_arrives_whole(
+        tmp_path: Path, orthancs: list[OrthancServer], start_nodes: StartNodes) -> None:
+    a, b = start_nodes(settle_seconds=2)
+    before = _instances(orthancs[0])
+    files = _study(tmp_path / "study", (4,))
+    assert _acknowledged(a.port, files[:2]) + _acknowledged(b.port, files[2:]) == 4
+    wait_for(lambda: len(_instances(orthancs[1]) - before) >= 4)
+    time.sleep(2)  # a second protection would land by now
+    new = _instances(orthancs[0]) - before
+    assert len(new) == 4 and len(set(_sop_uids(orthancs[0], new))) == 4
+    assert len(_series_of(orthancs[0], new)) == 1  # one series, as the modality sent it
+    (protected,) = _protected_lines(a, b)  # by one node, once, all four objects
+    assert ": 4 objects protected by route" in protected
+
+
+def _lease_holder(postgres: PostgresServer, url: str) -> str | None:
+    with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as conn:
+        row = conn.execute("SELECT lease_owner FROM series WHERE lease_owner IS NOT NULL"
+                           " AND lease_expires > extract(epoch from now())").fetchone()
+    return str(row[0]) if row else None
+
+
+@needs_state
+def test_a_node_killed_mid_protect_loses_its_lease_and_the_other_finishes_exactly_once(
+        tmp_path: Path, postgres: PostgresServer, orthancs: list[OrthancServer], start_nodes: StartNodes) -> None:
+    hold, started = tmp_path / "hold", tmp_path / "started"
+    hold.touch()
+    plugin_path = held_plugin.install(tmp_path / "plugins")
+    route = {"name": "default", "plugin": "held",
+             "plugin_settings": {"hold_file": str(hold), "started_file": str(started)}}
+    a, b = start_nodes(settle_seconds=1, lease_seconds=3, routes=[route], env={"PYTHONPATH": str(plugin_path)})
+    url = a.state_url
+    assert url is not None
+    before = _instances(orthancs[0])
+    files = _study(tmp_path / "study", (4,))
+    assert _acknowledged(a.port, files[:2]) + _acknowledged(b.port, files[2:]) == 4
+    wait_for(started.exists)  # one node is inside the plugin, holding the series' lease
+    holder = wait_for(lambda: _lease_holder(postgres, url))
+    victim, survivor = (a, b) if holder == "node-a" else (b, a)
+    assert holder == victim.node
+    victim.kill9()
+    hold.unlink()  # the survivor's own protect may pass
+    wait_for(lambda: len(_instances(orthancs[0]) - before) >= 4, timeout=90)
+    time.sleep(2)
+    new = _instances(orthancs[0]) - before
+    assert len(new) == 4 and len(set(_sop_uids(orthancs[0], new))) == 4  # each acknowledged object once
+    assert _protected_lines(victim) == []
+    (protected,) = _protected_lines(survivor)
+    assert ": 4 objects protected by route default" in protected
+    assert _lease_holder(postgres, url) is None
+
+
+@needs_state
+def test_find_and_move_through_node_b_return_originals_that_entered_through_node_a(
+        tmp_path: Path, orthancs: list[OrthancServer], start_nodes: StartNodes) -> None:
+    mover = free_port()
+    retrieval = {"workstations": [{"ae_title": "WS_RESTORE", "policy": "restore"}],
+                 "destinations": [{"ae_title": "WS_RESTORE", "host": "127.0.0.1", "port": mover,
+                                   "owners": ["WS_RESTORE"], "allow_cleartext_originals": True}]}
+    a, b = start_nodes(settle_seconds=1, extra={"retrieval": retrieval})
+    before = _instances(orthancs[0])
+    files = _study(tmp_path / "study", (2, 1))
+    assert _acknowledged(a.port, files) == 3
+    wait_for(lambda: len(_instances(orthancs[0]) - before) == 3)
+    original = pydicom.dcmread(files[0])
+    found = findscu(b, tmp_path / "find", "WS_RESTORE", "QueryRetrieveLevel=STUDY",
+                    f"AccessionNumber={original.AccessionNumber}", "PatientID", "PatientName", "StudyInstanceUID")
+    assert len(found) == 1
+    assert (found[0].PatientID, found[0].PatientName, found[0].StudyInstanceUID) == \
+        (original.PatientID, original.PatientName, original.StudyInstanceUID)
+    output = movescu(b, tmp_path / "moved", "WS_RESTORE", mover, "WS_RESTORE", str(original.StudyInstanceUID))
+    assert len(list((tmp_path / "moved").iterdir())) == 3, output[-2000:]
+    _assert_exact(tmp_path / "moved", {str(pydicom.dcmread(p).SOPInstanceUID): p for p in files})
