@@ -9,6 +9,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +127,16 @@ def start_nodes(tmp_path: Path, postgres: PostgresServer,
                  for name, primary, other in (("a", *orthancs), ("b", *reversed(orthancs)))]
         for node in nodes:
             node.extra = {**node.extra, "state": {"url": url, "node": node.node, "lease_seconds": lease}}
-        nodes[0].write_config()
+        nodes[0].write_config()  # the keyring both share, and the schema
         run_cli("db", "upgrade", "--config", str(nodes[0].config_path))
-        for node in nodes:
-            started.append(node.start())
+        started.extend(nodes)
+        with ThreadPoolExecutor(2) as pool:  # the two start at once (each takes seconds to import)
+            list(pool.map(GatewayProcess.start, nodes))
         return nodes[0], nodes[1]
 
     yield start
-    for node in started:
-        node.stop()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(GatewayProcess.stop, started))
 
 
 def _acknowledged(port: int, files: list[Path]) -> int:

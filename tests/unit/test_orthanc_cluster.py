@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -208,3 +209,15 @@ def test_with_every_server_down_the_forwarder_backs_off() -> None:
 def test_the_reader_reads_from_the_server_that_answers(servers: dict[str, ThreadingHTTPServer]) -> None:
     settings = Orthanc(url=_url(servers["error"]), failover=[_url(servers["good"])], username="gw", password="pw")
     assert PacsReader(settings).file("abc-123") == json.dumps({"ID": "abc-123", "Status": "Success"}).encode()
+
+
+def test_a_server_that_accepts_but_never_answers_is_left_after_the_timeout(
+        servers: dict[str, ThreadingHTTPServer]) -> None:
+    with socket.socket() as hung:  # listens, never accepts: the request's read times out
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        settings = Orthanc(url=f"http://127.0.0.1:{hung.getsockname()[1]}", failover=[_url(servers["good"])],
+                           username="gw", password="pw", timeout_seconds=0.3)
+        forwarder = Forwarder(settings)
+        assert forwarder.send(b"DICM") == "abc-123"
+        assert forwarder.send(b"DICM") == "abc-123"  # straight to the one that answered
