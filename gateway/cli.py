@@ -26,7 +26,6 @@ from tqdm import tqdm
 from gateway import frames, logsafe, preflight, quarantine
 from gateway.config import Config, ConfigError, is_loopback, load_config
 from gateway.deid.profile import OPTIONS
-from gateway.index import IndexFormatError
 from gateway.keyring import Keyring, KeyringError
 from gateway.plugin import PluginError, available, refused_kinds
 from gateway.protect import Quarantine, protect_batches
@@ -35,6 +34,8 @@ from gateway.restore import restore_series
 from gateway.route_spec import RouteSpec, route_spec
 from gateway.spool import SPOOL_STATES
 from gateway.stages import build_stages
+from gateway.state import commands as db_commands
+from gateway.state.engine import StateError, open_state
 from gateway.study_keys import MemoryDataKeys
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logsafe.configure()
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, KeyringError, UsageError) as exc:
+    except (ConfigError, KeyringError, UsageError, StateError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
 
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_offline(sub)
     _add_describe_profile(sub)
     quarantine.add_commands(sub)
+    db_commands.add_commands(sub)
     _add_keys(sub)
     return p
 
@@ -182,7 +184,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            "run 'gateway keys rotate --authenticity' and 'gateway keys export-authenticity'")
     try:
         service = Service(config, ring)
-    except IndexFormatError as exc:
+    except StateError as exc:
         raise UsageError(str(exc)) from None
     stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -311,7 +313,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not config.spool.path.exists():
         raise UsageError(f"spool {config.spool.path} does not exist yet: the gateway has not run with this config")
-    spool = Spool(config.spool.path, intake=False)  # a running gateway may be receiving
+    db = open_state(config)
+    spool = Spool(config.spool.path, intake=False, state=db)  # a running gateway may be receiving
     counts = spool.counts()
     print("objects by state:")
     for state in SPOOL_STATES:
@@ -326,37 +329,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     for token, state, reason, when in problems:
         stamp = datetime.fromtimestamp(when).isoformat(timespec="seconds")
         print(f"  {stamp} {state:11} series {token}: {reason}")
-    spool.close()
+    db.close()
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from gateway.audit import AuditLog
+    from gateway.audit import AuditLog, audit_path
 
     config = load_config(args.config)
-    for line in AuditLog(config.spool.path / "audit.jsonl").lines():
+    state = open_state(config)
+    for line in AuditLog(audit_path(config), state=state).lines():
         fixed = ("time", "ae_title", "address", "action", "outcome")
         what = ", ".join(f"{k}={v}" for k, v in line.items() if k not in fixed)
         print(f"{line['time']} {line['ae_title']:16} {line['address']:15} {line['action']:9} {line['outcome']:9} "
               f"{what}")
+    state.close()
     return 0
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from gateway.index import Index, IndexFormatError, entry_of
+    from gateway.index import Index, entry_of
     from gateway.pacs_reader import PacsReader
 
     config = load_config(args.config)
     ring = Keyring.load(config.keyring)
     reader = PacsReader(config.orthanc)
-    path = config.spool.path / "index.sqlite3"
-    try:
-        index = Index(path)
-    except IndexFormatError:  # an older gateway's index: keep it aside, build the new one
-        for old in path.parent.glob(path.name + "*"):
-            old.rename(old.with_name(old.name + ".old"))
-        print(f"the old index was moved aside as {path.name}.old")
-        index = Index(path)
+    state = open_state(config)
+    index = Index(state)
     ids = reader.all_instances()
     failed = 0
     for instance_id in tqdm(ids, unit="obj", desc="reindex"):
@@ -365,7 +364,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - one bad object must not stop the rebuild
             failed += 1
             log.error("object %s not indexed: %s", instance_id, type(exc).__name__)
-    index.close()
+    state.close()
     print(f"indexed {len(ids) - failed} object(s) from Orthanc, {failed} failed")
     return 1 if failed else 0
 
@@ -489,11 +488,13 @@ def _audit_rotation(config: Config, key_id: str) -> None:
     import getpass
 
     from gateway.atna import forwarder_for
-    from gateway.audit import AuditLog
+    from gateway.audit import AuditLog, audit_path
 
     forward = forwarder_for(config)
-    audit = AuditLog(config.spool.path / "audit.jsonl", forward=forward)
+    state = open_state(config)
+    audit = AuditLog(audit_path(config), forward=forward, state=state)
     audit.record(getpass.getuser(), "", "key-rotation", "success", key_id=key_id)
+    state.close()
     if forward is not None:
         forward.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -195,6 +196,34 @@ class Spool(_Strict):
     # Quarantined and refused-by-Orthanc originals (full identity) are deleted this long
     # after they were set aside, with an audit line.
     quarantine_retention_days: float = Field(30, gt=0)
+
+
+class State(_Strict):
+    """Where the spool's rows, series leases, the retrieval index and the audit table live.
+    ``url`` empty: SQLite files in the spool folder (one node, the default). A PostgreSQL
+    URL (``postgresql://user@host/db``; the password from libpq's PGPASSFILE or PGPASSWORD
+    rather than the file): the cluster mode, every node on that database and one shared spool
+    folder. ``node`` names this process among the nodes (its received files, its leases)."""
+
+    url: str = ""
+    node: str = Field(default_factory=lambda: socket.gethostname() or "node")
+    # A series or forward claim a node holds is renewed every third of this; a node that
+    # stops (kill -9, power) loses its claims this long after its last renewal.
+    lease_seconds: float = Field(30, ge=3)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgresql+psycopg://")):
+            raise ValueError("give a postgresql:// URL for the cluster mode, or leave it empty for SQLite")
+        return value.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    @field_validator("node")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
+            raise ValueError("a node id is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
 
 
 class Scheduler(_Strict):
@@ -498,6 +527,7 @@ class Config(_Strict):
     orthanc: Orthanc
     keyring: Path
     spool: Spool
+    state: State = State()
     scheduler: Scheduler = Scheduler()
     profiles: dict[str, ProfileConfig] = {"default": ProfileConfig()}
     routes: list[Route] = Field(min_length=1)

@@ -6,7 +6,9 @@ Orthanc, which holds only pseudonyms. Each row keeps in clear what Orthanc holds
 needs without downloading anything (SOP class, the original's transfer syntax, the stages
 that protected it). The original attributes a query can ask for, and the SHA-256 of the
 original, are sealed with AES-256-GCM under the study's data key (wrapped by a keyring
-KEK, as in the envelope): a stolen index file without the keyring reveals no identity.
+KEK, as in the envelope): a stolen index (a database dump) without the keyring reveals no
+identity. It lives in the state database (``gateway.state``), so on a cluster every node
+answers C-FIND and C-MOVE for studies any node forwarded.
 
 The forwarder writes a row only after Orthanc confirmed the copy, and replaces it when a
 correction supersedes that copy, so the index follows what Orthanc holds. It is derived
@@ -18,9 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import sqlite3
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,33 +29,13 @@ import pydicom
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydicom.dataset import Dataset
+from sqlalchemy import func, select
 
 from gateway import envelope
 from gateway.keyring import Keyring, KeyringError
 from gateway.retrieval.vocabulary import QUERY_KEYS
-
-FORMAT = 2
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    sop_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    patient_id TEXT NOT NULL,
-    orthanc_id TEXT NOT NULL,
-    sop_class TEXT NOT NULL,
-    transfer_syntax TEXT NOT NULL,
-    stages TEXT NOT NULL,
-    kek_id TEXT NOT NULL,
-    wrapped BLOB NOT NULL,
-    nonce BLOB NOT NULL,
-    sealed BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
-"""
-
-
-class IndexFormatError(Exception):
-    """The index file was written by an older gateway: rebuild it."""
+from gateway.state.engine import State, sqlite_state
+from gateway.state.schema import retrieval_index
 
 
 @dataclass(frozen=True)
@@ -113,82 +93,81 @@ def entry_of(protected_bytes: bytes, orthanc_id: str, keyring: Keyring) -> tuple
     return entry, Sealing(key_id, wrapped, opened.data_key)
 
 
-def _row(entry: Entry, sealing: Sealing) -> tuple[Any, ...]:
+def _row(entry: Entry, sealing: Sealing) -> dict[str, Any]:
     """The table row of one entry, the original's attributes and digest sealed."""
     nonce = os.urandom(12)
     plain = json.dumps({"original": entry.original, "digest": entry.digest}).encode()
     sealed = AESGCM(sealing.data_key).encrypt(nonce, plain, _aad(entry.sop_uid))
-    return (entry.sop_uid, entry.study_uid, entry.series_uid, entry.patient_id, entry.orthanc_id, entry.sop_class,
-            entry.transfer_syntax, "\\".join(entry.stages), sealing.kek_id, sealing.wrapped, nonce, sealed)
+    return {"sop_uid": entry.sop_uid, "study_uid": entry.study_uid, "series_uid": entry.series_uid,
+            "patient_id": entry.patient_id, "orthanc_id": entry.orthanc_id, "sop_class": entry.sop_class,
+            "transfer_syntax": entry.transfer_syntax, "stages": "\\".join(entry.stages), "kek_id": sealing.kek_id,
+            "wrapped": sealing.wrapped, "nonce": nonce, "sealed": sealed}
 
 
 class Index:
-    """SQLite file of entries, the originals sealed."""
+    """The entries in the state database's ``retrieval_index`` table, the originals sealed."""
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if tables and version != FORMAT:
-            self._db.close()
-            raise IndexFormatError(f"the retrieval index {path} is format {version}, this gateway reads {FORMAT}: "
-                                   f"move it aside and run 'gateway reindex --config ...' to rebuild it from Orthanc")
-        self._db.executescript(SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {FORMAT}")
+    def __init__(self, target: State | Path) -> None:
+        """``target``: the state database, or a SQLite file of its own (tests, tools)."""
+        self._owns_state = isinstance(target, Path)
+        self.state = sqlite_state(target) if isinstance(target, Path) else target
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns_state:
+            self.state.close()
 
     def put(self, entry: Entry, sealing: Sealing) -> None:
         """Add or replace the entry of one SOP instance (a correction replaces it)."""
         self.put_many([(entry, sealing)])
 
     def put_many(self, entries: list[tuple[Entry, Sealing]]) -> None:
-        """Add or replace several entries, in order, in one transaction (one commit)."""
-        rows = [_row(entry, sealing) for entry, sealing in entries]
+        """Add or replace several entries, in order, in one transaction (one commit); of
+        several entries of one SOP instance the last wins."""
+        rows = {row["sop_uid"]: row for row in (_row(entry, sealing) for entry, sealing in entries)}
         if not rows:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                     rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        upsert = self.state.insert(retrieval_index)
+        replace = {c.name: upsert.excluded[c.name] for c in retrieval_index.c if c.name != "sop_uid"}
+        with self.state.write() as conn:
+            conn.execute(upsert.on_conflict_do_update(index_elements=[retrieval_index.c.sop_uid], set_=replace),
+                         list(rows.values()))
 
     def get(self, sop_uid: str, keyring: Keyring) -> Entry | None:
         """The entry of one (pseudonymous) SOP Instance UID, or None."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchall()
+        with self.state.read() as conn:
+            rows = conn.execute(select(*_COLUMNS).where(retrieval_index.c.sop_uid == sop_uid)).all()
         return next(self._open(rows, keyring), None)
 
     def entries(self, keyring: Keyring) -> Iterator[Entry]:
         """Every entry, opened; entries that do not open (unknown key) are skipped."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM instances ORDER BY study_uid, series_uid").fetchall()
+        with self.state.read() as conn:
+            rows = conn.execute(select(*_COLUMNS).order_by(retrieval_index.c.study_uid,
+                                                           retrieval_index.c.series_uid)).all()
         yield from self._open(rows, keyring)
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+        with self.state.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(retrieval_index)).scalar_one())
 
     @staticmethod
-    def _open(rows: list[tuple[Any, ...]], keyring: Keyring) -> Iterator[Entry]:
+    def _open(rows: Sequence[Any], keyring: Keyring) -> Iterator[Entry]:
         keys: dict[tuple[str, bytes], bytes] = {}
-        for sop, study, series, patient, orthanc_id, sop_class, syntax, stages, kek_id, wrapped, nonce, sealed in rows:
+        for row in rows:
+            sop, study, series, patient, orthanc_id, sop_class, syntax, stages, kek_id, wrapped, nonce, sealed = row
+            wrapped = bytes(wrapped)
             try:
                 if (kek_id, wrapped) not in keys:
                     keys[(kek_id, wrapped)] = envelope.unwrap(keyring, kek_id, wrapped)
-                plain = json.loads(AESGCM(keys[(kek_id, wrapped)]).decrypt(nonce, sealed, _aad(sop)))
+                plain = json.loads(AESGCM(keys[(kek_id, wrapped)]).decrypt(bytes(nonce), bytes(sealed), _aad(sop)))
             except (envelope.EnvelopeError, KeyringError, InvalidTag):
                 continue
             yield Entry(study, series, sop, patient, orthanc_id, sop_class, syntax,
                         tuple(s for s in stages.split("\\") if s), plain["original"], plain["digest"])
+
+
+_COLUMNS = [retrieval_index.c[name] for name in (
+    "sop_uid", "study_uid", "series_uid", "patient_id", "orthanc_id", "sop_class", "transfer_syntax", "stages",
+    "kek_id", "wrapped", "nonce", "sealed")]
 
 
 def _aad(sop_uid: str) -> bytes:

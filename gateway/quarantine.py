@@ -22,9 +22,10 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, audit_path
 from gateway.config import Config, ConfigError, load_config
 from gateway.spool import Spool
+from gateway.state.engine import open_state
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,11 +63,12 @@ def _run(fn: Action) -> Callable[[argparse.Namespace], int]:
         config = load_config(args.config)
         if not config.spool.path.exists():
             raise ConfigError(f"spool {config.spool.path} does not exist yet: the gateway has not run with this config")
-        spool = Spool(config.spool.path, intake=False)
+        state = open_state(config)
+        spool = Spool(config.spool.path, intake=False, state=state)
         try:
-            return int(fn(args, config, spool, AuditLog(config.spool.path / "audit.jsonl")))
+            return int(fn(args, config, spool, AuditLog(audit_path(config), state=state)))
         finally:
-            spool.close()
+            state.close()
 
     return run
 

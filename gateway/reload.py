@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gateway.config import Config, ConfigError
 
-RESTART_ONLY = ("listener", "spool", "keyring", "orthanc", "status_http", "scheduler.poll_seconds",
+RESTART_ONLY = ("listener", "spool", "state", "keyring", "orthanc", "status_http", "scheduler.poll_seconds",
                 "storage_commitment.poll_seconds")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from gateway.atna import forwarder_for
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, audit_path
 from gateway.config import Config
 from gateway.forwarder import Forwarder
 from gateway.index import Index
@@ -16,6 +16,7 @@ from gateway.pacs_reader import PacsReader
 from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.spool import Spool
+from gateway.state.engine import open_state
 from gateway.status_http import StatusServer
 from gateway.storage_commitment import StorageCommitment
 from gateway.worker import Worker
@@ -28,10 +29,12 @@ class Service:
 
     def __init__(self, config: Config, keyring: Keyring) -> None:
         self.config = config
-        self.spool = Spool(config.spool.path)
-        self.index = Index(config.spool.path / "index.sqlite3")
+        # SQLite is migrated here; PostgreSQL at an older schema stops the start (StateError).
+        self.state = open_state(config)
+        self.spool = Spool(config.spool.path, state=self.state)
+        self.index = Index(self.state)
         self.audit_repository = forwarder_for(config)
-        self.audit = AuditLog(config.spool.path / "audit.jsonl", forward=self.audit_repository)
+        self.audit = AuditLog(audit_path(config), forward=self.audit_repository, state=self.state)
         self.metrics = Metrics()
         self.metrics.watch(self.spool)
         qr = QueryRetrieve(config, keyring, self.index, PacsReader(config.orthanc), self.audit, self.metrics)
@@ -75,6 +78,7 @@ class Service:
         self.worker.stop()
         self.spool.close()
         self.index.close()
+        self.state.close()
         if self.audit_repository is not None:
             self.audit_repository.close()
         log.info("stopped")

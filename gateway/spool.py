@@ -2,15 +2,21 @@
 
 A C-STORE is acknowledged only after ``accept`` returns: the object's bytes are in a file
 in ``incoming/`` (fsynced, its folder fsynced: the file is the durable record, its name
-carries the calling AE title) and its row is committed to SQLite. The database runs WAL
-with synchronous=NORMAL, which survives any crash of the process (kill -9 included);
-after a power loss the last commits may be gone, so at start ``recover`` gives every
-file in ``incoming/`` without a row its row back, from the file itself. Two fsyncs per
-object instead of three, the same durability.
+carries the node that took it in and the calling AE title) and its row is committed to
+the state database (``gateway.state``: SQLite in the spool folder, or the cluster's
+PostgreSQL). SQLite runs WAL with synchronous=NORMAL, which survives any crash of the
+process (kill -9 included); after a power loss the last commits may be gone, so at start
+``recover`` gives every file of this node in ``incoming/`` without a row its row back,
+from the file itself. Two fsyncs per object instead of three, the same durability.
+
+Several nodes may share the folder and the database. A node cleans and recovers only its
+own files (``receiving/<node>/``, and the node in each received file's name); a settled
+series is protected by the one node that holds its lease (``claim_series``), and a
+protected object is uploaded by the one node that claimed it (``due``); a lease its node
+stops renewing (``renew_leases``) expires and another node takes the work over.
 
 Rows carry pseudonymous tokens (the protected UIDs), never identity, so ``gateway
-status`` and logs can name objects safely. This module is the one to swap for a shared
-broker and object store when the gateway runs on several nodes.
+status`` and logs can name objects safely.
 """
 
 from __future__ import annotations
@@ -19,69 +25,23 @@ import contextlib
 import errno
 import os
 import shutil
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
+
+from sqlalchemy import Connection, Text, and_, case, cast, delete, exists, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import envelope
 from gateway.keyring import Keyring
+from gateway.state.engine import SQLITE_NAME, State, sqlite_state
+from gateway.state.schema import deliveries, instances, quarantine_actions, series, study_keys
 
 # Every state an object of the spool can be in, in the order it moves through them.
 SPOOL_STATES = ("received", "protected", "forwarded", "done", "quarantined", "failed", "superseded", "purged")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL,
-    calling_ae TEXT NOT NULL,
-    series_token TEXT NOT NULL,
-    sop_token TEXT NOT NULL,
-    modality TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'received',
-    out_path TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL DEFAULT 0,
-    forwarded_at REAL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS instances_state ON instances(state, series_token);
-CREATE TABLE IF NOT EXISTS series (
-    series_token TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    last_received REAL NOT NULL,
-    route TEXT,
-    reason TEXT,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS quarantine_actions (
-    action TEXT PRIMARY KEY,
-    count INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    instance_id INTEGER NOT NULL,
-    destination TEXT NOT NULL,
-    series_token TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'staged',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL DEFAULT 0,
-    delivered_at REAL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, next_attempt);
-CREATE TABLE IF NOT EXISTS study_keys (
-    study_uid TEXT PRIMARY KEY,
-    kek_id TEXT NOT NULL,
-    wrapped BLOB NOT NULL
-);
-"""
-
 
 DAMAGE_NOTE = "damaged on intake: "
 # What the spool needs to know of a received object: (series token, SOP token, modality,
@@ -137,38 +97,51 @@ class Outgoing:
     sop_token: str = ""  # the original's SOP Instance UID, pseudonymised: corrections share it
 
 
-class Spool:
-    """Files under ``root`` and their index in ``root/spool.sqlite3``."""
+class LeaseLost(Exception):
+    """Another node took over a series this node was protecting (its lease had expired)."""
 
-    def __init__(self, root: Path, intake: bool = True) -> None:
+
+class Spool:
+    """Files under ``root`` and their rows in the state database."""
+
+    def __init__(self, root: Path, intake: bool = True, state: State | None = None) -> None:
         """``intake``: this process receives (the service); an admin command beside a running
-        service passes False and leaves the files being received alone."""
+        service passes False and leaves the files being received alone. ``state``: the
+        database (default: SQLite in ``root``, one node)."""
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._owns_state = state is None
+        self.state = state if state is not None else sqlite_state(root / SQLITE_NAME)
+        self.node = self.state.node
+        self._tag = self.node.encode().hex()  # in the names of the files this node takes in
         self.incoming = root / "incoming"
         self.outbox = root / "outbox"
         self.quarantine_dir = root / "quarantine"
         # Where the listener streams objects while they arrive; same file system as
-        # ``incoming``, so taking one in is a hard link, not a copy.
-        self.receiving = root / "receiving"
+        # ``incoming``, so taking one in is a hard link, not a copy. One folder per node.
+        self.receiving = root / "receiving" / self.node
         for d in (self.incoming, self.outbox, self.quarantine_dir, self.receiving):
             d.mkdir(parents=True, exist_ok=True)
         if intake:
-            for leftover in self.receiving.iterdir():  # a transfer cut off by a crash: never acknowledged
-                leftover.unlink(missing_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(root / "spool.sqlite3", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # the files are the durable record; see recover()
-        self._db.executescript(SCHEMA)
-        # Columns added after spools were first made.
-        if "forced_route" not in {r[1] for r in self._db.execute("PRAGMA table_info(series)")}:
-            self._db.execute("ALTER TABLE series ADD COLUMN forced_route TEXT")
-        if "size" not in {r[1] for r in self._db.execute("PRAGMA table_info(instances)")}:
-            self._db.execute("ALTER TABLE instances ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+            # A transfer cut off by a crash was never acknowledged; the previous version
+            # streamed into ``receiving/`` itself.
+            for leftover in [*self.receiving.iterdir(), *self.receiving.parent.iterdir()]:
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+            self._drop_own_leases()
+        self._lease_lock = threading.Lock()
+        self._held: set[str] = set()  # series this process is protecting, for the heartbeat
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns_state:
+            self.state.close()
+
+    def _drop_own_leases(self) -> None:
+        """A node that starts holds nothing: leases in its name are from its last run."""
+        with self.state.write() as conn:
+            for table in (series, instances, deliveries):
+                conn.execute(update(table).where(table.c.lease_owner == self.node)
+                             .values(lease_owner=None, lease_expires=None))
 
     # -- intake ---------------------------------------------------------------------
 
@@ -177,9 +150,9 @@ class Spool:
         protected will take for their protected copies (about their own size each).
         Intake that kept only a fixed reserve filled the disk with originals whose copies
         then had no room: nothing was forwarded, so nothing was ever purged."""
-        with self._lock:
-            (pending,) = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM instances WHERE state='received'"
-                                          ).fetchone()
+        with self.state.read() as conn:
+            pending = conn.execute(select(func.coalesce(func.sum(instances.c.size), 0))
+                                   .where(instances.c.state == "received")).scalar_one()
         return shutil.disk_usage(self.root).free - int(pending)
 
     def accept(self, data: bytes | Path, calling_ae: str, series_token: str, sop_token: str,
@@ -189,8 +162,8 @@ class Spool:
         only then may the C-STORE say Success. ``damage`` (no values) marks an object kept
         although damaged: its series goes to quarantine, never to Orthanc. The association's
         calling and called AE titles and address travel in the file's name, so routes can use
-        them after a power loss too (``origin``)."""
-        path = self.incoming / (f"{uuid.uuid4().hex}.{calling_ae.encode().hex()}"
+        them after a power loss too (``origin``), and so does the node that took it in."""
+        path = self.incoming / (f"{self._tag}-{uuid.uuid4().hex}.{calling_ae.encode().hex()}"
                                 f".{called_ae.encode().hex()}_{address.encode().hex()}.dcm")
         if isinstance(data, Path):
             _adopt_durably(data, path)
@@ -204,14 +177,16 @@ class Spool:
             raise
 
     def recover(self, describe: Callable[[Path], Described]) -> int:
-        """Give each file in ``incoming/`` that has no row (its commit lost to a power
-        failure) its row back; ``describe`` reads the tokens from the file. A file that
-        cannot be described goes to ``quarantine/unindexed``. Returns the rows added."""
-        with self._lock:
-            known = {r[0] for r in self._db.execute("SELECT path FROM instances")}
+        """Give each file of this node in ``incoming/`` that has no row (its commit lost to
+        a power failure) its row back; ``describe`` reads the tokens from the file. A file
+        that cannot be described goes to ``quarantine/unindexed``. Returns the rows added.
+        Another node's files are its own to recover; files without a node in their name (the
+        previous version's) belong to the single node of a SQLite spool."""
+        with self.state.read() as conn:
+            known = set(conn.execute(select(instances.c.path)).scalars())
         added = 0
         for path in sorted(self.incoming.glob("*.dcm"), key=lambda p: p.stat().st_mtime):
-            if path.name in known:
+            if path.name in known or not self._mine(path.name):
                 continue
             try:
                 series_token, sop_token, modality, sop_class_uid = describe(path)
@@ -224,60 +199,104 @@ class Spool:
             added += 1
         return added
 
+    def _mine(self, name: str) -> bool:
+        tag, dash, _ = name.partition(".")[0].partition("-")
+        return tag == self._tag if dash else self.state.single_node
+
     def _add_row(self, path: Path, series_token: str, sop_token: str, modality: str, sop_class_uid: str,
                  error: str | None = None) -> int:
         calling_ae = bytes.fromhex(path.name.split(".")[1]).decode()
         size = path.stat().st_size
         now = time.time()
+        upsert = self.state.insert(series).values(series_token=series_token, state="receiving", last_received=now,
+                                                  updated_at=now)
+        upsert = upsert.on_conflict_do_update(index_elements=[series.c.series_token], set_={
+            "state": "receiving", "last_received": upsert.excluded.last_received,
+            "updated_at": upsert.excluded.updated_at})
+        row = instances.insert().values(
+            path=path.name, calling_ae=calling_ae, series_token=series_token, sop_token=sop_token, modality=modality,
+            sop_class_uid=sop_class_uid, received_at=now, error=error, size=size).returning(instances.c.id)
         try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                cur = self._db.execute(
-                    "INSERT INTO instances (path, calling_ae, series_token, sop_token, modality, sop_class_uid,"
-                    " received_at, error, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (path.name, calling_ae, series_token, sop_token, modality, sop_class_uid, now, error, size),
-                )
-                self._db.execute(
-                    "INSERT INTO series (series_token, state, last_received, updated_at) VALUES (?, 'receiving', ?, ?)"
-                    " ON CONFLICT(series_token) DO UPDATE SET state='receiving', last_received=excluded.last_received,"
-                    " updated_at=excluded.updated_at",
-                    (series_token, now, now),
-                )
-                self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise SpoolError(f"spool index write failed: {exc}") from exc
-        return int(cur.lastrowid or 0)
+            if self.state.single_node:
+                with self.state.write() as conn:
+                    row_id = conn.execute(row).scalar_one()
+                    conn.execute(upsert)
+            else:  # one statement, one round trip: the series' upsert rides along as a CTE
+                with self.state.write(one_statement=True) as conn:
+                    row_id = conn.execute(row.add_cte(upsert.cte("touched_series"))).scalar_one()
+        except SQLAlchemyError as exc:
+            raise SpoolError(f"spool index write failed: {_db_text(exc)}") from exc
+        return int(row_id)
 
     # -- settle and protect ------------------------------------------------------------
 
     def receiving_series(self) -> list[tuple[str, Path, float]]:
         """Series still receiving: (token, the file of one of its objects, last received)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT s.series_token, (SELECT path FROM instances i WHERE i.series_token=s.series_token"
-                " AND i.state='received' LIMIT 1), s.last_received FROM series s WHERE s.state='receiving'").fetchall()
+        one = (select(instances.c.path).where(instances.c.series_token == series.c.series_token,
+                                              instances.c.state == "received").limit(1).scalar_subquery())
+        with self.state.read() as conn:
+            rows = conn.execute(select(series.c.series_token, one, series.c.last_received)
+                                .where(series.c.state == "receiving")).all()
         return [(r[0], self.incoming / r[1], r[2]) for r in rows if r[1]]
 
     def settled_series(self, settle_seconds: float) -> list[str]:
         """Series that got no new object for ``settle_seconds``."""
         cutoff = time.time() - settle_seconds
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT series_token FROM series WHERE state='receiving' AND last_received <= ? ORDER BY last_received",
-                (cutoff,),
-            ).fetchall()
-        return [r[0] for r in rows]
+        with self.state.read() as conn:
+            return list(conn.execute(select(series.c.series_token).where(
+                series.c.state == "receiving", series.c.last_received <= cutoff).order_by(series.c.last_received)
+            ).scalars())
+
+    def claim_series(self, settle_seconds: float, skip: Iterable[str] = ()) -> str | None:
+        """Take the lease of the settled series that waited longest and that no live node
+        holds (``skip``: series this node leaves for later); None when there is none. On
+        PostgreSQL the candidate row is locked with SKIP LOCKED, so two nodes claiming at
+        once take two different series; one statement, one round trip."""
+        now = time.time()
+        candidate = (select(series.c.series_token).where(
+            series.c.state == "receiving", series.c.last_received <= now - settle_seconds,
+            or_(series.c.lease_owner.is_(None), series.c.lease_expires < now),
+            series.c.series_token.not_in(list(skip)),
+        ).order_by(series.c.last_received).limit(1).with_for_update(skip_locked=True))
+        with self._lease_lock, self.state.write(one_statement=True) as conn:
+            token = conn.execute(update(series).where(series.c.series_token == candidate.scalar_subquery())
+                                 .values(lease_owner=self.node, lease_expires=now + self.state.lease_seconds)
+                                 .returning(series.c.series_token)).scalar_one_or_none()
+            if token is not None:
+                self._held.add(token)
+        return token
+
+    def release_series(self, series_token: str) -> None:
+        """Give up the lease of a series this node claimed (done with it, or leaving it for
+        later). Should the write fail, the heartbeat no longer renews it: it expires."""
+        with self._lease_lock:
+            self._held.discard(series_token)
+        with self.state.write(one_statement=True) as conn:
+            conn.execute(update(series).where(series.c.series_token == series_token,
+                                              series.c.lease_owner == self.node)
+                         .values(lease_owner=None, lease_expires=None))
+
+    def renew_leases(self) -> None:
+        """The heartbeat: push back the expiry of the series this node is protecting and of
+        the forwards and deliveries it claimed."""
+        until = time.time() + self.state.lease_seconds
+        with self._lease_lock, self.state.write() as conn:
+            if self._held:
+                conn.execute(update(series).where(series.c.lease_owner == self.node,
+                                                  series.c.series_token.in_(sorted(self._held)))
+                             .values(lease_expires=until))
+            for table in (instances, deliveries):
+                conn.execute(update(table).where(table.c.lease_owner == self.node).values(lease_expires=until))
 
     def received(self, series_token: str) -> list[Incoming]:
         """The series' objects not yet protected, in the order received; a resent
         object (same SOP Instance UID) counts once, the newest copy wins."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, path, calling_ae, sop_token, modality, sop_class_uid, error FROM instances"
-                " WHERE series_token=? AND state='received' ORDER BY id",
-                (series_token,),
-            ).fetchall()
+        with self.state.read() as conn:
+            rows = conn.execute(select(instances.c.id, instances.c.path, instances.c.calling_ae,
+                                       instances.c.sop_token, instances.c.modality, instances.c.sop_class_uid,
+                                       instances.c.error)
+                                .where(instances.c.series_token == series_token, instances.c.state == "received")
+                                .order_by(instances.c.id)).all()
         latest: dict[str, Incoming] = {}
         for r in rows:
             latest.pop(r[3], None)
@@ -290,9 +309,9 @@ class Spool:
 
     def forced_route(self, series_token: str) -> str | None:
         """The route an administrator named for this series (``gateway quarantine reroute``)."""
-        with self._lock:
-            row = self._db.execute("SELECT forced_route FROM series WHERE series_token=?", (series_token,)).fetchone()
-        return row[0] if row else None
+        with self.state.read() as conn:
+            return conn.execute(select(series.c.forced_route).where(series.c.series_token == series_token)
+                                ).scalar_one_or_none()
 
     def write_output(self, row_id: int, data: bytes) -> None:
         """Store the protected copy of one object durably; it leaves only once its whole
@@ -306,51 +325,66 @@ class Spool:
 
     def protected(self, series_token: str, route: str, row_ids: list[int]) -> None:
         """Mark the series ready to forward; every object's copy was written before."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "UPDATE instances SET state='protected', out_path=?, next_attempt=0 WHERE id=?",
-                [(f"{row_id}.dcm", row_id) for row_id in row_ids],
-            )
-            self._finish_series(series_token, "protected", route, None)
-            self._db.execute("COMMIT")
+        with self.state.write() as conn:
+            self._hold_series(conn, series_token)
+            self._set_rows(conn, row_ids, state="protected", next_attempt=0,
+                           out_path=cast(instances.c.id, Text) + ".dcm")
+            self._finish_series(conn, series_token, "protected", route, None)
 
     def quarantine(self, series_token: str, route: str | None, reason: str, row_ids: list[int]) -> None:
         """Keep the originals aside (never forwarded) with the reason, for an admin to look at."""
         folder = self.quarantine_dir / series_token
         folder.mkdir(exist_ok=True)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self.state.write() as conn:
+            self._hold_series(conn, series_token)
+            names = {r[0]: r[1] for r in conn.execute(select(instances.c.id, instances.c.path)
+                                                      .where(instances.c.id.in_(row_ids)))}
             for row_id in row_ids:
-                (name,) = self._db.execute("SELECT path FROM instances WHERE id=?", (row_id,)).fetchone()
-                src = self.incoming / name
+                src = self.incoming / names[row_id]
                 if src.exists():
-                    os.replace(src, folder / name)
-                self._db.execute(
-                    "UPDATE instances SET state='quarantined', error=? WHERE id=?", (reason, row_id)
-                )
-            self._finish_series(series_token, "quarantined", route, reason)
-            self._db.execute("COMMIT")
+                    os.replace(src, _aside(folder, names[row_id]))
+            self._set_rows(conn, row_ids, state="quarantined", error=reason)
+            self._finish_series(conn, series_token, "quarantined", route, reason)
 
-    def _finish_series(self, series_token: str, state: str, route: str | None, reason: str | None) -> None:
+    def _hold_series(self, conn: Connection, series_token: str) -> None:
+        """Lock the series' row for the rest of the transaction (an object arriving at another
+        node meanwhile commits before or after, never in between) and check that no other
+        node took its lease over."""
+        owner = conn.execute(select(series.c.lease_owner).where(series.c.series_token == series_token)
+                             .with_for_update()).scalar_one_or_none()
+        if owner not in (None, self.node):
+            raise LeaseLost(f"series {series_token}: node {owner} took it over (this node's lease expired)")
+
+    def _finish_series(self, conn: Connection, series_token: str, state: str, route: str | None,
+                       reason: str | None) -> None:
         # A series that received more objects meanwhile stays 'receiving' for the next pass.
-        self._db.execute(
-            "UPDATE series SET state=CASE WHEN EXISTS (SELECT 1 FROM instances WHERE series_token=?"
-            " AND state='received') THEN 'receiving' ELSE ? END, route=?, reason=?, updated_at=? WHERE series_token=?",
-            (series_token, state, route, reason, time.time(), series_token),
-        )
+        more = exists().where(instances.c.series_token == series_token, instances.c.state == "received")
+        conn.execute(update(series).where(series.c.series_token == series_token).values(
+            state=case((more, "receiving"), else_=state), route=route, reason=reason, updated_at=time.time(),
+            lease_owner=None, lease_expires=None))
 
     # -- forward -------------------------------------------------------------------------
 
     def due(self, limit: int = 64) -> list[Outgoing]:
-        """Protected objects whose next forwarding attempt is due."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, out_path, series_token, attempts, sop_token FROM instances"
-                " WHERE state='protected' AND next_attempt <= ? ORDER BY id LIMIT ?",
-                (time.time(), limit),
-            ).fetchall()
-        return [Outgoing(r[0], self.outbox / r[1], r[2], r[3], r[4]) for r in rows]
+        """Claim the protected objects whose next forwarding attempt is due and that no other
+        node is uploading, oldest first. Of the copies of one SOP instance (a re-send, a
+        correction) only the oldest waiting one is due, so copies never overtake each other,
+        on one node or across nodes."""
+        now = time.time()
+        earlier = instances.alias("earlier")
+        candidates = (select(instances.c.id).where(
+            instances.c.state == "protected", instances.c.next_attempt <= now,
+            or_(instances.c.lease_owner.is_(None), instances.c.lease_expires < now,
+                instances.c.lease_owner == self.node),  # left over from this node's last pass
+            ~exists().where(earlier.c.sop_token == instances.c.sop_token, earlier.c.state == "protected",
+                            earlier.c.id < instances.c.id),
+        ).order_by(instances.c.id).limit(limit).with_for_update(skip_locked=True))
+        with self.state.write(one_statement=True) as conn:
+            rows = conn.execute(update(instances).where(instances.c.id.in_(candidates))
+                                .values(lease_owner=self.node, lease_expires=now + self.state.lease_seconds)
+                                .returning(instances.c.id, instances.c.out_path, instances.c.series_token,
+                                           instances.c.attempts, instances.c.sop_token)).all()
+        return [Outgoing(r[0], self.outbox / r[1], r[2], r[3], r[4]) for r in sorted(rows)]
 
     def forwarded(self, row_id: int) -> None:
         self.forwarded_many([row_id])
@@ -359,25 +393,15 @@ class Spool:
         """Mark objects forwarded in one transaction (one commit), then drop their copies."""
         if not row_ids:
             return
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("UPDATE instances SET state='forwarded', forwarded_at=?, error=NULL WHERE id=?",
-                                     [(now, row_id) for row_id in row_ids])
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self.state.write(one_statement=len(row_ids) <= _CHUNK) as conn:
+            self._set_rows(conn, row_ids, state="forwarded", forwarded_at=time.time(), error=None, lease_owner=None)
         for row_id in row_ids:
             (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
 
     def retry_later(self, row_id: int, delay: float, error: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE instances SET attempts=attempts+1, next_attempt=?, error=? WHERE id=?",
-                (time.time() + delay, error, row_id),
-            )
+        with self.state.write(one_statement=True) as conn:
+            conn.execute(update(instances).where(instances.c.id == row_id).values(
+                attempts=instances.c.attempts + 1, next_attempt=time.time() + delay, error=error, lease_owner=None))
 
     def failed(self, row_id: int, error: str) -> None:
         """Orthanc refused the object for good; it stays in the outbox for an admin."""
@@ -386,10 +410,9 @@ class Spool:
     def purge_originals(self, retention_hours: float) -> int:
         """Delete originals forwarded more than ``retention_hours`` ago; returns how many."""
         cutoff = time.time() - retention_hours * 3600
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, path FROM instances i WHERE state='forwarded' AND forwarded_at <= ?", (cutoff,)
-            ).fetchall()
+        with self.state.read() as conn:
+            rows = conn.execute(select(instances.c.id, instances.c.path).where(
+                instances.c.state == "forwarded", instances.c.forwarded_at <= cutoff)).all()
         for _, name in rows:
             (self.incoming / name).unlink(missing_ok=True)
         self._set_state([r[0] for r in rows], "done")
@@ -399,14 +422,15 @@ class Spool:
 
     def set_aside(self) -> list[SetAside]:
         """Quarantined series and series with objects Orthanc refused, newest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT s.series_token, s.state, s.route, s.reason, s.updated_at,"
-                " (SELECT COUNT(*) FROM instances i WHERE i.series_token=s.series_token"
-                "  AND i.state IN ('quarantined', 'failed')) FROM series s"
-                " WHERE s.state='quarantined' OR EXISTS (SELECT 1 FROM instances i WHERE"
-                " i.series_token=s.series_token AND i.state='failed') ORDER BY s.updated_at DESC"
-            ).fetchall()
+        aside = and_(instances.c.series_token == series.c.series_token,
+                     instances.c.state.in_(("quarantined", "failed")))
+        refused = exists().where(instances.c.series_token == series.c.series_token, instances.c.state == "failed")
+        with self.state.read() as conn:
+            rows = conn.execute(select(series.c.series_token, series.c.state, series.c.route, series.c.reason,
+                                       series.c.updated_at,
+                                       select(func.count()).where(aside).scalar_subquery())
+                                .where(or_(series.c.state == "quarantined", refused))
+                                .order_by(series.c.updated_at.desc())).all()
         return [SetAside(*r) for r in rows]
 
     def series_detail(self, series_token: str) -> tuple[SetAside, list[dict[str, object]]] | None:
@@ -415,11 +439,12 @@ class Spool:
         summary = next((s for s in self.set_aside() if s.series_token == series_token), None)
         if summary is None:
             return None
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT sop_token, calling_ae, modality, sop_class_uid, received_at, state, error FROM instances"
-                " WHERE series_token=? AND state IN ('quarantined', 'failed') ORDER BY id", (series_token,)
-            ).fetchall()
+        i = instances.c
+        with self.state.read() as conn:
+            rows = conn.execute(select(i.sop_token, i.calling_ae, i.modality, i.sop_class_uid, i.received_at, i.state,
+                                       i.error)
+                                .where(i.series_token == series_token, i.state.in_(("quarantined", "failed")))
+                                .order_by(i.id)).all()
         keys = ("object", "sender", "modality", "sop_class_uid", "received_at", "state", "error")
         return summary, [dict(zip(keys, r, strict=True)) for r in rows]
 
@@ -428,50 +453,43 @@ class Spool:
         else the route that matches); its originals return to ``incoming/``. Returns the
         objects released."""
         folder = self.quarantine_dir / series_token
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute(
-                    "SELECT id, path, state, error FROM instances WHERE series_token=? AND state IN"
-                    " ('quarantined', 'failed')", (series_token,)).fetchall()
-                for row_id, name, state, error in rows:
-                    if state == "quarantined" and (folder / name).exists():
-                        os.replace(folder / name, self.incoming / name)
-                    if state == "failed":
-                        (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
-                    keep = error if error and error.startswith(DAMAGE_NOTE) else None
-                    self._db.execute("UPDATE instances SET state='received', error=?, attempts=0, out_path=NULL"
-                                     " WHERE id=?", (keep, row_id))
-                self._db.execute(
-                    "UPDATE series SET state='receiving', last_received=0, reason=NULL, forced_route=?, updated_at=?"
-                    " WHERE series_token=?", (route, time.time(), series_token))
-                self._count_action("release" if route is None else "reroute")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.state.write() as conn:
+            rows = conn.execute(select(instances.c.id, instances.c.path, instances.c.state, instances.c.error)
+                                .where(instances.c.series_token == series_token,
+                                       instances.c.state.in_(("quarantined", "failed")))).all()
+            for row_id, name, state, error in rows:
+                if state == "quarantined" and _aside(folder, name).exists():
+                    os.replace(_aside(folder, name), self.incoming / name)
+                if state == "failed":
+                    (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
+                keep = error if error and error.startswith(DAMAGE_NOTE) else None
+                conn.execute(update(instances).where(instances.c.id == row_id).values(
+                    state="received", error=keep, attempts=0, out_path=None, lease_owner=None))
+            conn.execute(update(series).where(series.c.series_token == series_token).values(
+                state="receiving", last_received=0, reason=None, forced_route=route, updated_at=time.time(),
+                lease_owner=None, lease_expires=None))
+            self._count_action(conn, "release" if route is None else "reroute")
         return len(rows)
 
     def delete_set_aside(self, series_token: str, action: str = "delete") -> int:
         """Delete a set-aside series' originals (and refused protected copies); the rows
         stay, state 'purged', for the record. Returns the objects deleted."""
         folder = self.quarantine_dir / series_token
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, path, state FROM instances WHERE series_token=? AND state IN ('quarantined', 'failed')",
-                (series_token,)).fetchall()
+        with self.state.read() as conn:
+            rows = conn.execute(select(instances.c.id, instances.c.path, instances.c.state)
+                                .where(instances.c.series_token == series_token,
+                                       instances.c.state.in_(("quarantined", "failed")))).all()
         for row_id, name, state in rows:
-            ((folder if state == "quarantined" else self.incoming) / name).unlink(missing_ok=True)
+            (_aside(folder, name) if state == "quarantined" else self.incoming / name).unlink(missing_ok=True)
             (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             folder.rmdir()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE instances SET state='purged' WHERE id=?", [(r[0],) for r in rows])
-            self._db.execute("UPDATE series SET state='purged', updated_at=? WHERE series_token=? AND"
-                             " state='quarantined'", (time.time(), series_token))
-            self._count_action(action)
-            self._db.execute("COMMIT")
+        with self.state.write() as conn:
+            self._set_rows(conn, [r[0] for r in rows], state="purged")
+            conn.execute(update(series).where(series.c.series_token == series_token,
+                                              series.c.state == "quarantined")
+                         .values(state="purged", updated_at=time.time()))
+            self._count_action(conn, action)
         return len(rows)
 
     def expired_set_aside(self, retention_days: float) -> list[str]:
@@ -481,43 +499,50 @@ class Spool:
 
     def action_counts(self) -> dict[str, int]:
         """Quarantine actions taken on this spool, by any process, since it was made."""
-        with self._lock:
-            return dict(self._db.execute("SELECT action, count FROM quarantine_actions").fetchall())
+        with self.state.read() as conn:
+            return {r[0]: r[1] for r in conn.execute(select(quarantine_actions.c.action, quarantine_actions.c.count))}
 
-    def _count_action(self, action: str) -> None:
-        self._db.execute("INSERT INTO quarantine_actions (action, count) VALUES (?, 1)"
-                         " ON CONFLICT(action) DO UPDATE SET count=count+1", (action,))
+    def _count_action(self, conn: Connection, action: str) -> None:
+        count = self.state.insert(quarantine_actions).values(action=action, count=1)
+        conn.execute(count.on_conflict_do_update(index_elements=[quarantine_actions.c.action],
+                                                 set_={"count": quarantine_actions.c.count + 1}))
 
     # -- study keys and status -------------------------------------------------------------
 
     def for_study(self, study_uid: str, keyring: Keyring) -> tuple[str, bytes, bytes]:
         """The study's data key: created once, reused by every later series of the study.
-        A database that cannot write (disk full, locked) is the spool's problem, not the
-        series': SpoolError, which the worker retries."""
-        with self._lock:
-            try:
-                row = self._db.execute("SELECT kek_id, wrapped FROM study_keys WHERE study_uid=?",
-                                       (study_uid,)).fetchone()
-                if row is None:
-                    key = envelope.new_data_key()
-                    kek_id, wrapped = envelope.wrap(keyring, key)
-                    self._db.execute("INSERT INTO study_keys (study_uid, kek_id, wrapped) VALUES (?, ?, ?)",
-                                     (study_uid, kek_id, wrapped))
+        Two nodes making the first key of one study at once both insert; the database keeps
+        one (ON CONFLICT DO NOTHING) and both use the one it kept. A database that cannot
+        write (disk full, locked) is the spool's problem, not the series': SpoolError, which
+        the worker retries."""
+        query = select(study_keys.c.kek_id, study_keys.c.wrapped).where(study_keys.c.study_uid == study_uid)
+        try:
+            with self.state.read() as conn:
+                row = conn.execute(query).first()
+            if row is None:
+                key = envelope.new_data_key()
+                kek_id, wrapped = envelope.wrap(keyring, key)
+                with self.state.write() as conn:
+                    conn.execute(self.state.insert(study_keys).values(study_uid=study_uid, kek_id=kek_id,
+                                                                      wrapped=wrapped)
+                                 .on_conflict_do_nothing(index_elements=[study_keys.c.study_uid]))
+                    row = conn.execute(query).one()
+                if (row[0], bytes(row[1])) == (kek_id, wrapped):
                     return kek_id, wrapped, key
-            except sqlite3.Error as exc:
-                raise SpoolError(f"spool index write failed: {exc}") from exc
-        return row[0], row[1], envelope.unwrap(keyring, row[0], row[1])
+        except SQLAlchemyError as exc:
+            raise SpoolError(f"spool index write failed: {_db_text(exc)}") from exc
+        return row[0], bytes(row[1]), envelope.unwrap(keyring, row[0], bytes(row[1]))
 
     def latest(self, sop_tokens: list[str]) -> dict[str, tuple[str, Incoming]]:
         """Each SOP token's newest row (a re-send supersedes): its state and the row.
         Tokens never received are absent."""
         found: dict[str, tuple[str, Incoming]] = {}
-        with self._lock:
+        i = instances.c
+        with self.state.read() as conn:
             for start in range(0, len(sop_tokens), 500):
-                chunk = sop_tokens[start:start + 500]
-                rows = self._db.execute(
-                    "SELECT sop_token, state, id, path, calling_ae, modality, sop_class_uid FROM instances WHERE"
-                    f" sop_token IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk).fetchall()
+                rows = conn.execute(select(i.sop_token, i.state, i.id, i.path, i.calling_ae, i.modality,
+                                           i.sop_class_uid)
+                                    .where(i.sop_token.in_(sop_tokens[start:start + 500])).order_by(i.id)).all()
                 found.update({r[0]: (r[1], Incoming(r[2], self.incoming / r[3], r[4], r[0], r[5], r[6])) for r in rows})
         return found
 
@@ -526,10 +551,11 @@ class Spool:
     # their own delivery row; a series' copies are staged until all are written.
 
     def add_delivery(self, instance_id: int, destination: str, series_token: str, data: bytes) -> int:
-        with self._lock:
-            cur = self._db.execute("INSERT INTO deliveries (instance_id, destination, series_token) VALUES (?, ?, ?)",
-                                   (instance_id, destination, series_token))
-        delivery_id = int(cur.lastrowid or 0)
+        with self.state.write(one_statement=True) as conn:
+            key = conn.execute(deliveries.insert().values(instance_id=instance_id, destination=destination,
+                                                          series_token=series_token)).inserted_primary_key
+        assert key is not None
+        delivery_id = int(key[0])
         try:
             write_durably(self.outbox / f"d{delivery_id}.dcm", data)
         except SpoolError:
@@ -538,87 +564,110 @@ class Spool:
         return delivery_id
 
     def release_deliveries(self, delivery_ids: list[int]) -> None:
-        with self._lock:
-            self._db.executemany("UPDATE deliveries SET state='due' WHERE id=?", [(i,) for i in delivery_ids])
+        self._set_deliveries(delivery_ids, state="due")
 
     def discard_deliveries(self, delivery_ids: list[int]) -> None:
-        with self._lock:
-            self._db.executemany("DELETE FROM deliveries WHERE id=?", [(i,) for i in delivery_ids])
+        if delivery_ids:
+            with self.state.write(one_statement=True) as conn:
+                conn.execute(delete(deliveries).where(deliveries.c.id.in_(delivery_ids)))
         for i in delivery_ids:
             (self.outbox / f"d{i}.dcm").unlink(missing_ok=True)
 
     def due_deliveries(self, limit: int = 64) -> list[tuple[int, str, str, int, Path]]:
-        """(id, destination, series token, attempts, file) of copies whose attempt is due."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, destination, series_token, attempts FROM deliveries WHERE state='due' AND next_attempt <= ?"
-                " ORDER BY id LIMIT ?", (time.time(), limit)).fetchall()
-        return [(r[0], r[1], r[2], r[3], self.outbox / f"d{r[0]}.dcm") for r in rows]
+        """(id, destination, series token, attempts, file) of copies whose attempt is due,
+        claimed for this node as ``due`` claims forwards."""
+        now = time.time()
+        d = deliveries.c
+        free = or_(d.lease_owner.is_(None), d.lease_expires < now, d.lease_owner == self.node)
+        candidates = (select(d.id).where(d.state == "due", d.next_attempt <= now, free)
+                      .order_by(d.id).limit(limit).with_for_update(skip_locked=True))
+        with self.state.write(one_statement=True) as conn:
+            rows = conn.execute(update(deliveries).where(d.id.in_(candidates))
+                                .values(lease_owner=self.node, lease_expires=now + self.state.lease_seconds)
+                                .returning(d.id, d.destination, d.series_token, d.attempts)).all()
+        return [(r[0], r[1], r[2], r[3], self.outbox / f"d{r[0]}.dcm") for r in sorted(rows)]
 
     def delivered(self, delivery_id: int) -> None:
-        with self._lock:
-            self._db.execute("UPDATE deliveries SET state='delivered', delivered_at=?, error=NULL WHERE id=?",
-                             (time.time(), delivery_id))
+        self._set_deliveries([delivery_id], state="delivered", delivered_at=time.time(), error=None)
         (self.outbox / f"d{delivery_id}.dcm").unlink(missing_ok=True)
 
     def delivery_later(self, delivery_id: int, delay: float, error: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE deliveries SET attempts=attempts+1, next_attempt=?, error=? WHERE id=?",
-                             (time.time() + delay, error, delivery_id))
+        with self.state.write(one_statement=True) as conn:
+            conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+                attempts=deliveries.c.attempts + 1, next_attempt=time.time() + delay, error=error, lease_owner=None))
 
     def delivery_failed(self, delivery_id: int, error: str) -> None:
         """Refused for good; the copy stays in the outbox for an admin."""
-        with self._lock:
-            self._db.execute("UPDATE deliveries SET state='failed', error=? WHERE id=?", (error, delivery_id))
+        self._set_deliveries([delivery_id], state="failed", error=error)
 
     def delivery_counts(self) -> dict[tuple[str, str], int]:
         """Copies by (destination, state)."""
-        with self._lock:
-            rows = self._db.execute("SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state")
-            return {(r[0], r[1]): r[2] for r in rows.fetchall()}
+        d = deliveries.c
+        with self.state.read() as conn:
+            rows = conn.execute(select(d.destination, d.state, func.count()).group_by(d.destination, d.state)).all()
+        return {(r[0], r[1]): r[2] for r in rows}
 
     def handed_on(self, series_token: str, route: str, row_ids: list[int]) -> None:
         """A series whose route does not go to the main Orthanc: its copies are in the
         deliveries, so the originals are done with as if forwarded (retention applies)."""
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE instances SET state='forwarded', forwarded_at=? WHERE id=?",
-                                 [(now, i) for i in row_ids])
-            self._finish_series(series_token, "protected", route, None)
-            self._db.execute("COMMIT")
+        with self.state.write() as conn:
+            self._hold_series(conn, series_token)
+            self._set_rows(conn, row_ids, state="forwarded", forwarded_at=time.time())
+            self._finish_series(conn, series_token, "protected", route, None)
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM instances GROUP BY state").fetchall()
+        with self.state.read() as conn:
+            rows = conn.execute(select(instances.c.state, func.count()).group_by(instances.c.state)).all()
         return {state: n for state, n in rows}
 
     def problem_series(self, limit: int = 20) -> list[tuple[str, str, str | None, float]]:
         """Quarantined or failing series: (token, state, reason, updated_at), newest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT s.series_token, s.state, COALESCE(s.reason, (SELECT error FROM instances i WHERE"
-                " i.series_token=s.series_token AND i.error IS NOT NULL LIMIT 1)), s.updated_at FROM series s"
-                " WHERE s.state='quarantined' OR EXISTS (SELECT 1 FROM instances i WHERE"
-                " i.series_token=s.series_token AND i.state IN ('failed', 'protected') AND i.error IS NOT NULL)"
-                " ORDER BY s.updated_at DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
+        i = instances.c
+        first_error = (select(i.error).where(i.series_token == series.c.series_token, i.error.is_not(None))
+                       .limit(1).scalar_subquery())
+        failing = exists().where(i.series_token == series.c.series_token, i.state.in_(("failed", "protected")),
+                                 i.error.is_not(None))
+        with self.state.read() as conn:
+            rows = conn.execute(select(series.c.series_token, series.c.state,
+                                       func.coalesce(series.c.reason, first_error), series.c.updated_at)
+                                .where(or_(series.c.state == "quarantined", failing))
+                                .order_by(series.c.updated_at.desc()).limit(limit)).all()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def _set_state(self, row_ids: list[int], state: str, error: str | None = None) -> None:
-        with self._lock:
-            self._db.executemany(
-                "UPDATE instances SET state=?, error=COALESCE(?, error) WHERE id=?",
-                [(state, error, i) for i in row_ids],
-            )
+        if not row_ids:
+            return
+        with self.state.write(one_statement=len(row_ids) <= _CHUNK) as conn:
+            values: dict[str, object] = {"state": state, "lease_owner": None}
+            if error is not None:
+                values["error"] = error
+            self._set_rows(conn, row_ids, **values)
 
-    def _rollback(self) -> None:
-        try:
-            with self._lock:
-                self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+    @staticmethod
+    def _set_rows(conn: Connection, row_ids: list[int], **values: object) -> None:
+        """Set ``values`` on the rows ``row_ids``, in chunks that keep the statement small."""
+        for start in range(0, len(row_ids), _CHUNK):
+            conn.execute(update(instances).where(instances.c.id.in_(row_ids[start:start + _CHUNK])).values(**values))
+
+    def _set_deliveries(self, delivery_ids: list[int], **values: object) -> None:
+        if delivery_ids:
+            with self.state.write(one_statement=True) as conn:
+                conn.execute(update(deliveries).where(deliveries.c.id.in_(delivery_ids))
+                             .values(lease_owner=None, **values))
+
+
+# Row ids per statement: a series of thousands of objects is updated in a few statements.
+_CHUNK = 500
+
+
+def _aside(folder: Path, name: str) -> Path:
+    """Where a received file waits in a series' quarantine folder."""
+    return folder / PurePath(name).name
+
+
+def _db_text(exc: SQLAlchemyError) -> str:
+    """The database's own message, without the statement and its parameters."""
+    return str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
 
 
 def _adopt_durably(src: Path, path: Path) -> None:

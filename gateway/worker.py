@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from gateway.audit import AuditLog
 from gateway.authenticity import AuthenticityError
@@ -35,11 +36,13 @@ from gateway.protect import Quarantine, protect_batches
 from gateway.publish import Outcome, publish
 from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
-from gateway.spool import Incoming, Outgoing, Spool, SpoolError
+from gateway.spool import Incoming, LeaseLost, Outgoing, Spool, SpoolError
 
 log = logging.getLogger("gateway.worker")
 # Uploads in flight to Orthanc at once, each on its own keep-alive connection.
 FORWARD_CONNECTIONS = 4
+# The backoff entry of claiming itself (the state database refused the claim's write).
+_CLAIM = "(next settled)"
 
 
 class Worker:
@@ -65,6 +68,8 @@ class Worker:
         self._scheduler.add_job(self._guard(self.forward_due), "interval", seconds=every, id="forward")
         self._scheduler.add_job(self._guard(self.deliverer.deliver_due), "interval", seconds=every, id="deliver")
         self._scheduler.add_job(self._guard(self.purge), "interval", seconds=max(every, 60), id="purge")
+        self._scheduler.add_job(self._guard(self.spool.renew_leases), "interval",
+                                seconds=self.spool.state.lease_seconds / 3, id="leases")
         self._scheduler.start()
 
     def stop(self) -> None:
@@ -84,13 +89,32 @@ class Worker:
     # -- protect ------------------------------------------------------------------------
 
     def process_settled(self) -> None:
-        now = time.time()
-        for token in self.spool.settled_series(self.config.scheduler.settle_seconds):
-            if self._stop.is_set():
+        """Protect settled series one at a time, each under this node's lease (another node
+        may be protecting the others); a series seen once in this pass, or waiting out a
+        fault, is left for the next pass."""
+        seen: set[str] = set()
+        while not self._stop.is_set():
+            now = time.time()
+            waiting = {token for token, (_, after) in self._backoff.items() if after > now}
+            if _CLAIM in waiting:
                 return
-            if self._backoff.get(token, (0, 0.0))[1] > now:
-                continue
-            self.process_series(token)
+            try:
+                token = self.spool.claim_series(self.config.scheduler.settle_seconds, seen | waiting)
+            except Exception as exc:
+                if not is_infrastructure(exc):
+                    raise
+                self._wait(_CLAIM, exc)  # a claim is a write: a full disk stops it too
+                return
+            self._backoff.pop(_CLAIM, None)
+            if token is None:
+                return
+            seen.add(token)
+            try:
+                self.process_series(token)
+            except LeaseLost as exc:
+                log.warning("%s; the series is left to that node", exc)
+            finally:
+                self.spool.release_series(token)  # nothing where another node holds it now
 
     def process_series(self, token: str) -> None:
         items = self.spool.received(token)
@@ -303,6 +327,8 @@ def is_infrastructure(exc: BaseException) -> bool:
     """A fault of the disk or database (to wait out), not of the series (to quarantine)."""
     if isinstance(exc, (SpoolError, sqlite3.OperationalError)):
         return True
+    if isinstance(exc, (OperationalError, InterfaceError)):  # the state database: locked, full, unreachable
+        return True
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS,
                                                       errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE)
 
@@ -311,4 +337,6 @@ def _infrastructure_text(exc: BaseException) -> str:
     """The fault without any path or content: errno name or SQLite's message."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return errno.errorcode.get(exc.errno, str(exc.errno))
+    if isinstance(exc, DBAPIError):  # the driver's message, not the statement and its values
+        return str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
     return str(exc) if isinstance(exc, (SpoolError, sqlite3.Error)) else ""

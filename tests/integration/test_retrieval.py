@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,8 +160,8 @@ def test_rotation_reindex_and_a_tampered_object(tmp_path: Path, orthanc: Orthanc
 
     # the index is derived data: lost, then rebuilt from Orthanc and the keyring
     gateway.stop()
-    for f in (gateway.folder / "spool").glob("index.sqlite3*"):
-        f.unlink()
+    with sqlite3.connect(gateway.folder / "spool" / "spool.sqlite3") as db:  # the index's table in the state database
+        db.execute("DELETE FROM retrieval_index")
     run_cli("reindex", "--config", str(gateway.config_path))
     gateway.start()
     found = findscu(gateway, tmp_path / "f", "WS_RESTORE", "QueryRetrieveLevel=STUDY", "PatientName=ROE*",

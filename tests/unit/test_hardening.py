@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
+from sqlalchemy import text
 
 from gateway import worker as worker_module
 from gateway.audit import AuditLog
@@ -71,7 +72,8 @@ def test_a_series_that_breaks_the_pipeline_is_quarantined_and_the_next_one_goes_
     worker.process_settled()
     assert calls == [1, 1]
     assert spool.counts() == {"quarantined": 2}
-    reasons = spool._db.execute("SELECT reason FROM series").fetchall()
+    with spool.state.read() as conn:
+        reasons = conn.execute(text("SELECT reason FROM series")).all()
     assert all("RuntimeError" in r[0] and "DOE" not in r[0] for r in reasons)
     assert [(line["action"], line["series"]) for line in audit.lines()] == [("quarantine", "2.25.1"),
                                                                             ("quarantine", "2.25.2")]
@@ -81,7 +83,8 @@ def test_a_received_file_whose_row_was_lost_gets_it_back_at_start(tmp_path: Path
     spool = Spool(tmp_path / "spool")
     spool.accept(b"first", "CT 1", "2.25.1", "2.25.10", "CT", "1.2.840.10008.5.1.4.1.1.2")
     spool.accept(b"second", "CT 1", "2.25.1", "2.25.11", "CT", "1.2.840.10008.5.1.4.1.1.2")
-    spool._db.execute("DELETE FROM instances WHERE sop_token='2.25.11'")  # as if its commit died with the power
+    with spool.state.write() as conn:  # as if its commit died with the power
+        conn.execute(text("DELETE FROM instances WHERE sop_token='2.25.11'"))
     (spool.incoming / "junk.00.dcm").write_bytes(b"not DICOM")
     spool.close()
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from gateway.audit import AuditLog
 from gateway.config import Config
@@ -112,7 +114,8 @@ def test_quarantined_originals_are_purged_after_their_retention_with_an_audit_li
     _quarantined(spool, "2.25.1", 2, tmp_path)
     _quarantined(spool, "2.25.2", 1, tmp_path)
     old = time.time() - 8 * 86400
-    spool._db.execute("UPDATE series SET updated_at=? WHERE series_token='2.25.1'", (old,))
+    with spool.state.write() as conn:
+        conn.execute(text("UPDATE series SET updated_at=:old WHERE series_token='2.25.1'"), {"old": old})
     worker = Worker(config, None, spool, None, None, AuditLog(config.spool.path / "audit.jsonl"))  # type: ignore[arg-type] # purge needs the spool and the audit log only
     worker.purge()
     assert not (spool.quarantine_dir / "2.25.1").exists()
@@ -147,6 +150,7 @@ def test_a_second_spool_beside_the_service_leaves_objects_being_received(tmp_pat
     (OSError(28, "No space left on device"), True),
     (sqlite3.OperationalError("database or disk is full"), True),
     (sqlite3.OperationalError("database is locked"), True),
+    (OperationalError("UPDATE series", {}, sqlite3.OperationalError("database is locked")), True),  # as SQLAlchemy raises it
     (FileNotFoundError(2, "gone"), False),
     (ValueError("bad value"), False),
 ])

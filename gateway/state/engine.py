@@ -1,0 +1,123 @@
+"""Opening the state database: SQLite in the spool folder, or the cluster's PostgreSQL.
+
+SQLite keeps what the spool always had: WAL, synchronous=NORMAL (the spool's files are its
+durable record, ``Spool.recover``), set on every new connection. Writes begin IMMEDIATE,
+so a transaction that reads then writes never meets a lock it cannot wait for, and the
+threads of one process queue on a lock rather than in SQLite's sleeping busy handler.
+PostgreSQL runs its default READ COMMITTED; the spool locks the rows it must (series
+leases, ``FOR UPDATE SKIP LOCKED``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway.config import Config
+
+SQLITE_NAME = "spool.sqlite3"
+
+
+class StateError(Exception):
+    """The state database cannot be used as it is (an older schema, unreachable)."""
+
+
+class State:
+    """The engine of the state database and who this process is among the nodes."""
+
+    def __init__(self, engine: Engine, node: str, lease_seconds: float = 30.0) -> None:
+        self.engine = engine
+        self.node = node
+        self.lease_seconds = lease_seconds
+        self.single_node = engine.dialect.name == "sqlite"
+        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        # PostgreSQL reads run in autocommit: no BEGIN and ROLLBACK round trips around a SELECT.
+        self._reader = engine if self.single_node else engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._write_lock = threading.Lock() if self.single_node else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def write(self, one_statement: bool = False) -> Iterator[Connection]:
+        """One write transaction, committed when the block ends without an exception.
+        ``one_statement``: the block runs a single statement, which is a transaction of its
+        own: on PostgreSQL it then runs in autocommit, without the BEGIN and COMMIT round trips."""
+        if one_statement and not self.single_node:
+            with self._reader.connect() as conn:
+                yield conn
+            return
+        with self._write_lock, self._writer.begin() as conn:
+            yield conn
+
+    def read(self) -> Connection:
+        """A connection for reading (``with state.read() as conn``)."""
+        return self._reader.connect()
+
+    def insert(self, table: Table) -> Any:
+        """The dialect's INSERT, which has ``on_conflict_do_update`` / ``_do_nothing``."""
+        return (sqlite.insert if self.single_node else postgresql.insert)(table)
+
+    def describe(self) -> str:
+        """The database without its password, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def sqlite_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the begin listener below opens transactions
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
+
+    return engine
+
+
+def postgres_engine(url: str) -> Engine:
+    # The listener's associations and the worker's jobs each hold a connection briefly. No
+    # pre-ping (a round trip per checkout): a connection PostgreSQL dropped fails its
+    # statement once, SQLAlchemy discards the pool's connections, and the caller's retry
+    # (the modality's, the worker's backoff) gets a fresh one.
+    return create_engine(url, pool_size=8, max_overflow=24)
+
+
+def sqlite_state(path: Path, node: str = "local", lease_seconds: float = 30.0) -> State:
+    """A migrated SQLite state in the file ``path`` (a single node applies its own migrations)."""
+    from gateway.state.migrate import upgrade
+
+    state = State(sqlite_engine(path), node, lease_seconds)
+    upgrade(state)
+    return state
+
+
+def open_state(config: Config, migrate: bool = True) -> State:
+    """The state database ``config`` names. SQLite (``state.url`` empty) is brought to the
+    current schema at once when ``migrate``; PostgreSQL is shared by every node and only
+    ``gateway db upgrade`` changes its schema, so an older one stops the start (StateError)."""
+    from gateway.state.migrate import check_current, upgrade
+
+    settings = config.state
+    if not settings.url:
+        config.spool.path.mkdir(parents=True, exist_ok=True)
+        state = State(sqlite_engine(config.spool.path / SQLITE_NAME), settings.node, settings.lease_seconds)
+        if migrate:
+            upgrade(state)
+        return state
+    state = State(postgres_engine(settings.url), settings.node, settings.lease_seconds)
+    if migrate:
+        check_current(state)
+    return state
