@@ -4,7 +4,6 @@ orthanc-postgresql plugin, one storage folder), gateway processes as nodes."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import re
 import time
@@ -105,9 +104,7 @@ def test_an_orthanc_stopped_during_forwarding_the_other_takes_the_objects(
 # -- gateway nodes on one state database, one spool folder, one keyring -------------------
 
 _DATABASES = (f"state_{n}" for n in itertools.count(1))
-# Until the shared state (branch i15-state) is merged here.
-needs_state = pytest.mark.skipif(importlib.util.find_spec("gateway.state") is None,
-                                 reason="the PostgreSQL state is not in this tree yet")
+
 StartNodes = Callable[..., tuple[GatewayProcess, GatewayProcess]]
 
 
@@ -153,7 +150,6 @@ def _series_of(orthanc: OrthancServer, instances: set[str]) -> set[str]:
     return {orthanc.get(f"instances/{i}")["ParentSeries"] for i in instances}
 
 
-@needs_state
 def test_a_series_received_half_by_each_node_is_protected_once_and_arrives_whole(
         tmp_path: Path, orthancs: list[OrthancServer], start_nodes: StartNodes) -> None:
     a, b = start_nodes(settle_seconds=2)
@@ -176,7 +172,6 @@ def _lease_holder(postgres: PostgresServer, url: str) -> str | None:
     return str(row[0]) if row else None
 
 
-@needs_state
 def test_a_node_killed_mid_protect_loses_its_lease_and_the_other_finishes_exactly_once(
         tmp_path: Path, postgres: PostgresServer, orthancs: list[OrthancServer], start_nodes: StartNodes) -> None:
     hold, started = tmp_path / "hold", tmp_path / "started"
@@ -206,7 +201,6 @@ def test_a_node_killed_mid_protect_loses_its_lease_and_the_other_finishes_exactl
     assert _lease_holder(postgres, url) is None
 
 
-@needs_state
 def test_find_and_move_through_node_b_return_originals_that_entered_through_node_a(
         tmp_path: Path, orthancs: list[OrthancServer], start_nodes: StartNodes) -> None:
     mover = free_port()
