@@ -2,8 +2,8 @@
 
 Prints one JSON object. A real PostgreSQL (``testkit.postgres``, loopback) and the spool's
 own calls in the order the worker makes them for one series: intake (``accept``, per object),
-claim of the settled series and its reads (``claim_series``, ``received``, ``forced_route``,
-``for_study`` per protect batch), ``protected``, then forwarding in batches of 64 (``due``,
+the series' lease (``claim_series``, ``release_series``), its reads (``received``,
+``forced_route``, ``for_study`` per protect batch), ``protected``, then forwarding in batches of 64 (``due``,
 the ``index.get`` that ``publish`` makes per object, ``index.put_many``, ``forwarded_many``).
 A round trip is one statement sent, plus BEGIN and COMMIT of a write transaction (psycopg
 sends each on its own; a statement in autocommit has neither). The same calls on SQLite give
@@ -80,13 +80,13 @@ def run(state: State, folder: Path, objects: int, series_size: int) -> dict[str,
         count.timed("intake", spool.accept, b"object bytes", "CT1", token, f"{token}.{n}", "CT", CT)
         if not tokens or tokens[-1] != token:
             tokens.append(token)
-    while (token := count.timed("claim", spool.claim_series, 0)) is not None:
-        items = count.timed("claim", spool.received, token)
-        count.timed("claim", spool.forced_route, token)
+    while (token := count.timed("lease", spool.claim_series, 0)) is not None:
+        items = count.timed("reads", spool.received, token)
+        count.timed("reads", spool.forced_route, token)
         for _ in range(0, len(items), PROTECT_BATCH):
-            count.timed("claim", spool.for_study, "1.2.3", ring)
+            count.timed("reads", spool.for_study, "1.2.3", ring)
         count.timed("protect", spool.protected, token, "default", [i.id for i in items])
-        count.timed("claim", spool.release_series, token)
+        count.timed("lease", spool.release_series, token)
     while batch := count.timed("forward", spool.due, BATCH):
         for item in batch:
             count.timed("forward", index.get, item.sop_token, ring)
@@ -95,10 +95,12 @@ def run(state: State, folder: Path, objects: int, series_size: int) -> dict[str,
         count.timed("index", index.put_many, entries)
         count.timed("forward", spool.forwarded_many, [item.id for item in batch])
     assert spool.counts() == {"forwarded": objects}, spool.counts()
-    phases = ("intake", "claim", "protect", "forward", "index")
+    phases = ("intake", "lease", "reads", "protect", "forward", "index")
     per_object = {p: round(count.trips[p] / objects, 2) for p in phases}
     return {"round_trips_per_object": {**per_object, "total": round(sum(per_object.values()), 2)},
-            "ms_per_object": {p: round(1000 * count.seconds[p] / objects, 3) for p in phases}}
+            "ms_per_object": {p: round(1000 * count.seconds[p] / objects, 3) for p in phases},
+            "lease_per_series": {"round_trips": round(count.trips["lease"] / len(tokens), 2),
+                                 "ms": round(1000 * count.seconds["lease"] / len(tokens), 2)}}
 
 
 def main() -> None:
@@ -122,6 +124,7 @@ def main() -> None:
         upgrade(state)
         out["sqlite"] = run(state, Path(tmp) / "lite", args.objects, args.series_size)
         out["sqlite"].pop("round_trips_per_object")  # in-process: no round trips, only time
+        out["sqlite"]["lease_per_series"].pop("round_trips")
         state.close()
     print(json.dumps(out, indent=2))
 

@@ -70,7 +70,9 @@ class State:
 
 
 def sqlite_engine(path: Path) -> Engine:
-    engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30})
+    # As many connections as PostgreSQL's pool: associations, jobs and upload threads read at once.
+    engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30},
+                           pool_size=8, max_overflow=24)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -418,3 +418,29 @@ def _expiry(spool: Spool, token: str) -> float:
 def _owner(spool: Spool, token: str) -> str | None:
     with spool.state.read() as conn:
         return conn.execute(text("SELECT lease_owner FROM series WHERE series_token=:t"), {"t": token}).scalar_one()
+
+
+def test_a_worker_protects_only_the_series_it_holds_the_lease_of(tmp_path: Path, nodes: Nodes,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import worker as worker_module
+
+    a, b = _spool(tmp_path, nodes, "a"), _spool(tmp_path, nodes, "b")
+    for token in ("2.25.20", "2.25.21"):
+        _accept(b, token)
+    assert b.claim_series(0) == "2.25.20"  # b is protecting it
+    protected: list[int] = []
+
+    def protect(sources, route, keyring, keys):  # type: ignore[no-untyped-def]
+        protected.append(len(sources))
+        raise RuntimeError("stop here")  # the series goes to quarantine: enough to see which one was taken
+
+    monkeypatch.setattr(worker_module, "protect_batches", protect)
+    config = Config.model_validate({
+        "senders": [{"ae_title": "CT1"}], "orthanc": {"url": "http://127.0.0.1:1", "username": "u", "password": "p"},
+        "keyring": str(tmp_path / "k.json"), "spool": {"path": str(tmp_path / "spool")},
+        "routes": [{"name": "all"}], "scheduler": {"settle_seconds": 0}})
+    worker = worker_module.Worker(config, None, a, None, None, AuditLog(tmp_path / "audit.jsonl"))  # type: ignore[arg-type]
+    worker.process_settled()
+    assert protected == [1]
+    assert [s.series_token for s in a.set_aside()] == ["2.25.21"] and _owner(a, "2.25.21") is None
+    assert _owner(a, "2.25.20") == "b"
