@@ -9,7 +9,8 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from types import SimpleNamespace
+from typing import Any, ClassVar, cast
 
 import pytest
 from orthanc_api_client.exceptions import ConnectionError as OrthancConnectionError
@@ -17,10 +18,11 @@ from orthanc_api_client.exceptions import HttpError
 from orthanc_api_client.exceptions import TimeoutError as OrthancTimeout
 from pydantic import ValidationError
 
-from gateway.config import Orthanc
+from gateway.config import Config, Orthanc
 from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.orthanc_cluster import OrthancCluster, failover_reason
 from gateway.pacs_reader import PacsReader
+from gateway.preflight import orthanc_warning
 from testkit.localstack import free_port
 
 URLS = ["http://orthanc-a:8042", "http://orthanc-b:8042", "http://orthanc-c:8042"]
@@ -221,3 +223,16 @@ def test_a_server_that_accepts_but_never_answers_is_left_after_the_timeout(
         forwarder = Forwarder(settings)
         assert forwarder.send(b"DICM") == "abc-123"
         assert forwarder.send(b"DICM") == "abc-123"  # straight to the one that answered
+
+
+def test_check_config_names_each_server_down_and_says_the_others_serve(
+        servers: dict[str, ThreadingHTTPServer]) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    settings = Orthanc(url=closed, failover=[_url(servers["good"])], username="gw", password="pw", timeout_seconds=2)
+    warning = orthanc_warning(cast(Config, SimpleNamespace(orthanc=settings)))
+    assert warning == f"Orthanc at {closed} is not reachable (ConnectionError); the other Orthanc servers of the " \
+                      "cluster serve meanwhile"
+    everything_down = settings.model_copy(update={"failover": [f"http://127.0.0.1:{free_port()}"]})
+    warning = orthanc_warning(cast(Config, SimpleNamespace(orthanc=everything_down)))
+    assert warning is not None and warning.count("is not reachable") == 2
+    assert warning.endswith("objects wait in the spool until one does")
