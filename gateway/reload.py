@@ -38,8 +38,9 @@ def check_reloadable(old: Config, new: Config, path: Path) -> None:
 
 
 def pid_file(config: Config) -> Path:
-    """Where ``gateway serve`` writes its process id, for ``gateway reload``."""
-    return config.spool.path / "gateway.pid"
+    """Where ``gateway serve`` writes its process id, for ``gateway reload`` (on a spool folder
+    that several nodes share, one file per node)."""
+    return config.spool.path / ("gateway.pid" if not config.state.url else f"gateway.{config.state.node}.pid")
 
 
 def signal_running(config: Config) -> int:

@@ -32,7 +32,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from sqlalchemy import Connection, Text, and_, case, cast, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import envelope
@@ -131,6 +145,9 @@ class Spool:
             self._drop_own_leases()
         self._lease_lock = threading.Lock()
         self._held: set[str] = set()  # series this process is protecting, for the heartbeat
+        self._intake = self._intake_statements()
+        self._room_lock = threading.Lock()
+        self._pending, self._pending_read = 0, 0.0  # for room(): bytes waiting, when last read
 
     def close(self) -> None:
         if self._owns_state:
@@ -149,11 +166,16 @@ class Spool:
         """Free space on the spool's file system beyond what the objects waiting to be
         protected will take for their protected copies (about their own size each).
         Intake that kept only a fixed reserve filled the disk with originals whose copies
-        then had no room: nothing was forwarded, so nothing was ever purged."""
-        with self.state.read() as conn:
-            pending = conn.execute(select(func.coalesce(func.sum(instances.c.size), 0))
-                                   .where(instances.c.state == "received")).scalar_one()
-        return shutil.disk_usage(self.root).free - int(pending)
+        then had no room: nothing was forwarded, so nothing was ever purged. The sum over
+        the waiting rows is read at most once a second (every node's, a scan), plus what this
+        process took in since: no query per C-STORE."""
+        with self._room_lock:
+            if time.monotonic() - self._pending_read > 1.0:
+                with self.state.read() as conn:
+                    self._pending = int(conn.execute(_PENDING_SIZE).scalar_one())
+                self._pending_read = time.monotonic()
+            pending = self._pending
+        return shutil.disk_usage(self.root).free - pending
 
     def accept(self, data: bytes | Path, calling_ae: str, series_token: str, sop_token: str,
                modality: str, sop_class_uid: str, damage: str | None = None, called_ae: str = "",
@@ -180,8 +202,7 @@ class Spool:
         """Give each file of this node in ``incoming/`` that has no row (its commit lost to
         a power failure) its row back; ``describe`` reads the tokens from the file. A file
         that cannot be described goes to ``quarantine/unindexed``. Returns the rows added.
-        Another node's files are its own to recover; files without a node in their name (the
-        previous version's) belong to the single node of a SQLite spool."""
+        On a cluster another node's files are its own to recover."""
         with self.state.read() as conn:
             known = set(conn.execute(select(instances.c.path)).scalars())
         added = 0
@@ -200,33 +221,41 @@ class Spool:
         return added
 
     def _mine(self, name: str) -> bool:
+        """Whether this node recovers the file: on SQLite (one node, perhaps renamed) every
+        file; on a cluster the files whose name carries this node's id."""
         tag, dash, _ = name.partition(".")[0].partition("-")
-        return tag == self._tag if dash else self.state.single_node
+        return self.state.single_node or (bool(dash) and tag == self._tag)
 
     def _add_row(self, path: Path, series_token: str, sop_token: str, modality: str, sop_class_uid: str,
                  error: str | None = None) -> int:
-        calling_ae = bytes.fromhex(path.name.split(".")[1]).decode()
         size = path.stat().st_size
-        now = time.time()
-        upsert = self.state.insert(series).values(series_token=series_token, state="receiving", last_received=now,
-                                                  updated_at=now)
+        values = {"path": path.name, "calling_ae": bytes.fromhex(path.name.split(".")[1]).decode(),
+                  "series_token": series_token, "sop_token": sop_token, "modality": modality,
+                  "sop_class_uid": sop_class_uid, "now": time.time(), "error": error, "size": size}
+        try:
+            with self.state.write(one_statement=len(self._intake) == 1) as conn:
+                row_id = conn.execute(self._intake[0], values).scalar_one()
+                for statement in self._intake[1:]:
+                    conn.execute(statement, values)
+        except SQLAlchemyError as exc:
+            raise SpoolError(f"spool index write failed: {_db_text(exc)}") from exc
+        with self._room_lock:
+            self._pending += size
+        return int(row_id)
+
+    def _intake_statements(self) -> list[Executable]:
+        """The intake's row and its series' upsert, built once (the hot path: only the values
+        change). On PostgreSQL one statement, one round trip: the upsert rides along as a CTE."""
+        upsert = self.state.insert(series).values(series_token=bindparam("series_token"), state="receiving",
+                                                  last_received=bindparam("now"), updated_at=bindparam("now"))
         upsert = upsert.on_conflict_do_update(index_elements=[series.c.series_token], set_={
             "state": "receiving", "last_received": upsert.excluded.last_received,
             "updated_at": upsert.excluded.updated_at})
         row = instances.insert().values(
-            path=path.name, calling_ae=calling_ae, series_token=series_token, sop_token=sop_token, modality=modality,
-            sop_class_uid=sop_class_uid, received_at=now, error=error, size=size).returning(instances.c.id)
-        try:
-            if self.state.single_node:
-                with self.state.write() as conn:
-                    row_id = conn.execute(row).scalar_one()
-                    conn.execute(upsert)
-            else:  # one statement, one round trip: the series' upsert rides along as a CTE
-                with self.state.write(one_statement=True) as conn:
-                    row_id = conn.execute(row.add_cte(upsert.cte("touched_series"))).scalar_one()
-        except SQLAlchemyError as exc:
-            raise SpoolError(f"spool index write failed: {_db_text(exc)}") from exc
-        return int(row_id)
+            **{name: bindparam(name) for name in ("path", "calling_ae", "series_token", "sop_token", "modality",
+                                                  "sop_class_uid", "error", "size")},
+            received_at=bindparam("now")).returning(instances.c.id)
+        return [row, upsert] if self.state.single_node else [row.add_cte(upsert.cte("touched_series"))]
 
     # -- settle and protect ------------------------------------------------------------
 
@@ -658,6 +687,8 @@ class Spool:
 
 # Row ids per statement: a series of thousands of objects is updated in a few statements.
 _CHUNK = 500
+# What the objects waiting to be protected take (``room``, at every C-STORE).
+_PENDING_SIZE = select(func.coalesce(func.sum(instances.c.size), 0)).where(instances.c.state == "received")
 
 
 def _aside(folder: Path, name: str) -> Path:

@@ -124,8 +124,9 @@ class StorageCommitment:
         self.config = config
         self.spool = spool
         self.pseudonyms = pseudonyms
-        self.folder = spool.root / "commitment"
-        self.folder.mkdir(exist_ok=True)
+        # On a shared spool folder each node keeps, and after a restart answers, its own requests.
+        self.folder = spool.root / "commitment" if spool.state.single_node else spool.root / "commitment" / spool.node
+        self.folder.mkdir(parents=True, exist_ok=True)
         self._pending: dict[str, Request] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

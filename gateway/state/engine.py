@@ -37,8 +37,10 @@ class State:
         self.lease_seconds = lease_seconds
         self.single_node = engine.dialect.name == "sqlite"
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
-        # PostgreSQL reads run in autocommit: no BEGIN and ROLLBACK round trips around a SELECT.
-        self._reader = engine if self.single_node else engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Reads run in autocommit (each SELECT its own snapshot): on PostgreSQL no BEGIN and
+        # ROLLBACK round trips around a SELECT, on SQLite no BEGIN statement.
+        self._reader = (engine.execution_options(sqlite_begin="") if self.single_node
+                        else engine.execution_options(isolation_level="AUTOCOMMIT"))
         self._write_lock = threading.Lock() if self.single_node else contextlib.nullcontext()
 
     @contextlib.contextmanager
@@ -72,7 +74,7 @@ class State:
 def sqlite_engine(path: Path) -> Engine:
     # As many connections as PostgreSQL's pool: associations, jobs and upload threads read at once.
     engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30},
-                           pool_size=8, max_overflow=24)
+                           pool_size=8, max_overflow=24, pool_reset_on_return=None)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -84,7 +86,9 @@ def sqlite_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        if mode:
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
 
@@ -93,8 +97,9 @@ def postgres_engine(url: str) -> Engine:
     # The listener's associations and the worker's jobs each hold a connection briefly. No
     # pre-ping (a round trip per checkout): a connection PostgreSQL dropped fails its
     # statement once, SQLAlchemy discards the pool's connections, and the caller's retry
-    # (the modality's, the worker's backoff) gets a fresh one.
-    return create_engine(url, pool_size=8, max_overflow=24)
+    # (the modality's, the worker's backoff) gets a fresh one. No reset on return: every
+    # connection leaves a block committed, rolled back (SQLAlchemy's own) or in autocommit.
+    return create_engine(url, pool_size=8, max_overflow=24, pool_reset_on_return=None)
 
 
 def sqlite_state(path: Path, node: str = "local", lease_seconds: float = 30.0) -> State:

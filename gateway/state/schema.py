@@ -58,6 +58,7 @@ series = Table(
     Column("forced_route", Text),
     Column("lease_owner", Text),
     Column("lease_expires", Double),
+    Index("series_state", "state", "last_received"),  # the claim's scan: series still receiving
 )
 
 quarantine_actions = Table(

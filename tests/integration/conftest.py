@@ -31,7 +31,7 @@ def no_identity_in_any_gateway_log(tmp_path_factory: pytest.TempPathFactory) -> 
     """After the integration tests: everything every gateway logged or audited, searched
     for the identity it handled. A hit fails the session at teardown."""
     yield
-    logs = [p for pattern in ("gateway.log", "audit.jsonl")
+    logs = [p for pattern in ("gateway.log", "audit.jsonl", "audit/*.jsonl")  # the last: cluster nodes' audit files
             for p in tmp_path_factory.getbasetemp().rglob(pattern)]
     # The audit log names studies on purpose (what was restored); the service log never.
     leaks = [(p.name, value) for p in logs

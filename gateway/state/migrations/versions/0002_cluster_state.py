@@ -32,6 +32,7 @@ def upgrade() -> None:
         op.add_column(table, sa.Column("lease_owner", sa.Text))
         op.add_column(table, sa.Column("lease_expires", sa.Double))
     op.create_index("instances_sop", "instances", ["sop_token"])
+    op.create_index("series_state", "series", ["state", "last_received"])
     op.create_table(
         "retrieval_index",
         sa.Column("sop_uid", sa.Text, primary_key=True),
