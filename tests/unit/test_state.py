@@ -230,8 +230,10 @@ def test_a_dead_nodes_lease_expires_and_another_node_finishes(tmp_path: Path, no
     with a.state.write() as conn:  # a is killed: no heartbeat; 30 s later its lease has run out
         conn.execute(update(series).values(lease_expires=time.time() - 1))
     assert b.claim_series(0) == "2.25.6"
+    copy = a.add_delivery(ids[0], "research", "2.25.6", b"a's copy")
     with pytest.raises(LeaseLost, match="node b took it over"):
-        a.protected("2.25.6", "default", ids)  # a woke up: its result is not recorded
+        a.protected("2.25.6", "default", ids, [copy])  # a woke up: its result is not recorded
+    assert a.due_deliveries() == []  # nor is its copy released to be sent
     b.protected("2.25.6", "default", ids)
     assert b.counts() == {"protected": 2} and _owner(b, "2.25.6") is None
 
