@@ -11,8 +11,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.config import load_config
-from gateway.state.engine import open_state
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.config import Config, load_config
+from gateway.state.engine import StateError, open_state
 from gateway.state.migrate import current, head, upgrade
 
 if TYPE_CHECKING:
@@ -27,6 +29,24 @@ def add_commands(sub: Subparsers) -> None:
         s = actions.add_parser(name, help=text)
         s.add_argument("--config", required=True, type=Path)
         s.set_defaults(func=fn)
+
+
+def state_warning(config: Config) -> str | None:
+    """For ``check-config``: why a cluster node could not start on its state database (not
+    reachable, an older schema); None where it could, and always for SQLite (made at start)."""
+    if not config.state.url:
+        return None
+    try:
+        open_state(config).close()
+    except StateError as exc:
+        return str(exc)
+    except SQLAlchemyError as exc:
+        return f"the state database is not reachable ({_first_line(exc)}): check state.url and the password file"
+    return None
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0]
 
 
 def _upgrade(args: argparse.Namespace) -> int:
