@@ -11,8 +11,6 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from gateway.config import Config, load_config
 from gateway.state.engine import StateError, open_state
 from gateway.state.migrate import current, head, upgrade
@@ -40,13 +38,7 @@ def state_warning(config: Config) -> str | None:
         open_state(config).close()
     except StateError as exc:
         return str(exc)
-    except SQLAlchemyError as exc:
-        return f"the state database is not reachable ({_first_line(exc)}): check state.url and the password file"
     return None
-
-
-def _first_line(exc: SQLAlchemyError) -> str:
-    return str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0]
 
 
 def _upgrade(args: argparse.Namespace) -> int:
