@@ -164,9 +164,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for line in _refusals(config):
         print(line)
     print(f"{args.config}: OK ({len(config.routes)} route(s), {len(config.senders)} sender(s))")
-    warning = preflight.orthanc_warning(config)
-    if warning:
-        print(f"warning: {warning}")
+    for warning in (preflight.orthanc_warning(config), db_commands.state_warning(config)):
+        if warning:
+            print(f"warning: {warning}")
     return 0
 
 

@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -352,12 +352,15 @@ class Spool:
         for row_id in row_ids:
             (self.outbox / f"{row_id}.dcm").unlink(missing_ok=True)
 
-    def protected(self, series_token: str, route: str, row_ids: list[int]) -> None:
-        """Mark the series ready to forward; every object's copy was written before."""
+    def protected(self, series_token: str, route: str, row_ids: list[int], staged: Sequence[int] = ()) -> None:
+        """Mark the series ready to forward, and its copies for further destinations due, in
+        one transaction (a node that lost the series' lease records neither); every object's
+        copy was written before."""
         with self.state.write() as conn:
             self._hold_series(conn, series_token)
             self._set_rows(conn, row_ids, state="protected", next_attempt=0,
                            out_path=cast(instances.c.id, Text) + ".dcm")
+            self._release_deliveries(conn, staged)
             self._finish_series(conn, series_token, "protected", route, None)
 
     def quarantine(self, series_token: str, route: str | None, reason: str, row_ids: list[int]) -> None:
@@ -593,7 +596,13 @@ class Spool:
         return delivery_id
 
     def release_deliveries(self, delivery_ids: list[int]) -> None:
-        self._set_deliveries(delivery_ids, state="due")
+        with self.state.write(one_statement=True) as conn:
+            self._release_deliveries(conn, delivery_ids)
+
+    @staticmethod
+    def _release_deliveries(conn: Connection, delivery_ids: Sequence[int]) -> None:
+        if delivery_ids:
+            conn.execute(update(deliveries).where(deliveries.c.id.in_(list(delivery_ids))).values(state="due"))
 
     def discard_deliveries(self, delivery_ids: list[int]) -> None:
         if delivery_ids:
@@ -636,12 +645,14 @@ class Spool:
             rows = conn.execute(select(d.destination, d.state, func.count()).group_by(d.destination, d.state)).all()
         return {(r[0], r[1]): r[2] for r in rows}
 
-    def handed_on(self, series_token: str, route: str, row_ids: list[int]) -> None:
+    def handed_on(self, series_token: str, route: str, row_ids: list[int], staged: Sequence[int] = ()) -> None:
         """A series whose route does not go to the main Orthanc: its copies are in the
-        deliveries, so the originals are done with as if forwarded (retention applies)."""
+        deliveries (due from now on), so the originals are done with as if forwarded
+        (retention applies)."""
         with self.state.write() as conn:
             self._hold_series(conn, series_token)
             self._set_rows(conn, row_ids, state="forwarded", forwarded_at=time.time())
+            self._release_deliveries(conn, staged)
             self._finish_series(conn, series_token, "protected", route, None)
 
     def counts(self) -> dict[str, int]:

@@ -186,12 +186,11 @@ class Worker:
         return None
 
     def _finish(self, token: str, route: Route, ids: list[int], staged: list[int]) -> None:
-        def record() -> None:
-            self.spool.release_deliveries(staged)
+        def record() -> None:  # the series' result and its staged copies in one transaction
             if any(d.destination == "orthanc" for d in route.destinations):
-                self.spool.protected(token, route.name, ids)
+                self.spool.protected(token, route.name, ids, staged)
             else:
-                self.spool.handed_on(token, route.name, ids)
+                self.spool.handed_on(token, route.name, ids, staged)
 
         if not self._recorded(token, record):
             return

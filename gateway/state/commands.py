@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.config import load_config
-from gateway.state.engine import open_state
+from gateway.config import Config, load_config
+from gateway.state.engine import StateError, open_state
 from gateway.state.migrate import current, head, upgrade
 
 if TYPE_CHECKING:
@@ -27,6 +27,18 @@ def add_commands(sub: Subparsers) -> None:
         s = actions.add_parser(name, help=text)
         s.add_argument("--config", required=True, type=Path)
         s.set_defaults(func=fn)
+
+
+def state_warning(config: Config) -> str | None:
+    """For ``check-config``: why a cluster node could not start on its state database (not
+    reachable, an older schema); None where it could, and always for SQLite (made at start)."""
+    if not config.state.url:
+        return None
+    try:
+        open_state(config).close()
+    except StateError as exc:
+        return str(exc)
+    return None
 
 
 def _upgrade(args: argparse.Namespace) -> int:

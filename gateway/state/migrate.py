@@ -15,6 +15,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from gateway.state.engine import State, StateError
 
@@ -39,9 +40,14 @@ def head() -> str:
 
 def current(state: State) -> str | None:
     """The database's schema revision; None for an empty database or a spool made before
-    versioned migrations."""
-    with state.read() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    versioned migrations. StateError when it cannot be reached."""
+    try:
+        with state.read() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except (OperationalError, InterfaceError) as exc:
+        reason = str(exc.orig or type(exc).__name__).strip().splitlines()[0]
+        raise StateError(f"the state database {state.describe()} is not reachable ({reason}): check state.url "
+                         "and the password file (PGPASSFILE)") from None
 
 
 def upgrade(state: State) -> tuple[str | None, str]:

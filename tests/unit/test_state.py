@@ -26,6 +26,7 @@ from gateway.config import Config
 from gateway.index import Entry, Index, Sealing
 from gateway.keyring import Keyring
 from gateway.spool import LeaseLost, Spool
+from gateway.state.commands import state_warning
 from gateway.state.engine import State, StateError, open_state, postgres_engine, sqlite_engine
 from gateway.state.migrate import current, head, upgrade
 from gateway.state.schema import metadata, series
@@ -230,8 +231,10 @@ def test_a_dead_nodes_lease_expires_and_another_node_finishes(tmp_path: Path, no
     with a.state.write() as conn:  # a is killed: no heartbeat; 30 s later its lease has run out
         conn.execute(update(series).values(lease_expires=time.time() - 1))
     assert b.claim_series(0) == "2.25.6"
+    copy = a.add_delivery(ids[0], "research", "2.25.6", b"a's copy")
     with pytest.raises(LeaseLost, match="node b took it over"):
-        a.protected("2.25.6", "default", ids)  # a woke up: its result is not recorded
+        a.protected("2.25.6", "default", ids, [copy])  # a woke up: its result is not recorded
+    assert a.due_deliveries() == []  # nor is its copy released to be sent
     b.protected("2.25.6", "default", ids)
     assert b.counts() == {"protected": 2} and _owner(b, "2.25.6") is None
 
@@ -392,14 +395,22 @@ def test_db_upgrade_on_an_empty_postgresql_database_and_a_node_refusing_an_old_s
     (tmp_path / "spool").mkdir()
     with pytest.raises(StateError, match="gateway db upgrade"):
         open_state(config)  # a cluster node never migrates by itself
+    assert "gateway db upgrade" in (state_warning(config) or "")  # check-config says so too
     assert main(["status", "--config", str(config_path)]) == 2  # nor an admin command: the message, no traceback
     assert "run 'gateway db upgrade" in capsys.readouterr().err
     assert main(["db", "upgrade", "--config", str(config_path)]) == 0
     assert main(["db", "upgrade", "--config", str(config_path)]) == 0
     assert "nothing to do" in capsys.readouterr().out
+    assert state_warning(config) is None
     state = open_state(config)
     Spool(tmp_path / "spool", state=state).accept(b"x", "CT1", "2.25.13", "2.25.13.1", "CT", CT)
     state.close()
+
+
+def test_check_config_names_an_unreachable_state_database(tmp_path: Path) -> None:
+    config = Config.model_validate(yaml.safe_load(_config(tmp_path, "postgresql://gateway@127.0.0.1:1/none")
+                                                  .read_text()))
+    assert "not reachable" in (state_warning(config) or "")
 
 
 def test_a_bad_state_section_is_named() -> None:
