@@ -118,12 +118,15 @@ def start_nodes(tmp_path: Path, postgres: PostgresServer,
     def start(**settings: Any) -> tuple[GatewayProcess, GatewayProcess]:
         url = postgres.create_database(next(_DATABASES))
         lease = settings.pop("lease_seconds", 30)
+        settle_b = settings.pop("settle_b", None)  # node B waits longer: node A takes the series
         nodes = [GatewayProcess(tmp_path / f"node-{name}", primary, failover=[other], port=free_port(),
                                 state_url=url, node=f"node-{name}", shared_keyring=tmp_path / "keyring.json",
                                 shared_spool=tmp_path / "spool", **settings)
                  for name, primary, other in (("a", *orthancs), ("b", *reversed(orthancs)))]
         for node in nodes:
             node.extra = {**node.extra, "state": {"url": url, "node": node.node, "lease_seconds": lease}}
+        if settle_b is not None:
+            nodes[1].settle_seconds = settle_b
         nodes[0].write_config()  # the keyring both share, and the schema
         run_cli("db", "upgrade", "--config", str(nodes[0].config_path))
         started.extend(nodes)
@@ -172,31 +175,31 @@ def _lease_holder(postgres: PostgresServer, url: str) -> str | None:
     return str(row[0]) if row else None
 
 
-def test_a_node_killed_mid_protect_loses_its_lease_and_the_other_finishes_exactly_once(
+def test_node_a_killed_mid_protect_loses_its_lease_and_node_b_finishes_exactly_once(
         tmp_path: Path, postgres: PostgresServer, orthancs: list[OrthancServer], start_nodes: StartNodes) -> None:
     hold, started = tmp_path / "hold", tmp_path / "started"
     hold.touch()
     plugin_path = held_plugin.install(tmp_path / "plugins")
     route = {"name": "default", "plugin": "held",
              "plugin_settings": {"hold_file": str(hold), "started_file": str(started)}}
-    a, b = start_nodes(settle_seconds=1, lease_seconds=3, routes=[route], env={"PYTHONPATH": str(plugin_path)})
+    # B's longer settle time leaves the series to A; the held plugin keeps A inside protect
+    a, b = start_nodes(settle_seconds=1, settle_b=5, lease_seconds=3, routes=[route],
+                       env={"PYTHONPATH": str(plugin_path)})
     url = a.state_url
     assert url is not None
     before = _instances(orthancs[0])
     files = _study(tmp_path / "study", (4,))
     assert _acknowledged(a.port, files[:2]) + _acknowledged(b.port, files[2:]) == 4
-    wait_for(started.exists)  # one node is inside the plugin, holding the series' lease
-    holder = wait_for(lambda: _lease_holder(postgres, url))
-    victim, survivor = (a, b) if holder == "node-a" else (b, a)
-    assert holder == victim.node
-    victim.kill9()
-    hold.unlink()  # the survivor's own protect may pass
+    wait_for(started.exists)  # A is inside the plugin, holding the series' lease
+    assert wait_for(lambda: _lease_holder(postgres, url)) == "node-a"
+    a.kill9()
+    hold.unlink()  # B's own protect may pass
     wait_for(lambda: len(_instances(orthancs[0]) - before) >= 4, timeout=90)
     time.sleep(2)
     new = _instances(orthancs[0]) - before
     assert len(new) == 4 and len(set(_sop_uids(orthancs[0], new))) == 4  # each acknowledged object once
-    assert _protected_lines(victim) == []
-    (protected,) = _protected_lines(survivor)
+    assert _protected_lines(a) == []
+    (protected,) = _protected_lines(b)
     assert ": 4 objects protected by route default" in protected
     assert _lease_holder(postgres, url) is None
 
