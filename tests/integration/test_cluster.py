@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,15 +17,18 @@ from typing import Any
 import psycopg
 import pydicom
 import pytest
+import requests
 
 from testkit import held_plugin, synthetic
 from testkit.localstack import (
     POSTGRESQL_INDEX_PLUGIN,
+    REPO,
     GatewayProcess,
     OrthancServer,
     free_port,
     run_cli,
     storescu,
+    wait_port,
 )
 from testkit.postgres import PostgresServer
 from tests.conftest import write_study
@@ -224,3 +229,53 @@ def test_find_and_move_through_node_b_return_originals_that_entered_through_node
     output = movescu(b, tmp_path / "moved", "WS_RESTORE", mover, "WS_RESTORE", str(original.StudyInstanceUID))
     assert len(list((tmp_path / "moved").iterdir())) == 3, output[-2000:]
     _assert_exact(tmp_path / "moved", {str(pydicom.dcmread(p).SOPInstanceUID): p for p in files})
+
+
+def _haproxy_config(folder: Path, port: int, health: int, nodes: list[GatewayProcess]) -> Path:
+    """The shipped ``deploy/haproxy.cfg`` on loopback: its frontend on ``port``, its servers
+    the given nodes (DICOM port, health check on their status port), checks every 0.3 s."""
+    text = (REPO / "deploy" / "haproxy.cfg").read_text()
+    text = re.sub(r"^resolvers compose\n(    .*\n)+", "", text, flags=re.M)
+    text = text.replace(" resolvers compose init-addr last,libc,none", "").replace("inter 5s", "inter 300ms")
+    text = text.replace("bind :11112", f"bind 127.0.0.1:{port}").replace("bind :8405", f"bind 127.0.0.1:{health}")
+    servers = "".join(f"    server gateway-{i} 127.0.0.1:{n.port} check port {n.status_port}\n"
+                      for i, n in enumerate(nodes, start=1))
+    text = re.sub(r"(    server gateway-\d \S+\n)+", servers, text)
+    text = text.replace("log stdout format raw local0", f"log stdout format raw local0\n    pidfile {folder}/pid")
+    path = folder / "haproxy.cfg"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install haproxy)")
+def test_haproxy_with_the_shipped_settings_takes_a_stopped_node_out(
+        tmp_path: Path, orthancs: list[OrthancServer], start_nodes: StartNodes) -> None:
+    a, b = start_nodes(settle_seconds=1)
+    port, health = free_port(), free_port()
+    config = _haproxy_config(tmp_path, port, health, [a, b])
+    log = open(tmp_path / "haproxy.log", "wb")
+    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port)
+        healthz = f"http://127.0.0.1:{health}/healthz"
+        wait_for(lambda: requests.get(healthz, timeout=2).status_code == 200)
+        before = _instances(orthancs[0])
+        first = _study(tmp_path / "first", (2,))
+        assert _acknowledged(port, first) == 2
+        a.stop()
+        wait_for(lambda: "gateway-1" in (tmp_path / "haproxy.log").read_text(errors="replace")
+                 and " is DOWN" in (tmp_path / "haproxy.log").read_text(errors="replace"), timeout=20)
+        second = _study(tmp_path / "second", (3,))
+        assert sum(_acknowledged(port, [f]) for f in second) == 3  # three associations, all taken
+        text = (tmp_path / "haproxy.log").read_text(errors="replace")
+        after = text[text.index("gateway-1 is DOWN"):]
+        routed = re.findall(r"dicom gateway_nodes/(gateway-\d)", after)
+        assert routed == ["gateway-2"] * 3  # none to the stopped node
+        wait_for(lambda: len(_instances(orthancs[0]) - before) == 5)
+        assert requests.get(healthz, timeout=2).status_code == 200  # one node up is enough
+        b.stop()
+        wait_for(lambda: requests.get(healthz, timeout=2).status_code == 503, timeout=20)
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        log.close()
