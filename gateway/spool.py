@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -282,15 +283,10 @@ class Spool:
         PostgreSQL the candidate row is locked with SKIP LOCKED, so two nodes claiming at
         once take two different series; one statement, one round trip."""
         now = time.time()
-        candidate = (select(series.c.series_token).where(
-            series.c.state == "receiving", series.c.last_received <= now - settle_seconds,
-            or_(series.c.lease_owner.is_(None), series.c.lease_expires < now),
-            series.c.series_token.not_in(list(skip)),
-        ).order_by(series.c.last_received).limit(1).with_for_update(skip_locked=True))
         with self._lease_lock, self.state.write(one_statement=True) as conn:
-            token = conn.execute(update(series).where(series.c.series_token == candidate.scalar_subquery())
-                                 .values(lease_owner=self.node, lease_expires=now + self.state.lease_seconds)
-                                 .returning(series.c.series_token)).scalar_one_or_none()
+            token = conn.execute(_CLAIM_SERIES, {"cutoff": now - settle_seconds, "now": now, "skip": list(skip),
+                                                 "node": self.node, "until": now + self.state.lease_seconds}
+                                 ).scalar_one_or_none()
             if token is not None:
                 self._held.add(token)
         return token
@@ -397,25 +393,17 @@ class Spool:
 
     # -- forward -------------------------------------------------------------------------
 
+    def _claim_values(self, now: float, limit: int) -> dict[str, object]:
+        return {"now": now, "node": self.node, "until": now + self.state.lease_seconds, "limit": limit}
+
     def due(self, limit: int = 64) -> list[Outgoing]:
         """Claim the protected objects whose next forwarding attempt is due and that no other
         node is uploading, oldest first. Of the copies of one SOP instance (a re-send, a
         correction) only the oldest waiting one is due, so copies never overtake each other,
         on one node or across nodes."""
         now = time.time()
-        earlier = instances.alias("earlier")
-        candidates = (select(instances.c.id).where(
-            instances.c.state == "protected", instances.c.next_attempt <= now,
-            or_(instances.c.lease_owner.is_(None), instances.c.lease_expires < now,
-                instances.c.lease_owner == self.node),  # left over from this node's last pass
-            ~exists().where(earlier.c.sop_token == instances.c.sop_token, earlier.c.state == "protected",
-                            earlier.c.id < instances.c.id),
-        ).order_by(instances.c.id).limit(limit).with_for_update(skip_locked=True))
         with self.state.write(one_statement=True) as conn:
-            rows = conn.execute(update(instances).where(instances.c.id.in_(candidates))
-                                .values(lease_owner=self.node, lease_expires=now + self.state.lease_seconds)
-                                .returning(instances.c.id, instances.c.out_path, instances.c.series_token,
-                                           instances.c.attempts, instances.c.sop_token)).all()
+            rows = conn.execute(_CLAIM_FORWARDS, self._claim_values(now, limit)).all()
         return [Outgoing(r[0], self.outbox / r[1], r[2], r[3], r[4]) for r in sorted(rows)]
 
     def forwarded(self, row_id: int) -> None:
@@ -614,15 +602,8 @@ class Spool:
     def due_deliveries(self, limit: int = 64) -> list[tuple[int, str, str, int, Path]]:
         """(id, destination, series token, attempts, file) of copies whose attempt is due,
         claimed for this node as ``due`` claims forwards."""
-        now = time.time()
-        d = deliveries.c
-        free = or_(d.lease_owner.is_(None), d.lease_expires < now, d.lease_owner == self.node)
-        candidates = (select(d.id).where(d.state == "due", d.next_attempt <= now, free)
-                      .order_by(d.id).limit(limit).with_for_update(skip_locked=True))
         with self.state.write(one_statement=True) as conn:
-            rows = conn.execute(update(deliveries).where(d.id.in_(candidates))
-                                .values(lease_owner=self.node, lease_expires=now + self.state.lease_seconds)
-                                .returning(d.id, d.destination, d.series_token, d.attempts)).all()
+            rows = conn.execute(_CLAIM_DELIVERIES, self._claim_values(time.time(), limit)).all()
         return [(r[0], r[1], r[2], r[3], self.outbox / f"d{r[0]}.dcm") for r in sorted(rows)]
 
     def delivered(self, delivery_id: int) -> None:
@@ -698,6 +679,38 @@ class Spool:
 
 # Row ids per statement: a series of thousands of objects is updated in a few statements.
 _CHUNK = 500
+
+
+def _claims() -> tuple[Executable, Executable, Executable]:
+    """The claims, built once (the workers run them at every poll): a settled series for
+    its protection, protected objects for their upload, copies for further destinations.
+    Each is one UPDATE of rows its subquery picks and locks (SKIP LOCKED on PostgreSQL)."""
+    now: Any = bindparam("now")
+    node: Any = bindparam("node")
+    lease: dict[str, Any] = {"lease_owner": node, "lease_expires": bindparam("until")}
+    settled = (select(series.c.series_token).where(
+        series.c.state == "receiving", series.c.last_received <= bindparam("cutoff"),
+        or_(series.c.lease_owner.is_(None), series.c.lease_expires < now),
+        series.c.series_token.not_in(bindparam("skip", expanding=True)),
+    ).order_by(series.c.last_received).limit(1).with_for_update(skip_locked=True))
+    i, earlier, d = instances.c, instances.alias("earlier"), deliveries.c
+    forwards = (select(i.id).where(
+        i.state == "protected", i.next_attempt <= now,
+        or_(i.lease_owner.is_(None), i.lease_expires < now, i.lease_owner == node),  # own: left over from a pass
+        ~exists().where(earlier.c.sop_token == i.sop_token, earlier.c.state == "protected", earlier.c.id < i.id),
+    ).order_by(i.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
+    copies = (select(d.id).where(d.state == "due", d.next_attempt <= now,
+                                 or_(d.lease_owner.is_(None), d.lease_expires < now, d.lease_owner == node))
+              .order_by(d.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
+    return (update(series).where(series.c.series_token == settled.scalar_subquery()).values(**lease)
+            .returning(series.c.series_token),
+            update(instances).where(i.id.in_(forwards)).values(**lease)
+            .returning(i.id, i.out_path, i.series_token, i.attempts, i.sop_token),
+            update(deliveries).where(d.id.in_(copies)).values(**lease)
+            .returning(d.id, d.destination, d.series_token, d.attempts))
+
+
+_CLAIM_SERIES, _CLAIM_FORWARDS, _CLAIM_DELIVERIES = _claims()
 # What the objects waiting to be protected take (``room``, at every C-STORE).
 _PENDING_SIZE = select(func.coalesce(func.sum(instances.c.size), 0)).where(instances.c.state == "received")
 
