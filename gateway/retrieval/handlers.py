@@ -33,6 +33,7 @@ from gateway.retrieval.identifier import IdentifierError, selection
 from gateway.retrieval.planner import Planned, TooManyStudies, plan
 from gateway.retrieval.sending import Accepted, Refused, prepared
 from gateway.retrieval.vocabulary import LEVEL_NAMES, Policy
+from gateway.retrieval.workers import Workers
 from gateway.tls import destination_tls_args, peer_common_name
 from gateway.transcode import FALLBACKS
 
@@ -52,6 +53,11 @@ class QueryRetrieve:
         self.index = index
         self.reader = reader
         self.audit = audit
+        self.workers = Workers(config.orthanc, reader)
+
+    def close(self) -> None:
+        """End the retrieval worker processes (the service's stop)."""
+        self.workers.close()
 
     def caller(self, event: Event) -> tuple[str, str, Workstation | None]:
         ae = event.assoc.requestor.ae_title.strip()
@@ -68,6 +74,7 @@ class QueryRetrieve:
             self.audit.record(ae, address, "C-FIND", "refused", level=level, policy=ws and ws.policy)
             yield dimse.UNABLE_TO_PROCESS, None
             return
+        self.workers.warm()  # a workstation that queries retrieves next
         if ws.policy is Policy.RESTORE:
             found = self._find_restore(query, level)
         else:
@@ -168,7 +175,7 @@ class QueryRetrieve:
         yield len(planned)  # pynetdicom has associated with the receiver when it asks for more
         accepted = _accepted(contexts())
         failed = completed = transcoded = 0
-        for item, ds in zip(planned, prepared(planned, policy, self.reader.file, self.keyring, accepted), strict=True):
+        for item, ds in zip(planned, prepared(planned, policy, self.workers, self.keyring, accepted), strict=True):
             if event.is_cancelled:
                 self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
                 yield dimse.CANCEL, None

@@ -9,8 +9,13 @@ address, phone) must not show anywhere in it, the same scan as before forwarding
 Each object then travels in a transfer syntax the receiver accepted: its own where it
 was accepted, else decoded to explicit or implicit VR little endian (``gateway/transcode.py``,
 after the restore was verified), else it is not sent and the reason says which syntax it
-needed. Batches of about ``BATCH`` objects keep memory bounded; the next ``PREFETCH``
-batches are fetched and restored while one is being sent.
+needed.
+
+``prepare`` does that for one batch of about ``BATCH`` objects and returns the bytes to
+send; it runs in the worker processes of ``gateway/retrieval/workers.py``, which fetch from
+Orthanc themselves. ``prepared`` keeps up to ``AHEAD`` batches in preparation while the
+objects before them are sent, in plan order, as the bytes that were verified
+(``gateway/retrieval/encoded.py``): memory stays bounded by ``AHEAD * BATCH`` objects.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import io
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from typing import NamedTuple, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -30,14 +36,15 @@ from gateway.deid.deidentify import kept_descriptors
 from gateway.envelope import EnvelopeError
 from gateway.keyring import Keyring, KeyringError
 from gateway.restore import restore_series
+from gateway.retrieval.encoded import Layout, Verbatim, split
 from gateway.retrieval.planner import Planned
 from gateway.retrieval.vocabulary import Policy
 from gateway.transcode import TranscodeError, choose, transcode
 
 log = logging.getLogger("gateway.qr")
 
-BATCH = 32
-PREFETCH = 2
+BATCH = 8
+AHEAD = 8  # batches in preparation: 64 objects, the bound of the two batches of 32 before worker processes
 # The patient's identity: never kept by any profile option, so never in a protected copy.
 _PATIENT_IDENTITY = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "AccessionNumber",
                      "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "MedicalRecordLocator")
@@ -47,22 +54,56 @@ class Refused(str):
     """Why one object of the plan is not sent (never its content)."""
 
 
+class Ready(NamedTuple):
+    """A verified object, as the complete DICOM file to send in a syntax the receiver
+    accepted, and where its data set starts (None: it is sent parsed)."""
+
+    data: bytes
+    layout: Layout | None
+
+
 Fetch = Callable[[str], bytes]
 # The transfer syntaxes the receiver accepted, by SOP class.
 Accepted = dict[str, frozenset[str]]
 
 
-def prepared(plan: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring,
+class Preparer(Protocol):
+    """Runs ``prepare`` for one batch somewhere (``gateway/retrieval/workers.py``)."""
+
+    def submit(self, batch: list[Planned], policy: Policy, keyring: Keyring, accepted: Accepted
+               ) -> Future[list[Ready | Refused]]: ...
+
+
+def prepared(plan: list[Planned], policy: Policy, preparer: Preparer, keyring: Keyring,
              accepted: Accepted) -> Iterator[Dataset | Refused]:
     """The plan's objects ready to send, in plan order, a Refused in place of each that may not go."""
     batches = _batches(plan)
-    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
-        ahead = [pool.submit(_prepare, b, policy, fetch, keyring, accepted) for b in batches[:PREFETCH]]
-        for number in range(len(batches)):
-            ready = ahead.pop(0).result()
-            if number + PREFETCH < len(batches):
-                ahead.append(pool.submit(_prepare, batches[number + PREFETCH], policy, fetch, keyring, accepted))
-            yield from ready
+    ahead = [preparer.submit(b, policy, keyring, accepted) for b in batches[:AHEAD]]
+    try:
+        for number, batch in enumerate(batches):
+            ready = _outcome(ahead.pop(0), batch)
+            if number + AHEAD < len(batches):
+                ahead.append(preparer.submit(batches[number + AHEAD], policy, keyring, accepted))
+            for item in ready:
+                yield item if isinstance(item, Refused) else _dataset(item)
+            del ready
+    finally:
+        for future in ahead:  # a cancelled retrieval leaves nothing running for it
+            future.cancel()
+
+
+def _dataset(ready: Ready) -> Dataset:
+    if ready.layout is None:
+        return pydicom.dcmread(io.BytesIO(ready.data))
+    return Verbatim(ready.data, ready.layout)
+
+
+def _outcome(future: Future[list[Ready | Refused]], batch: list[Planned]) -> list[Ready | Refused]:
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - a worker died or could not start: these objects fail, loudly
+        log.error("preparing %d object(s) for sending failed: %s", len(batch), type(exc).__name__)
+        return [Refused(f"the restore worker failed ({type(exc).__name__})")] * len(batch)
 
 
 def _batches(plan: list[Planned]) -> list[list[Planned]]:
@@ -80,8 +121,9 @@ def _batches(plan: list[Planned]) -> list[list[Planned]]:
     return batches
 
 
-def _prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring,
-             accepted: Accepted) -> list[Dataset | Refused]:
+def prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring,
+            accepted: Accepted) -> list[Ready | Refused]:
+    """One batch fetched, restored and verified (or egress-checked) and fitted to the receiver."""
     raws: list[bytes | Refused] = []
     for item in batch:
         try:
@@ -89,29 +131,27 @@ def _prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyrin
         except Exception as exc:  # noqa: BLE001 - Orthanc lost it or is down: this object fails
             raws.append(Refused(f"not available from Orthanc ({type(exc).__name__})"))
     if policy is Policy.PSEUDONYMIZED:
-        out: list[Dataset | Refused] = []
+        out: list[Ready | Refused] = []
         for raw, item in zip(raws, batch, strict=True):
             checked = raw if isinstance(raw, Refused) else egress_checked(raw, item.entry.sop_uid, keyring)
             out.append(checked if isinstance(checked, Refused) else fitted(
-                raw, str(checked.SOPClassUID), str(checked.file_meta.TransferSyntaxUID), accepted, checked))  # type: ignore[arg-type]  # raw is bytes here
+                raw, str(checked.SOPClassUID), str(checked.file_meta.TransferSyntaxUID), accepted))  # type: ignore[arg-type]  # raw is bytes here
         return out
     return [r if isinstance(r, Refused) else fitted(r, item.entry.sop_class, item.entry.transfer_syntax, accepted)
             for r, item in zip(_restored(batch, raws, keyring), batch, strict=True)]
 
 
-def fitted(data: bytes, sop_class: str, syntax: str, accepted: Accepted, parsed: Dataset | None = None
-           ) -> Dataset | Refused:
-    """``data`` (a verified object of ``sop_class`` in ``syntax``; ``parsed`` where it was read
-    already) as a dataset in a transfer syntax the receiver accepted."""
+def fitted(data: bytes, sop_class: str, syntax: str, accepted: Accepted) -> Ready | Refused:
+    """``data`` (a verified object of ``sop_class`` in ``syntax``) in a transfer syntax the
+    receiver accepted."""
     target = choose(syntax, accepted.get(sop_class, frozenset()))
     if target is None:
         return Refused(f"the receiver accepts neither {UID(syntax).name} nor uncompressed data for this SOP class")
-    if target == syntax:
-        return parsed if parsed is not None else pydicom.dcmread(io.BytesIO(data))
     try:
-        return pydicom.dcmread(io.BytesIO(transcode(data, target)))
+        sent = data if target == syntax else transcode(data, target)
     except TranscodeError as exc:
         return Refused(f"cannot be decoded for a receiver that takes only uncompressed data: {exc}")
+    return Ready(sent, split(sent))
 
 
 def _restored(batch: list[Planned], raws: list[bytes | Refused], keyring: Keyring) -> list[bytes | Refused]:

@@ -1,0 +1,120 @@
+"""Worker processes that fetch, restore and verify retrieval batches, so that both cores work.
+
+The process that speaks DICOM to the workstation only sends; fetching from Orthanc,
+opening envelopes, undoing transforms, hashing and the egress gate run in ``WORKERS``
+processes (``sending.prepare``), each with its own keep-alive connection to Orthanc. The
+pool starts at the first query or retrieval, with the 'forkserver' start method (the
+gateway runs threads, and a forked copy of a threaded process may hold a lock forever; the
+fork server is single-threaded and has imported the retrieval code once, so a worker starts
+in milliseconds). Until the workers have started, batches are prepared in a thread of
+this process as before, so no retrieval waits on process start. ``close`` (the service's stop) ends the workers.
+A worker that dies fails the objects of its batches, loudly, and the next batch gets a
+new pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from gateway.config import Orthanc
+from gateway.keyring import Keyring
+from gateway.pacs_reader import PacsReader
+from gateway.retrieval.planner import Planned
+from gateway.retrieval.sending import Accepted, Ready, Refused, prepare
+from gateway.retrieval.vocabulary import Policy
+
+log = logging.getLogger("gateway.qr")
+
+WORKERS = 2
+_reader: tuple[Orthanc, PacsReader] | None = None  # in a worker: its connection to Orthanc
+
+
+class Workers:
+    """Prepares retrieval batches in worker processes (see the module docstring)."""
+
+    def __init__(self, settings: Orthanc, reader: PacsReader) -> None:
+        self._settings = settings  # a reload does not change it: 'orthanc' needs a restart
+        self._reader = reader
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._starter: threading.Thread | None = None
+        self._warm = threading.Event()
+        self._thread: ThreadPoolExecutor | None = None
+
+    def warm(self) -> None:
+        """Start the workers now, in the background (a workstation that queries retrieves next)."""
+        with self._lock:
+            self._running_pool()
+
+    def submit(self, batch: list[Planned], policy: Policy, keyring: Keyring, accepted: Accepted
+               ) -> Future[list[Ready | Refused]]:
+        with self._lock:
+            pool = self._running_pool()
+            if self._warm.is_set():
+                try:
+                    return pool.submit(_prepare, batch, policy, self._settings, keyring, accepted)
+                except BrokenProcessPool:
+                    log.error("a retrieval worker process died; starting new ones")
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
+                    self._running_pool()
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-prepare")
+            return self._thread.submit(prepare, batch, policy, self._reader.file, keyring, accepted)
+
+    def close(self) -> None:
+        """End the workers (the service's stop); a later retrieval starts them again."""
+        with self._lock:
+            pool, starter, thread = self._pool, self._starter, self._thread
+            self._pool, self._starter, self._thread = None, None, None
+            self._warm.clear()
+        if starter is not None:
+            starter.join()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if thread is not None:
+            thread.shutdown(wait=True, cancel_futures=True)
+
+    def _running_pool(self) -> ProcessPoolExecutor:
+        """The pool, created if there is none; its processes start in a thread, since
+        starting the first one waits until the fork server has imported the gateway."""
+        if self._pool is None:
+            context = multiprocessing.get_context("forkserver")
+            main = getattr(sys.modules["__main__"].__spec__, "name", None)  # workers import it again
+            context.set_forkserver_preload([__name__, *([main] if main else [])])
+            self._warm.clear()
+            self._pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context)
+            self._starter = threading.Thread(target=self._start, args=(self._pool,), name="qr-workers-start",
+                                             daemon=True)
+            self._starter.start()
+        return self._pool
+
+    def _start(self, pool: ProcessPoolExecutor) -> None:
+        try:
+            started = [pool.submit(_started) for _ in range(WORKERS)]
+            started[0].result()
+        except Exception as exc:  # noqa: BLE001 - preparing stays in this process's thread
+            log.error("the retrieval worker processes did not start (%s); restoring in the gateway's own process",
+                      type(exc).__name__)
+            return
+        with self._lock:
+            if self._pool is pool:
+                self._warm.set()
+
+
+def _started() -> None:
+    """Runs first in each worker: by then it has imported what preparing needs."""
+
+
+def _prepare(batch: list[Planned], policy: Policy, settings: Orthanc, keyring: Keyring, accepted: Accepted
+             ) -> list[Ready | Refused]:
+    """``sending.prepare`` in a worker, fetching over the worker's own connection."""
+    global _reader
+    if _reader is None or _reader[0] != settings:
+        _reader = (settings, PacsReader(settings))
+    return prepare(batch, policy, _reader[1].file, keyring, accepted)
