@@ -11,18 +11,19 @@ was accepted, else decoded to explicit or implicit VR little endian (``gateway/t
 after the restore was verified), else it is not sent and the reason says which syntax it
 needed.
 
-``prepare`` does that for one batch of about ``BATCH`` objects and returns the bytes to
-send; it runs in the worker processes of ``gateway/retrieval/workers.py``, which fetch from
-Orthanc themselves. ``prepared`` keeps up to ``AHEAD`` batches in preparation while the
-objects before them are sent, in plan order, as the bytes that were verified
-(``gateway/retrieval/encoded.py``): memory stays bounded by ``AHEAD * BATCH`` objects.
+``prepare`` does that for one batch of about ``BATCH`` objects and returns the verified
+bytes; it runs in the worker processes of ``gateway/retrieval/workers.py``, which fetch
+from Orthanc themselves. ``Prepared`` keeps up to ``AHEAD`` batches in preparation from
+the moment the request is planned, and hands the objects over in plan order, each sent as
+the bytes that were verified (``gateway/retrieval/encoded.py``): memory stays bounded by
+``AHEAD`` batches besides the one being sent.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import NamedTuple, Protocol
@@ -55,10 +56,12 @@ class Refused(str):
 
 
 class Ready(NamedTuple):
-    """A verified object, as the complete DICOM file to send in a syntax the receiver
-    accepted, and where its data set starts (None: it is sent parsed)."""
+    """A verified object: the complete DICOM file, its transfer syntax and SOP class, and
+    where its data set starts (None: it is sent parsed)."""
 
     data: bytes
+    syntax: str
+    sop_class: str
     layout: Layout | None
 
 
@@ -70,32 +73,53 @@ Accepted = dict[str, frozenset[str]]
 class Preparer(Protocol):
     """Runs ``prepare`` for one batch somewhere (``gateway/retrieval/workers.py``)."""
 
-    def submit(self, batch: list[Planned], policy: Policy, keyring: Keyring, accepted: Accepted
-               ) -> Future[list[Ready | Refused]]: ...
+    def submit(self, batch: list[Planned], policy: Policy, keyring: Keyring) -> Future[list[Ready | Refused]]: ...
 
 
-def prepared(plan: list[Planned], policy: Policy, preparer: Preparer, keyring: Keyring,
-             accepted: Accepted) -> Iterator[Dataset | Refused]:
-    """The plan's objects ready to send, in plan order, a Refused in place of each that may not go."""
-    batches = _batches(plan)
-    ahead = [preparer.submit(b, policy, keyring, accepted) for b in batches[:AHEAD]]
-    try:
-        for number, batch in enumerate(batches):
-            ready = _outcome(ahead.pop(0), batch)
-            if number + AHEAD < len(batches):
-                ahead.append(preparer.submit(batches[number + AHEAD], policy, keyring, accepted))
+class Prepared:
+    """The plan's objects, prepared ``AHEAD`` batches ahead of sending. Made as soon as the
+    request is planned, so that fetching and restoring overlap the association with the
+    receiver; ``datasets`` then hands them over in plan order."""
+
+    def __init__(self, plan: list[Planned], policy: Policy, preparer: Preparer, keyring: Keyring) -> None:
+        self._batches = _batches(plan)
+        self._submit = lambda batch: preparer.submit(batch, policy, keyring)
+        self._ahead = deque(self._submit(b) for b in self._batches[:AHEAD])
+
+    def datasets(self, accepted: Accepted) -> Iterator[Dataset | Refused]:
+        """Each object as the dataset to send in a syntax the receiver accepted, or a Refused."""
+        for number, batch in enumerate(self._batches):
+            ready = _outcome(self._ahead.popleft(), batch)
+            if number + AHEAD < len(self._batches):
+                self._ahead.append(self._submit(self._batches[number + AHEAD]))
             for item in ready:
-                yield item if isinstance(item, Refused) else _dataset(item)
+                yield item if isinstance(item, Refused) else fitted(item, accepted)
             del ready
-    finally:
-        for future in ahead:  # a cancelled retrieval leaves nothing running for it
-            future.cancel()
+
+    def cancel(self) -> None:
+        """Nothing more is prepared for this request (cancelled, or the receiver is gone)."""
+        while self._ahead:
+            self._ahead.popleft().cancel()
 
 
-def _dataset(ready: Ready) -> Dataset:
-    if ready.layout is None:
-        return pydicom.dcmread(io.BytesIO(ready.data))
-    return Verbatim(ready.data, ready.layout)
+def fitted(ready: Ready, accepted: Accepted) -> Dataset | Refused:
+    """``ready`` as the dataset to send in a transfer syntax the receiver accepted: its own,
+    sent as the verified bytes, else decoded to uncompressed (``gateway/transcode.py``)."""
+    target = choose(ready.syntax, accepted.get(ready.sop_class, frozenset()))
+    if target is None:
+        return Refused(f"the receiver accepts neither {UID(ready.syntax).name} nor uncompressed data "
+                       "for this SOP class")
+    if target == ready.syntax:
+        return _dataset(ready.data, ready.layout)
+    try:
+        decoded = transcode(ready.data, target)
+    except TranscodeError as exc:
+        return Refused(f"cannot be decoded for a receiver that takes only uncompressed data: {exc}")
+    return _dataset(decoded, split(decoded))
+
+
+def _dataset(data: bytes, layout: Layout | None) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(data)) if layout is None else Verbatim(data, layout)
 
 
 def _outcome(future: Future[list[Ready | Refused]], batch: list[Planned]) -> list[Ready | Refused]:
@@ -121,9 +145,8 @@ def _batches(plan: list[Planned]) -> list[list[Planned]]:
     return batches
 
 
-def prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring,
-            accepted: Accepted) -> list[Ready | Refused]:
-    """One batch fetched, restored and verified (or egress-checked) and fitted to the receiver."""
+def prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring) -> list[Ready | Refused]:
+    """One batch fetched, then restored and verified (or egress-checked)."""
     raws: list[bytes | Refused] = []
     for item in batch:
         try:
@@ -134,24 +157,11 @@ def prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring
         out: list[Ready | Refused] = []
         for raw, item in zip(raws, batch, strict=True):
             checked = raw if isinstance(raw, Refused) else egress_checked(raw, item.entry.sop_uid, keyring)
-            out.append(checked if isinstance(checked, Refused) else fitted(
-                raw, str(checked.SOPClassUID), str(checked.file_meta.TransferSyntaxUID), accepted))  # type: ignore[arg-type]  # raw is bytes here
+            out.append(checked if isinstance(checked, Refused) else Ready(
+                raw, str(checked.file_meta.TransferSyntaxUID), str(checked.SOPClassUID), split(raw)))  # type: ignore[arg-type]  # raw is bytes here
         return out
-    return [r if isinstance(r, Refused) else fitted(r, item.entry.sop_class, item.entry.transfer_syntax, accepted)
+    return [r if isinstance(r, Refused) else Ready(r, item.entry.transfer_syntax, item.entry.sop_class, split(r))
             for r, item in zip(_restored(batch, raws, keyring), batch, strict=True)]
-
-
-def fitted(data: bytes, sop_class: str, syntax: str, accepted: Accepted) -> Ready | Refused:
-    """``data`` (a verified object of ``sop_class`` in ``syntax``) in a transfer syntax the
-    receiver accepted."""
-    target = choose(syntax, accepted.get(sop_class, frozenset()))
-    if target is None:
-        return Refused(f"the receiver accepts neither {UID(syntax).name} nor uncompressed data for this SOP class")
-    try:
-        sent = data if target == syntax else transcode(data, target)
-    except TranscodeError as exc:
-        return Refused(f"cannot be decoded for a receiver that takes only uncompressed data: {exc}")
-    return Ready(sent, split(sent))
 
 
 def _restored(batch: list[Planned], raws: list[bytes | Refused], keyring: Keyring) -> list[bytes | Refused]:

@@ -6,26 +6,31 @@ processes (``sending.prepare``), each with its own keep-alive connection to Orth
 pool starts at the first query or retrieval, with the 'forkserver' start method (the
 gateway runs threads, and a forked copy of a threaded process may hold a lock forever; the
 fork server is single-threaded and has imported the retrieval code once, so a worker starts
-in milliseconds). Until the workers have started, batches are prepared in a thread of
-this process as before, so no retrieval waits on process start. ``close`` (the service's stop) ends the workers.
-A worker that dies fails the objects of its batches, loudly, and the next batch gets a
-new pool.
+in milliseconds; the fork server is shared by the process, and whoever starts it first
+names what it imports). Until the workers have started, batches are prepared in a thread
+of this process as before, so no retrieval waits on process start. The workers' log
+records come back to this process's handlers (and their filters). ``close`` (the
+service's stop) ends the workers. A worker that dies fails the objects of its batches,
+loudly, and the next batch gets a new pool.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import multiprocessing
 import sys
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
+from gateway import logsafe
 from gateway.config import Orthanc
 from gateway.keyring import Keyring
 from gateway.pacs_reader import PacsReader
 from gateway.retrieval.planner import Planned
-from gateway.retrieval.sending import Accepted, Ready, Refused, prepare
+from gateway.retrieval.sending import Ready, Refused, prepare
 from gateway.retrieval.vocabulary import Policy
 
 log = logging.getLogger("gateway.qr")
@@ -45,19 +50,19 @@ class Workers:
         self._starter: threading.Thread | None = None
         self._warm = threading.Event()
         self._thread: ThreadPoolExecutor | None = None
+        self._logs: logging.handlers.QueueListener | None = None
 
     def warm(self) -> None:
         """Start the workers now, in the background (a workstation that queries retrieves next)."""
         with self._lock:
             self._running_pool()
 
-    def submit(self, batch: list[Planned], policy: Policy, keyring: Keyring, accepted: Accepted
-               ) -> Future[list[Ready | Refused]]:
+    def submit(self, batch: list[Planned], policy: Policy, keyring: Keyring) -> Future[list[Ready | Refused]]:
         with self._lock:
             pool = self._running_pool()
             if self._warm.is_set():
                 try:
-                    return pool.submit(_prepare, batch, policy, self._settings, keyring, accepted)
+                    return pool.submit(_prepare, batch, policy, self._settings, keyring)
                 except BrokenProcessPool:
                     log.error("a retrieval worker process died; starting new ones")
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -65,13 +70,13 @@ class Workers:
                     self._running_pool()
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qr-prepare")
-            return self._thread.submit(prepare, batch, policy, self._reader.file, keyring, accepted)
+            return self._thread.submit(prepare, batch, policy, self._reader.file, keyring)
 
     def close(self) -> None:
         """End the workers (the service's stop); a later retrieval starts them again."""
         with self._lock:
-            pool, starter, thread = self._pool, self._starter, self._thread
-            self._pool, self._starter, self._thread = None, None, None
+            pool, starter, thread, logs = self._pool, self._starter, self._thread, self._logs
+            self._pool, self._starter, self._thread, self._logs = None, None, None, None
             self._warm.clear()
         if starter is not None:
             starter.join()
@@ -79,6 +84,8 @@ class Workers:
             pool.shutdown(wait=True, cancel_futures=True)
         if thread is not None:
             thread.shutdown(wait=True, cancel_futures=True)
+        if logs is not None:
+            logs.stop()
 
     def _running_pool(self) -> ProcessPoolExecutor:
         """The pool, created if there is none; its processes start in a thread, since
@@ -88,7 +95,11 @@ class Workers:
             main = getattr(sys.modules["__main__"].__spec__, "name", None)  # workers import it again
             context.set_forkserver_preload([__name__, *([main] if main else [])])
             self._warm.clear()
-            self._pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context)
+            if self._logs is None:
+                self._logs = logging.handlers.QueueListener(context.Queue(), _Relay())
+                self._logs.start()
+            self._pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context, initializer=_log_to,
+                                             initargs=(self._logs.queue, logging.getLogger().level))
             self._starter = threading.Thread(target=self._start, args=(self._pool,), name="qr-workers-start",
                                              daemon=True)
             self._starter.start()
@@ -107,14 +118,33 @@ class Workers:
                 self._warm.set()
 
 
+class _Relay(logging.Handler):
+    """A worker's log record, handled here as if logged here."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+
+
+def _log_to(queue: Any, level: int) -> None:
+    """A worker's logging as the gateway's (libraries tuned down, their warnings silenced),
+    every record going to the gateway process (``_Relay``), where the filters are."""
+    logsafe.configure()
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    root.addHandler(logging.handlers.QueueHandler(queue))
+    root.setLevel(level)
+
+
 def _started() -> None:
     """Runs first in each worker: by then it has imported what preparing needs."""
 
 
-def _prepare(batch: list[Planned], policy: Policy, settings: Orthanc, keyring: Keyring, accepted: Accepted
-             ) -> list[Ready | Refused]:
+def _prepare(batch: list[Planned], policy: Policy, settings: Orthanc, keyring: Keyring) -> list[Ready | Refused]:
     """``sending.prepare`` in a worker, fetching over the worker's own connection."""
     global _reader
     if _reader is None or _reader[0] != settings:
         _reader = (settings, PacsReader(settings))
-    return prepare(batch, policy, _reader[1].file, keyring, accepted)
+    return prepare(batch, policy, _reader[1].file, keyring)
