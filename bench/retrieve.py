@@ -7,10 +7,17 @@ CT). The C-MOVE destination is dcmtk's movescu acting as its own storage SCP
 Orthanc's own retrievals send the protected objects it holds; the gateway fetches them over
 REST, restores and verifies each one, and sends the originals.
 
+The gateway's first C-MOVE after it started (``gateway_cmove_cold_seconds``) also starts its
+restore workers; the ratio is taken from the second, as a running gateway serves. CPU
+seconds are each side's processes (the gateway with its workers; Orthanc, which also serves
+the gateway's downloads) during the C-MOVE. movescu, as its own storage SCP, polls for the
+sub-association once a second until it arrives, so each C-MOVE may include up to 1 s of
+waiting on either side; C-GET has no sub-association.
+
     python -m bench.retrieve [--instances 300] [--no-get] [--profile FILE]
 
 ``--profile FILE`` records the gateway process (and its restore workers) with py-spy during
-its C-MOVE and writes py-spy's raw collapsed stacks to FILE.
+its (second) C-MOVE and writes py-spy's raw collapsed stacks to FILE.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -48,6 +56,27 @@ def retrieve(tool: str, calling: str, called: str, port: int, study_uid: str, ou
     if result.returncode:
         raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stderr[-2000:]}")
     return time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` and every process below it (Linux /proc)."""
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += sum(cpu_seconds(int(child)) for child in (task / "children").read_text().split())
+    except OSError:  # it ended meanwhile
+        pass
+    return total
+
+
+def timed(pids: dict[str, int], run: Callable[[], float]) -> tuple[float, dict[str, float]]:
+    """``run``'s seconds and the CPU seconds each of ``pids`` (with its children) used meanwhile.
+    A process that ends during ``run`` takes its CPU time with it (workers live on here)."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    seconds = run()
+    return seconds, {name: round(cpu_seconds(pid) - before[name], 2) for name, pid in pids.items()}
 
 
 def profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -89,11 +118,14 @@ def main() -> None:
                     raise TimeoutError("study not forwarded in time")
                 time.sleep(0.5)
             protected_uid = orthanc.get(f"studies/{orthanc.get('studies')[0]}")["MainDicomTags"]["StudyInstanceUID"]
-            direct = retrieve("movescu", "WS_BENCH", "ORTHANC", orthanc.dicom_port, protected_uid, root / "direct",
-                              orthanc_ws_port)
-            spy = profiler(gateway.process.pid, args.profile) if args.profile and gateway.process else None
-            through = retrieve("movescu", "WS_RESTORE", "GATEWAY", gateway.port, original_uid, root / "restored",
-                               ws_port)
+            assert gateway.process is not None and orthanc.process is not None
+            pids = {"gateway": gateway.process.pid, "orthanc": orthanc.process.pid}
+            direct, direct_cpu = timed(pids, lambda: retrieve(
+                "movescu", "WS_BENCH", "ORTHANC", orthanc.dicom_port, protected_uid, root / "direct", orthanc_ws_port))
+            cold = retrieve("movescu", "WS_RESTORE", "GATEWAY", gateway.port, original_uid, root / "cold", ws_port)
+            spy = profiler(gateway.process.pid, args.profile) if args.profile else None
+            through, through_cpu = timed(pids, lambda: retrieve(
+                "movescu", "WS_RESTORE", "GATEWAY", gateway.port, original_uid, root / "restored", ws_port))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=60)
@@ -101,19 +133,24 @@ def main() -> None:
                 "orthanc_cmove_seconds": round(direct, 2),
                 "gateway_cmove_restore_seconds": round(through, 2),
                 "ratio": round(through / direct, 2),
+                "gateway_cmove_cold_seconds": round(cold, 2),
+                "orthanc_cmove_cpu_seconds": direct_cpu,
+                "gateway_cmove_cpu_seconds": through_cpu,
                 "restored_instances_received": len(list((root / "restored").iterdir())),
                 "restored_identical": _identical(study, root / "restored"),
                 "gateway_instances_per_s": round(n / through, 1),
             })
             if not args.no_get:
-                get_direct = retrieve("getscu", "WS_BENCH", "ORTHANC", orthanc.dicom_port, protected_uid,
-                                      root / "get-direct")
-                get_through = retrieve("getscu", "WS_RESTORE", "GATEWAY", gateway.port, original_uid,
-                                       root / "get-restored")
+                get_direct, get_direct_cpu = timed(pids, lambda: retrieve(
+                    "getscu", "WS_BENCH", "ORTHANC", orthanc.dicom_port, protected_uid, root / "get-direct"))
+                get_through, get_through_cpu = timed(pids, lambda: retrieve(
+                    "getscu", "WS_RESTORE", "GATEWAY", gateway.port, original_uid, root / "get-restored"))
                 figures.update({
                     "orthanc_cget_seconds": round(get_direct, 2),
                     "gateway_cget_restore_seconds": round(get_through, 2),
                     "cget_ratio": round(get_through / get_direct, 2),
+                    "orthanc_cget_cpu_seconds": get_direct_cpu,
+                    "gateway_cget_cpu_seconds": get_through_cpu,
                     "cget_restored_instances_received": len(list((root / "get-restored").iterdir())),
                 })
         finally:

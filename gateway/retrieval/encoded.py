@@ -19,6 +19,8 @@ import io
 from typing import NamedTuple
 
 import pydicom
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.tag import BaseTag
@@ -45,11 +47,12 @@ class Verbatim(Dataset):
 
     def __init__(self, data: bytes, layout: Layout) -> None:
         super().__init__()
-        self.SOPClassUID = layout.sop_class
-        self.SOPInstanceUID = layout.sop_uid
-        self.file_meta = FileMetaDataset()
-        self.file_meta.TransferSyntaxUID = UID(layout.syntax)
         syntax = UID(layout.syntax)
+        # read from the verified bytes already: not validated again, once per object sent
+        self[0x00080016] = DataElement(0x00080016, "UI", layout.sop_class, validation_mode=config.IGNORE)
+        self[0x00080018] = DataElement(0x00080018, "UI", layout.sop_uid, validation_mode=config.IGNORE)
+        self.file_meta = FileMetaDataset()
+        self.file_meta[0x00020010] = DataElement(0x00020010, "UI", syntax, validation_mode=config.IGNORE)
         self.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
         self._data = data
         self._offset = layout.offset

@@ -8,7 +8,9 @@ import io
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import ClassVar
 
@@ -29,7 +31,7 @@ from gateway.retrieval.encoded import Verbatim, split
 from gateway.retrieval.planner import Planned
 from gateway.retrieval.sending import Prepared, Ready, Refused, fitted
 from gateway.retrieval.vocabulary import Policy
-from gateway.retrieval.workers import Workers
+from gateway.retrieval.workers import Workers, _received, _Shipped
 from gateway.route_spec import RouteSpec
 from gateway.study_keys import MemoryDataKeys
 from testkit import synthetic
@@ -251,3 +253,34 @@ def test_a_pseudonymized_workstation_gets_what_orthanc_holds_after_the_egress_ga
         held = _Orthanc.files[item.orthanc_id]
         assert ds.encoded(False, True, False) == held[split(held).offset:]  # type: ignore[union-attr]
     assert all(isinstance(ds, Refused) and "envelope" in ds for ds in stranger)
+
+
+def test_a_batch_comes_back_through_shared_memory_that_never_outlives_it() -> None:
+    data = [encode(ds) for ds in synthetic.ct_series(3, size=32)]
+    batch: list[Ready | Refused] = [Ready(data[0], ExplicitVRLittleEndian, CTImageStorage, split(data[0])),
+                                    Refused("restore failed: digest"),
+                                    Ready(data[2], ExplicitVRLittleEndian, CTImageStorage, None)]
+    shipped = _Shipped.of(batch)
+    assert shipped.block is not None
+    assert shipped.unpacked() == batch
+    with pytest.raises(FileNotFoundError):
+        shared_memory.SharedMemory(name=shipped.block)
+    assert _Shipped.of([Refused("gone")]) == (None, [Refused("gone")])
+    # a retrieval that no longer wants the batch (cancelled) still frees its block
+    arriving: Future[_Shipped] = Future()
+    received = _received(arriving)
+    arriving.set_running_or_notify_cancel()  # a worker has it already
+    assert received.cancel()
+    late = _Shipped.of(batch)
+    arriving.set_result(late)
+    with pytest.raises(FileNotFoundError):
+        shared_memory.SharedMemory(name=late.block)
+    queued: Future[_Shipped] = Future()
+    _received(queued).cancel()
+    assert queued.cancelled()  # not yet taken by a worker: it never runs
+    failed: Future[_Shipped] = Future()
+    waiting = _received(failed)
+    failed.set_running_or_notify_cancel()
+    failed.set_exception(RuntimeError("worker died"))
+    with pytest.raises(RuntimeError):
+        waiting.result()
