@@ -25,7 +25,7 @@ import io
 import logging
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import NamedTuple, Protocol
 
 import pydicom
@@ -125,7 +125,7 @@ def _dataset(data: bytes, layout: Layout | None) -> Dataset:
 def _outcome(future: Future[list[Ready | Refused]], batch: list[Planned]) -> list[Ready | Refused]:
     try:
         return future.result()
-    except Exception as exc:  # noqa: BLE001 - a worker died or could not start: these objects fail, loudly
+    except (Exception, CancelledError) as exc:  # noqa: BLE001 - a worker died, or the gateway stops: these objects fail, loudly
         log.error("preparing %d object(s) for sending failed: %s", len(batch), type(exc).__name__)
         return [Refused(f"the restore worker failed ({type(exc).__name__})")] * len(batch)
 

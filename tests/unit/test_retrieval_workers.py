@@ -284,3 +284,16 @@ def test_a_batch_comes_back_through_shared_memory_that_never_outlives_it() -> No
     failed.set_exception(RuntimeError("worker died"))
     with pytest.raises(RuntimeError):
         waiting.result()
+
+
+def test_objects_of_a_retrieval_cut_short_by_the_gateway_stopping_fail_and_are_counted(keyring: Keyring) -> None:
+    class Stopped:
+        def submit(self, batch: list[Planned], policy: Policy, keyring: Keyring) -> Future[list[Ready | Refused]]:
+            future: Future[list[Ready | Refused]] = Future()
+            future.cancel()  # what the workers' close does to batches not yet taken
+            return future
+
+    planned = [Planned(f"id{i}", Entry("2.25.1", "2.25.2", f"2.25.3.{i}", "P", f"id{i}", CTImageStorage,
+                                       ExplicitVRLittleEndian, ("none",), {}, "")) for i in range(10)]
+    sent = _sent(Prepared(planned, Policy.RESTORE, Stopped(), keyring))
+    assert len(sent) == 10 and all(isinstance(ds, Refused) and "CancelledError" in ds for ds in sent)
