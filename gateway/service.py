@@ -74,6 +74,7 @@ class Service:
         if self.status is not None:
             self.status.stop()
         self.listener.stop()
+        self.listener.qr.close()
         self.commitment.stop()
         self.worker.stop()
         self.spool.close()

@@ -31,8 +31,9 @@ from gateway.pacs_reader import PacsReader
 from gateway.retrieval import answers
 from gateway.retrieval.identifier import IdentifierError, selection
 from gateway.retrieval.planner import Planned, TooManyStudies, plan
-from gateway.retrieval.sending import Accepted, Refused, prepared
+from gateway.retrieval.sending import Accepted, Prepared, Refused
 from gateway.retrieval.vocabulary import LEVEL_NAMES, Policy
+from gateway.retrieval.workers import Workers
 from gateway.tls import destination_tls_args, peer_common_name
 from gateway.transcode import FALLBACKS
 
@@ -52,6 +53,11 @@ class QueryRetrieve:
         self.index = index
         self.reader = reader
         self.audit = audit
+        self.workers = Workers(config.orthanc, reader)
+
+    def close(self) -> None:
+        """End the retrieval worker processes (the service's stop)."""
+        self.workers.close()
 
     def caller(self, event: Event) -> tuple[str, str, Workstation | None]:
         ae = event.assoc.requestor.ae_title.strip()
@@ -68,6 +74,7 @@ class QueryRetrieve:
             self.audit.record(ae, address, "C-FIND", "refused", level=level, policy=ws and ws.policy)
             yield dimse.UNABLE_TO_PROCESS, None
             return
+        self.workers.warm()  # a workstation that queries retrieves next
         if ws.policy is Policy.RESTORE:
             found = self._find_restore(query, level)
         else:
@@ -118,9 +125,12 @@ class QueryRetrieve:
         contexts = _contexts(planned, policy)
         if contexts:
             options["contexts"] = contexts
+        # fetching and restoring start now, while pynetdicom associates with the destination
+        objects = Prepared(planned, policy, self.workers, self.keyring)
         try:
             yield destination.host, destination.port, options
         except GeneratorExit:  # pynetdicom drops the handler when the destination cannot be reached
+            objects.cancel()
             self.audit.record(ae, address, "C-MOVE", "failed", destination=name,
                               reason="the destination refused the association or is unreachable")
             raise
@@ -129,7 +139,7 @@ class QueryRetrieve:
             return
         if policy is not ws.policy:
             log.info("C-MOVE to %s sends protected objects: the destination's owners may not see originals", name)
-        yield from self._send(event, planned, policy, ae, address, "C-MOVE", name,
+        yield from self._send(event, planned, objects, policy, ae, address, "C-MOVE", name,
                               lambda: sub_association[0].accepted_contexts if sub_association else [])
 
     def on_get(self, event: Event) -> Iterator[Any]:
@@ -143,7 +153,8 @@ class QueryRetrieve:
         if refusal is not None:
             yield from self._refuse(refusal, ae, address, "C-GET", ae)
             return
-        yield from self._send(event, planned, ws.policy, ae, address, "C-GET", ae,
+        objects = Prepared(planned, ws.policy, self.workers, self.keyring)
+        yield from self._send(event, planned, objects, ws.policy, ae, address, "C-GET", ae,
                               lambda: event.assoc.accepted_contexts)  # C-GET stores on the caller's association
 
     def _plan(self, event: Event, ws: Workstation, policy: Policy) -> tuple[list[Planned], Dataset | None]:
@@ -163,12 +174,19 @@ class QueryRetrieve:
         yield 1  # pynetdicom needs a count before the final status; nothing is sent
         yield status, None
 
-    def _send(self, event: Event, planned: list[Planned], policy: Policy, ae: str, address: str,
+    def _send(self, event: Event, planned: list[Planned], objects: Prepared, policy: Policy, ae: str, address: str,
               action: str, to: str, contexts: Callable[[], list[PresentationContext]]) -> Iterator[Any]:
-        yield len(planned)  # pynetdicom has associated with the receiver when it asks for more
-        accepted = _accepted(contexts())
+        try:
+            yield len(planned)  # pynetdicom has associated with the receiver when it asks for more
+            yield from self._sub_operations(event, planned, objects.datasets(_accepted(contexts())), policy, ae,
+                                            address, action, to)
+        finally:
+            objects.cancel()
+
+    def _sub_operations(self, event: Event, planned: list[Planned], datasets: Iterator[Dataset | Refused],
+                        policy: Policy, ae: str, address: str, action: str, to: str) -> Iterator[Any]:
         failed = completed = transcoded = 0
-        for item, ds in zip(planned, prepared(planned, policy, self.reader.file, self.keyring, accepted), strict=True):
+        for item, ds in zip(planned, datasets, strict=True):
             if event.is_cancelled:
                 self.audit.record(ae, address, action, "cancelled", to=to, completed=completed, failed=failed)
                 yield dimse.CANCEL, None

@@ -9,17 +9,24 @@ address, phone) must not show anywhere in it, the same scan as before forwarding
 Each object then travels in a transfer syntax the receiver accepted: its own where it
 was accepted, else decoded to explicit or implicit VR little endian (``gateway/transcode.py``,
 after the restore was verified), else it is not sent and the reason says which syntax it
-needed. Batches of about ``BATCH`` objects keep memory bounded; the next ``PREFETCH``
-batches are fetched and restored while one is being sent.
+needed.
+
+``prepare`` does that for one batch of about ``BATCH`` objects and returns the verified
+bytes; it runs in the worker processes of ``gateway/retrieval/workers.py``, which fetch
+from Orthanc themselves. ``Prepared`` keeps up to ``AHEAD`` batches in preparation from
+the moment the request is planned, and hands the objects over in plan order, each sent as
+the bytes that were verified (``gateway/retrieval/encoded.py``): memory stays bounded by
+``AHEAD`` batches besides the one being sent.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
+from typing import NamedTuple, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -30,14 +37,15 @@ from gateway.deid.deidentify import kept_descriptors
 from gateway.envelope import EnvelopeError
 from gateway.keyring import Keyring, KeyringError
 from gateway.restore import restore_series
+from gateway.retrieval.encoded import Layout, Verbatim, split
 from gateway.retrieval.planner import Planned
 from gateway.retrieval.vocabulary import Policy
 from gateway.transcode import TranscodeError, choose, transcode
 
 log = logging.getLogger("gateway.qr")
 
-BATCH = 32
-PREFETCH = 2
+BATCH = 8
+AHEAD = 8  # batches in preparation: 64 objects, the bound of the two batches of 32 before worker processes
 # The patient's identity: never kept by any profile option, so never in a protected copy.
 _PATIENT_IDENTITY = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "AccessionNumber",
                      "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "MedicalRecordLocator")
@@ -47,22 +55,79 @@ class Refused(str):
     """Why one object of the plan is not sent (never its content)."""
 
 
+class Ready(NamedTuple):
+    """A verified object: the complete DICOM file, its transfer syntax and SOP class, and
+    where its data set starts (None: it is sent parsed)."""
+
+    data: bytes
+    syntax: str
+    sop_class: str
+    layout: Layout | None
+
+
 Fetch = Callable[[str], bytes]
 # The transfer syntaxes the receiver accepted, by SOP class.
 Accepted = dict[str, frozenset[str]]
 
 
-def prepared(plan: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring,
-             accepted: Accepted) -> Iterator[Dataset | Refused]:
-    """The plan's objects ready to send, in plan order, a Refused in place of each that may not go."""
-    batches = _batches(plan)
-    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
-        ahead = [pool.submit(_prepare, b, policy, fetch, keyring, accepted) for b in batches[:PREFETCH]]
-        for number in range(len(batches)):
-            ready = ahead.pop(0).result()
-            if number + PREFETCH < len(batches):
-                ahead.append(pool.submit(_prepare, batches[number + PREFETCH], policy, fetch, keyring, accepted))
-            yield from ready
+class Preparer(Protocol):
+    """Runs ``prepare`` for one batch somewhere (``gateway/retrieval/workers.py``)."""
+
+    def submit(self, batch: list[Planned], policy: Policy, keyring: Keyring) -> Future[list[Ready | Refused]]: ...
+
+
+class Prepared:
+    """The plan's objects, prepared ``AHEAD`` batches ahead of sending. Made as soon as the
+    request is planned, so that fetching and restoring overlap the association with the
+    receiver; ``datasets`` then hands them over in plan order."""
+
+    def __init__(self, plan: list[Planned], policy: Policy, preparer: Preparer, keyring: Keyring) -> None:
+        self._batches = _batches(plan)
+        self._submit = lambda batch: preparer.submit(batch, policy, keyring)
+        self._ahead = deque(self._submit(b) for b in self._batches[:AHEAD])
+
+    def datasets(self, accepted: Accepted) -> Iterator[Dataset | Refused]:
+        """Each object as the dataset to send in a syntax the receiver accepted, or a Refused."""
+        for number, batch in enumerate(self._batches):
+            ready = _outcome(self._ahead.popleft(), batch)
+            if number + AHEAD < len(self._batches):
+                self._ahead.append(self._submit(self._batches[number + AHEAD]))
+            for item in ready:
+                yield item if isinstance(item, Refused) else fitted(item, accepted)
+            del ready
+
+    def cancel(self) -> None:
+        """Nothing more is prepared for this request (cancelled, or the receiver is gone)."""
+        while self._ahead:
+            self._ahead.popleft().cancel()
+
+
+def fitted(ready: Ready, accepted: Accepted) -> Dataset | Refused:
+    """``ready`` as the dataset to send in a transfer syntax the receiver accepted: its own,
+    sent as the verified bytes, else decoded to uncompressed (``gateway/transcode.py``)."""
+    target = choose(ready.syntax, accepted.get(ready.sop_class, frozenset()))
+    if target is None:
+        return Refused(f"the receiver accepts neither {UID(ready.syntax).name} nor uncompressed data "
+                       "for this SOP class")
+    if target == ready.syntax:
+        return _dataset(ready.data, ready.layout)
+    try:
+        decoded = transcode(ready.data, target)
+    except TranscodeError as exc:
+        return Refused(f"cannot be decoded for a receiver that takes only uncompressed data: {exc}")
+    return _dataset(decoded, split(decoded))
+
+
+def _dataset(data: bytes, layout: Layout | None) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(data)) if layout is None else Verbatim(data, layout)
+
+
+def _outcome(future: Future[list[Ready | Refused]], batch: list[Planned]) -> list[Ready | Refused]:
+    try:
+        return future.result()
+    except (Exception, CancelledError) as exc:  # noqa: BLE001 - a worker died, or the gateway stops: these objects fail, loudly
+        log.error("preparing %d object(s) for sending failed: %s", len(batch), type(exc).__name__)
+        return [Refused(f"the restore worker failed ({type(exc).__name__})")] * len(batch)
 
 
 def _batches(plan: list[Planned]) -> list[list[Planned]]:
@@ -80,8 +145,8 @@ def _batches(plan: list[Planned]) -> list[list[Planned]]:
     return batches
 
 
-def _prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring,
-             accepted: Accepted) -> list[Dataset | Refused]:
+def prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyring) -> list[Ready | Refused]:
+    """One batch fetched, then restored and verified (or egress-checked)."""
     raws: list[bytes | Refused] = []
     for item in batch:
         try:
@@ -89,29 +154,14 @@ def _prepare(batch: list[Planned], policy: Policy, fetch: Fetch, keyring: Keyrin
         except Exception as exc:  # noqa: BLE001 - Orthanc lost it or is down: this object fails
             raws.append(Refused(f"not available from Orthanc ({type(exc).__name__})"))
     if policy is Policy.PSEUDONYMIZED:
-        out: list[Dataset | Refused] = []
+        out: list[Ready | Refused] = []
         for raw, item in zip(raws, batch, strict=True):
             checked = raw if isinstance(raw, Refused) else egress_checked(raw, item.entry.sop_uid, keyring)
-            out.append(checked if isinstance(checked, Refused) else fitted(
-                raw, str(checked.SOPClassUID), str(checked.file_meta.TransferSyntaxUID), accepted, checked))  # type: ignore[arg-type]  # raw is bytes here
+            out.append(checked if isinstance(checked, Refused) else Ready(
+                raw, str(checked.file_meta.TransferSyntaxUID), str(checked.SOPClassUID), split(raw)))  # type: ignore[arg-type]  # raw is bytes here
         return out
-    return [r if isinstance(r, Refused) else fitted(r, item.entry.sop_class, item.entry.transfer_syntax, accepted)
+    return [r if isinstance(r, Refused) else Ready(r, item.entry.transfer_syntax, item.entry.sop_class, split(r))
             for r, item in zip(_restored(batch, raws, keyring), batch, strict=True)]
-
-
-def fitted(data: bytes, sop_class: str, syntax: str, accepted: Accepted, parsed: Dataset | None = None
-           ) -> Dataset | Refused:
-    """``data`` (a verified object of ``sop_class`` in ``syntax``; ``parsed`` where it was read
-    already) as a dataset in a transfer syntax the receiver accepted."""
-    target = choose(syntax, accepted.get(sop_class, frozenset()))
-    if target is None:
-        return Refused(f"the receiver accepts neither {UID(syntax).name} nor uncompressed data for this SOP class")
-    if target == syntax:
-        return parsed if parsed is not None else pydicom.dcmread(io.BytesIO(data))
-    try:
-        return pydicom.dcmread(io.BytesIO(transcode(data, target)))
-    except TranscodeError as exc:
-        return Refused(f"cannot be decoded for a receiver that takes only uncompressed data: {exc}")
 
 
 def _restored(batch: list[Planned], raws: list[bytes | Refused], keyring: Keyring) -> list[bytes | Refused]:
