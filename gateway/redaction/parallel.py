@@ -29,17 +29,18 @@ _pools: dict[int, Executor] = {}
 log = logging.getLogger("gateway.redaction")
 
 
-def cheap_boxes(frame: np.ndarray, detectors: Sequence[str]) -> list[Box]:
-    """The boxes the named cheap detectors find in one grey frame."""
-    found: list[Box] = []
+def cheap_boxes(frame: np.ndarray, detectors: Sequence[str]) -> dict[str, list[Box]]:
+    """The boxes each named cheap detector finds in one grey frame."""
+    found: dict[str, list[Box]] = {}
     if "roi" in detectors:
-        found += roi.detect(frame)
+        found["roi"] = roi.detect(frame)
     if "tophat" in detectors:
-        found += tophat.detect(frame)
+        found["tophat"] = tophat.detect(frame)
     return found
 
 
-def map_frames(grey: np.ndarray, indices: list[int], detectors: Sequence[str], workers: int) -> list[list[Box]]:
+def map_frames(grey: np.ndarray, indices: list[int], detectors: Sequence[str],
+               workers: int) -> list[dict[str, list[Box]]]:
     """``cheap_boxes`` of each frame in ``indices`` of ``grey``, in order.
 
     A pool that breaks (a worker killed) is dropped and the frames are searched here.
@@ -55,7 +56,7 @@ def map_frames(grey: np.ndarray, indices: list[int], detectors: Sequence[str], w
 
 
 def _in_pool(pool: Executor, grey: np.ndarray, indices: list[int], detectors: tuple[str, ...],
-             workers: int) -> list[list[Box]]:
+             workers: int) -> list[dict[str, list[Box]]]:
     shm = shared_memory.SharedMemory(create=True, size=max(grey.nbytes, 1))
     try:
         np.ndarray(grey.shape, grey.dtype, shm.buf)[:] = grey
@@ -69,7 +70,7 @@ def _in_pool(pool: Executor, grey: np.ndarray, indices: list[int], detectors: tu
 
 
 def _search(name: str, shape: tuple[int, ...], dtype: str, indices: list[int],
-            detectors: tuple[str, ...]) -> list[list[Box]]:
+            detectors: tuple[str, ...]) -> list[dict[str, list[Box]]]:
     shm = shared_memory.SharedMemory(name=name)
     try:
         return [cheap_boxes(np.ndarray(shape, np.dtype(dtype), shm.buf)[f], detectors) for f in indices]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -88,19 +89,43 @@ class RedactionStage:
         sample = _spread(n, self.ocr_frames)
         found = list(ruled)
         for f in sample:
-            cheap = cheap_boxes(grey[f], self.cheap)
+            cheap = [b for boxes in cheap_boxes(grey[f], self.cheap).values() for b in boxes]
             found += cheap + self._read(grey[f], ruled + cheap, matcher)
         if n > len(sample) and self.cheap:
             known = mask_of(found, rows, cols)
             rest = [f for f in range(n) if f not in sample]
-            for f, cheap in zip(rest, parallel.map_frames(grey, rest, self.cheap, self.workers), strict=True):
-                new = [b for b in cheap if _news(b, known)]
+            for f, by_detector in zip(rest, parallel.map_frames(grey, rest, self.cheap, self.workers), strict=True):
+                new = self._confirmed(grey[f], {d: [b for b in boxes if _news(b, known)]
+                                                for d, boxes in by_detector.items()}, known)
                 if new:  # text that the searched frames did not show
                     new += self._read(grey[f], new, matcher)
                     for top, left, bottom, right in new:
                         known[top:bottom, left:right] = True
                     found += new
         return [b for b in (clip(box, rows, cols, self.pad) for box in found) if b]
+
+    def _confirmed(self, frame: np.ndarray, new: dict[str, list[Box]], known: np.ndarray) -> list[Box]:
+        """The new boxes of a frame outside the sample that a second opinion holds to be text.
+
+        In one frame of a clip, speckle now and then makes a small line of marks for one
+        detector; blanked in every frame, ninety frames of those add up. So a new box
+        counts when the other cheap detector found new text there too, or OCR reads a word
+        of two letters or digits in it outside the known boxes. Without OCR, or with one
+        cheap detector, every new box counts.
+        """
+        boxes = [b for bs in new.values() for b in bs]
+        if len(new) < 2 or "ocr" not in self.detectors or not boxes:
+            return boxes
+        agreed = [b for d, bs in new.items() for b in bs
+                  if any(_overlap(b, o) for other, os in new.items() if other != d for o in os)]
+        doubted = [b for b in boxes if b not in agreed]
+        if doubted:
+            rows, cols = frame.shape
+            regions = [r for r in (clip(b, rows, cols, 4) for b in doubted) if r]
+            words = [w.box for w in ocr.read(frame, scale=self.ocr_scale, regions=regions)
+                     if len(re.sub(r"[^0-9A-Za-z]", "", w.text)) >= 2 and not _known(w.box, known)]
+            agreed += [b for b in doubted if any(_overlap(b, w) for w in words)]
+        return agreed
 
     def _read(self, frame: np.ndarray, candidates: list[Box], matcher: Matcher) -> list[Box]:
         """OCR's boxes in the rows of ``candidates`` (the whole frame without roi and tophat)."""
@@ -219,6 +244,14 @@ def _news(box: Box, known: np.ndarray) -> bool:
     return bool(ndimage.binary_erosion(unseen, block).any())
 
 
+def _known(box: Box, known: np.ndarray) -> bool:
+    return bool(known[box[0] : box[2], box[1] : box[3]].all())
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
 def _on_line(word: Box, line: Box) -> bool:
     """Does ``word`` lie within ``line``'s rows (a quarter of its height either way)?
 
@@ -231,4 +264,5 @@ def _on_line(word: Box, line: Box) -> bool:
 
 def _spread(n: int, k: int) -> list[int]:
     """Up to ``k`` frame indices spread evenly over ``n`` frames, first and last included."""
-    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(min(k, n))})
+    k = min(k, n)
+    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
