@@ -2,8 +2,9 @@
 
 `tesserocr` links the tesseract library, so a frame costs only the recognition: no process
 start, no model load and no PNG encode per frame. One recogniser is made per thread and
-reused. The wheel's tesseract is built without OpenMP, so it uses one thread (on a busy
-2-core machine a multi-threaded tesseract is about twice as slow). Its model is Debian's
+reused. OCR runs on one thread (on a busy 2-core machine a multi-threaded tesseract is
+about twice as slow): the PyPI wheel's tesseract is built without OpenMP, and a build with
+it is pinned by OMP_THREAD_LIMIT=1 unless the operator set it. Its model is Debian's
 tesseract-ocr English data, found on disk: nothing is downloaded at run time.
 
 Sparse-text mode (page segmentation 11): overlays are scattered words, not paragraphs.
@@ -20,11 +21,13 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-import tesserocr
 from PIL import Image
 
 from gateway.plugin import PluginError
 from gateway.redaction.boxes import Box
+
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # read when tesseract's OpenMP starts, if it has one
+import tesserocr
 
 TESSDATA_GLOBS = ("/usr/share/tesseract-ocr/*/tessdata", "/usr/share/tessdata", "/usr/local/share/tessdata")
 _local = threading.local()
