@@ -301,3 +301,13 @@ def test_the_sample_of_frames_reaches_the_last_frame() -> None:
     from gateway.redaction.stage import _spread
 
     assert _spread(4, 16) == [0, 1, 2, 3] and _spread(90, 2) == [0, 89] and _spread(1, 2) == [0]
+
+
+def test_a_known_line_seen_longer_in_one_frame_is_new_only_when_text_was_added() -> None:
+    from gateway.redaction.stage import _news
+
+    known = mask_of([(100, 50, 116, 250)], 300, 400)  # a 16-row line
+    assert not _news((100, 50, 116, 250), known)
+    assert not _news((97, 44, 118, 262), known)  # speckle joined above, below and at the ends
+    assert _news((100, 50, 116, 280), known)  # three glyphs more at the end: a name appended
+    assert _news((100, 300, 116, 380), known)  # a line of its own
