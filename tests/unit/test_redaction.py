@@ -242,7 +242,7 @@ def test_ocr_finds_the_patients_own_identity_in_a_colour_ultrasound() -> None:
 def _draw(frame: np.ndarray, xy: tuple[int, int], text: str, size: int = 14) -> np.ndarray:
     """Burn ``text`` into ``frame`` (rows, cols, samples) in white; its ink mask."""
     canvas = Image.new("L", frame.shape[1::-1])
-    ImageDraw.Draw(canvas).text(xy, text, fill=255, font=testimages.fonts(size)[1])
+    ImageDraw.Draw(canvas).text(xy, text, fill=255, font=testimages.fonts(size)[-1])
     ink = np.asarray(canvas) > 96
     frame[ink] = 255
     return ink
