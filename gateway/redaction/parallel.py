@@ -3,10 +3,10 @@
 A 90-frame clip is 90 independent searches; threads would share one core (the detectors
 are numpy and scipy calls that mostly hold the GIL), so they run in processes. The
 frames go through one shared-memory copy (no per-task pickling of pixels) and each
-worker holds one frame's temporaries at a time, so memory stays at about one clip plus
-a few frames. The pool starts once per process (forkserver: no fork of a threaded
-gateway) and is reused; where processes cannot be started (a daemon process) the
-frames are searched here.
+worker holds one frame's temporaries at a time, so memory stays at one more copy of the
+grey clip (8-bit frames stay 8-bit) and a few frames. The pool starts once per process
+(forkserver: no fork of a threaded gateway) and is reused; where processes cannot be
+started (a daemon process) the frames are searched here.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +27,7 @@ from gateway.redaction.boxes import Box
 
 MIN_FRAMES = 4  # fewer frames are searched here: starting work elsewhere costs more
 _pools: dict[int, Executor] = {}
+_lock = threading.Lock()
 log = logging.getLogger("gateway.redaction")
 
 
@@ -51,7 +53,9 @@ def map_frames(grey: np.ndarray, indices: list[int], detectors: Sequence[str],
             return _in_pool(pool, grey, indices, tuple(detectors), workers)
         except BrokenProcessPool:
             log.warning("a redaction worker process died; searching the frames in this process")
-            _pools.pop(workers, None)
+            with _lock:
+                _pools.pop(workers, None)
+            pool.shutdown(wait=False, cancel_futures=True)
     return [cheap_boxes(grey[f], detectors) for f in indices]
 
 
@@ -81,10 +85,11 @@ def _search(name: str, shape: tuple[int, ...], dtype: str, indices: list[int],
 def _pool(workers: int) -> Executor | None:
     if multiprocessing.current_process().daemon:
         return None
-    pool = _pools.get(workers)
-    if pool is None:
-        pool = _pools[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-    return pool
+    with _lock:  # the gateway's threads share one pool
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        return pool
 
 
 @atexit.register

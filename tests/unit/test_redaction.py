@@ -311,3 +311,17 @@ def test_a_known_line_seen_longer_in_one_frame_is_new_only_when_text_was_added()
     assert not _news((97, 44, 118, 262), known)  # speckle joined above, below and at the ends
     assert _news((100, 50, 116, 280), known)  # three glyphs more at the end: a name appended
     assert _news((100, 300, 116, 380), known)  # a line of its own
+
+
+def test_a_killed_frame_worker_falls_back_to_this_process() -> None:
+    import os
+    import signal
+
+    clip = load(testimages.make("us_cine", seed=4, size=160, frames=8).dataset).grey()
+    here = parallel.map_frames(clip, list(range(8)), ("roi", "tophat"), workers=1)
+    pool = parallel._pool(2)
+    assert parallel.map_frames(clip, list(range(8)), ("roi", "tophat"), workers=2) == here  # workers started
+    for pid in list(pool._processes):  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+    assert parallel.map_frames(clip, list(range(8)), ("roi", "tophat"), workers=2) == here
+    assert parallel._pool(2) is not pool  # a fresh pool next time
