@@ -78,7 +78,7 @@ def to_8bit(frame: np.ndarray, lo: float | None = None, hi: float | None = None)
     hi = float(img.max()) if hi is None else hi
     if hi <= lo:
         return np.zeros(img.shape, np.uint8)
-    return np.rint(np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255)).astype(np.uint8)
+    return np.rint((img - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 def read(frame: np.ndarray, scale: int = 2, regions: list[Box] | None = None) -> list[Word]:
