@@ -22,7 +22,8 @@ COPY plugins ./plugins
 COPY models ./models
 # The CPU build of torch (the transforms run their networks on the CPU; PyPI's default is CUDA, gigabytes).
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu . \
- && tesseract --list-langs | grep -qx eng
+ && tesseract --list-langs | grep -qx eng \
+ && python -c "from gateway.redaction import ocr; assert ocr.available(), 'no tesseract English data for tesserocr'"
 USER ${GATEWAY_UID}:${GATEWAY_UID}
 # torch's OpenMP threads sleep, not spin, while waiting (shared cores; see gateway/cli.py)
 ENV OMP_WAIT_POLICY=PASSIVE

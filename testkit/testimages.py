@@ -79,10 +79,12 @@ def identity_lines(identity: Identity, rng: np.random.Generator) -> list[tuple[s
 HARMLESS = ("120 kV", "5.0 cm", "L", "TIS 0.4 MI 1.1", "Gain 52", "W 400 L 40", "FR 24Hz")
 
 
-def make(kind: str, seed: int, identity: Identity = Identity(), size: int | None = None) -> TestImage:
-    """One test image of ``kind`` (see KINDS), its dataset carrying ``identity``."""
+def make(kind: str, seed: int, identity: Identity = Identity(), size: int | None = None,
+         frames: int | None = None) -> TestImage:
+    """One test image of ``kind`` (see KINDS), its dataset carrying ``identity``; ``frames``
+    sets a cine clip's length (4 by default)."""
     rng = np.random.default_rng(seed)
-    frames = 4 if kind == "us_cine" else 1
+    frames = (frames or 4) if kind == "us_cine" else 1
     back, anatomy, top = _background(kind, rng, frames, size)
     rows, cols = anatomy.shape
     labels = np.zeros((rows, cols), np.int32)

@@ -21,3 +21,19 @@ def mask_of(boxes: list[Box], rows: int, cols: int) -> np.ndarray:
     for top, left, bottom, right in boxes:
         mask[top:bottom, left:right] = True
     return mask
+
+
+def text_bands(boxes: list[Box], rows: int, cols: int, margin: int = 4) -> list[Box]:
+    """Full-width bands of rows around ``boxes``, overlapping ones merged: where OCR reads.
+
+    A detector may find part of a line only, so the band runs the frame's width and adds
+    half the box's height (at least ``margin``) above and below.
+    """
+    spans = sorted((max(t - m, 0), min(b + m, rows)) for t, _, b, _ in boxes for m in [max(margin, (b - t) // 2)])
+    merged: list[list[int]] = []
+    for top, bottom in spans:
+        if merged and top <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], bottom)
+        else:
+            merged.append([top, bottom])
+    return [(top, 0, bottom, cols) for top, bottom in merged]

@@ -78,7 +78,7 @@ class Matcher:
 
     def select(self, words: list[Word]) -> list[Word]:
         """The words to redact: every word of a line that holds identity or an identity label."""
-        lines: dict[tuple[int, int, int], list[Word]] = {}
+        lines: dict[tuple[int, ...], list[Word]] = {}
         for w in words:
             lines.setdefault(w.line, []).append(w)
         out = []

@@ -35,13 +35,17 @@ class Pixels:
         return self.frames.encoded is None
 
     def grey(self) -> np.ndarray:
-        """(frames, rows, cols) float images in which brighter means brighter on screen."""
-        a = self.array.astype(np.float32)
+        """(frames, rows, cols) images in which brighter means brighter on screen.
+
+        In the stored type where it can be (a clip of 8-bit frames stays a quarter of its
+        float size); MONOCHROME1 is inverted as float.
+        """
+        a = self.array
         photometric = self.frames.photometric
         if photometric == "MONOCHROME1":
-            return -a[..., 0]
+            return -a[..., 0].astype(np.float32)
         if photometric.startswith("YBR"):
-            return a[..., 0]
+            return a[..., 0].copy()
         return a.max(axis=3)
 
     def fill(self) -> np.ndarray:

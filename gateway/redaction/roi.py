@@ -83,12 +83,18 @@ def _anatomy(binary: np.ndarray, max_height: int, max_area: float) -> np.ndarray
     if n == 0:
         return binary
     areas = np.bincount(labels.ravel(), minlength=n + 1)
-    heights = np.zeros(n + 1, int)
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        heights[i] = sl[0].stop - sl[0].start
+    heights, _ = _extents(labels, n)
     big = (areas > max_area) & (heights > 2 * max_height)  # tall and large: never a text line
     big[0] = False
     return ndimage.binary_fill_holes(big[labels])
+
+
+def _extents(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Height and width of each labelled component (index 0, the background, is 0)."""
+    slices = ndimage.find_objects(labels)
+    heights = np.fromiter((0, *(s[0].stop - s[0].start for s in slices)), int, n + 1)
+    widths = np.fromiter((0, *(s[1].stop - s[1].start for s in slices)), int, n + 1)
+    return heights, widths
 
 
 def small_components(binary: np.ndarray, max_height: int, cols: int) -> np.ndarray:
@@ -96,18 +102,21 @@ def small_components(binary: np.ndarray, max_height: int, cols: int) -> np.ndarr
     labels, n = ndimage.label(binary)
     if n == 0:
         return binary
-    keep = np.zeros(n + 1, bool)
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
-        keep[i] = 2 <= h <= max_height and w <= cols // 2
+    h, w = _extents(labels, n)
+    keep = (h >= 2) & (h <= max_height) & (w <= cols // 2)
     return keep[labels]
+
+
+def join_rows(marks: np.ndarray, gap: int) -> np.ndarray:
+    """``marks`` widened by ``gap`` columns each way (binary dilation by a 1 x (2 gap + 1)
+    row, as a running maximum: a tenth of the time of the general dilation)."""
+    return ndimage.maximum_filter1d(marks.view(np.uint8), 2 * gap + 1, axis=1, mode="constant").view(bool)
 
 
 def _lines(marks: np.ndarray, max_height: int, gap: int, pad: int) -> list[Box]:
     """Group marks into lines: close horizontally, similar rows; keep line-shaped groups."""
     rows, cols = marks.shape
-    joined = ndimage.binary_dilation(marks, structure=np.ones((1, 2 * gap + 1), bool))
-    labels, n = ndimage.label(joined)
+    labels, n = ndimage.label(join_rows(marks, gap))
     if n == 0:
         return []
     mark_labels, _ = ndimage.label(marks)

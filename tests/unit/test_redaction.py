@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import warnings
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from pydicom.encaps import encapsulate
 from gateway.keyring import Keyring
 from gateway.plugin import Context, PluginError
 from gateway.protect import Quarantine, protect_series
-from gateway.redaction import RedactionStage, ocr, ocr_matching, roi, rules
-from gateway.redaction.boxes import mask_of
+from gateway.redaction import RedactionStage, ocr, ocr_matching, parallel, roi, rules
+from gateway.redaction.boxes import mask_of, text_bands
 from gateway.redaction.pixels import load
 from gateway.restore import restore_series
 from gateway.route_spec import RouteSpec
@@ -224,7 +223,7 @@ def test_invalid_settings_are_refused() -> None:
         RedactionStage(ocr_text="some")
 
 
-@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract-ocr is not installed")
+@pytest.mark.skipif(not ocr.available(), reason="tesseract-ocr's English data is not installed")
 def test_ocr_finds_the_patients_own_identity_in_a_colour_ultrasound() -> None:
     image = testimages.make("us_rgb", seed=3)  # name in DICOM form (^), ID, birth date, institution
     ds = image.dataset
@@ -238,3 +237,91 @@ def test_ocr_finds_the_patients_own_identity_in_a_colour_ultrasound() -> None:
     assert blank[ident].mean() > 0.95
     assert blank[harmless].mean() < 0.5  # "TIS 0.4 MI 1.1", "W 400 L 40" are not identity
     assert blank[image.truth.anatomy].mean() < 0.01
+
+
+def _draw(frame: np.ndarray, xy: tuple[int, int], text: str, size: int = 14) -> np.ndarray:
+    """Burn ``text`` into ``frame`` (rows, cols, samples) in white; its ink mask."""
+    canvas = Image.new("L", frame.shape[1::-1])
+    ImageDraw.Draw(canvas).text(xy, text, fill=255, font=testimages.fonts(size)[-1])
+    ink = np.asarray(canvas) > 96
+    frame[ink] = 255
+    return ink
+
+
+def test_text_on_one_frame_of_ninety_is_found_and_blanked_in_every_frame() -> None:
+    """A static overlay is read once; what one frame alone shows (over the anatomy, or in
+    the black margin, on frames no full search visits) must not escape."""
+    image = testimages.make("us_cine", seed=11, size=360, frames=6)
+    ds = image.dataset
+    clip = np.resize(np.frombuffer(ds.PixelData, np.uint8), (90, 360, 480, 3))  # six frames over and over
+    ds.NumberOfFrames = 90
+    over_fan = _draw(clip[57], (170, 180), "DOE^JANE 19610412")
+    in_margin = _draw(clip[33], (8, 300), "PID-4711-0815")
+    ds.PixelData = clip.tobytes()
+    original = bytes(ds.PixelData)
+    stage = RedactionStage()
+    ctx = Context(series_key=b"k" * 32, identity={"PatientName": "DOE^JANE", "PatientID": "PID-4711-0815"})
+    [record] = stage.protect([ds], ctx)
+    blank = (ds.pixel_array == 0).all(axis=-1)  # (frames, rows, cols)
+    static = image.truth.char_labels > 0
+    for ink in (over_fan, in_margin, static):
+        assert blank[:, ink].all()  # in every frame
+    planted_rows = np.zeros_like(over_fan)
+    planted_rows[over_fan.any(axis=1)] = True
+    assert blank[0][image.truth.anatomy & ~_dilated(planted_rows)].mean() < 0.015  # 16 sampled frames: 0.0106
+    stage.restore([ds], [record], ctx)
+    assert bytes(ds.PixelData) == original
+
+
+def test_frames_searched_in_worker_processes_give_what_this_process_finds() -> None:
+    clip = load(testimages.make("us_cine", seed=4, size=160, frames=8).dataset).grey()
+    here = parallel.map_frames(clip, list(range(8)), ("roi", "tophat"), workers=1)
+    assert parallel.map_frames(clip, list(range(8)), ("roi", "tophat"), workers=2) == here
+    assert all(found["roi"] and found["tophat"] for found in here)
+
+
+def test_ocr_bands_run_the_frames_width_and_merge() -> None:
+    bands = text_bands([(100, 40, 110, 90), (106, 200, 118, 260), (10, 0, 30, 20)], rows=256, cols=320)
+    assert bands == [(0, 0, 40, 320), (95, 0, 124, 320)]
+
+
+@pytest.mark.skipif(not ocr.available(), reason="tesseract-ocr's English data is not installed")
+def test_ocr_reads_only_the_regions_it_is_given_in_frame_coordinates() -> None:
+    frame = np.zeros((200, 320, 1), np.uint8)
+    name = _draw(frame, (20, 30), "MUELLER^HANS", size=18)
+    _draw(frame, (20, 140), "PID-4748-1", size=18)
+    words = ocr.read(frame[..., 0], regions=[(20, 0, 60, 320)])
+    assert words and all(w.box[0] >= 20 and w.box[2] <= 60 for w in words)
+    ys, xs = np.nonzero(name)
+    assert mask_of([w.box for w in words], 200, 320)[ys, xs].mean() > 0.9
+    assert not any("4748" in w.text for w in words)
+
+
+def test_the_sample_of_frames_reaches_the_last_frame() -> None:
+    from gateway.redaction.stage import _spread
+
+    assert _spread(4, 16) == [0, 1, 2, 3] and _spread(90, 2) == [0, 89] and _spread(1, 2) == [0]
+
+
+def test_a_known_line_seen_longer_in_one_frame_is_new_only_when_text_was_added() -> None:
+    from gateway.redaction.stage import _news
+
+    known = mask_of([(100, 50, 116, 250)], 300, 400)  # a 16-row line
+    assert not _news((100, 50, 116, 250), known)
+    assert not _news((97, 44, 118, 262), known)  # speckle joined above, below and at the ends
+    assert _news((100, 50, 116, 280), known)  # three glyphs more at the end: a name appended
+    assert _news((100, 300, 116, 380), known)  # a line of its own
+
+
+def test_a_killed_frame_worker_falls_back_to_this_process() -> None:
+    import os
+    import signal
+
+    clip = load(testimages.make("us_cine", seed=4, size=160, frames=8).dataset).grey()
+    here = parallel.map_frames(clip, list(range(8)), ("roi", "tophat"), workers=1)
+    pool = parallel._pool(2)
+    assert parallel.map_frames(clip, list(range(8)), ("roi", "tophat"), workers=2) == here  # workers started
+    for pid in list(pool._processes):  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+    assert parallel.map_frames(clip, list(range(8)), ("roi", "tophat"), workers=2) == here
+    assert parallel._pool(2) is not pool  # a fresh pool next time
