@@ -65,7 +65,9 @@ class RedactionStage:
 
     def __init__(self, detectors: Sequence[str] = DETECTORS, rules: list[dict[str, Any]] | None = None,
                  default_rules: bool = True, ocr_text: str = "identifying", ocr_frames: int = 2,
-                 ocr_scale: int = 2, pad: int = 2, workers: int = 2) -> None:
+                 ocr_scale: int = 2, pad: int = 2, workers: int = 2, roi_frames: int | None = None) -> None:
+        if roi_frames is not None:  # configs written before every frame was searched
+            log.warning("redaction setting roi_frames is no longer used: every frame of a clip is searched")
         unknown = set(detectors) - set(DETECTORS)
         if unknown or ocr_text not in ("identifying", "all") or min(ocr_frames, ocr_scale, workers) < 1 or pad < 0:
             raise PluginError(f"redaction settings are invalid (detectors from {DETECTORS}, ocr_text "

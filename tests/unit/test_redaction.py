@@ -325,3 +325,11 @@ def test_a_killed_frame_worker_falls_back_to_this_process() -> None:
         os.kill(pid, signal.SIGKILL)
     assert parallel.map_frames(clip, list(range(8)), ("roi", "tophat"), workers=2) == here
     assert parallel._pool(2) is not pool  # a fresh pool next time
+
+
+def test_a_config_from_before_every_frame_was_searched_still_loads(caplog: pytest.LogCaptureFixture) -> None:
+    """``roi_frames`` (how many frames roi and tophat sampled) is gone; a site's route that
+    still sets it must not stop the gateway's start, and the operator hears it is ignored."""
+    stage = RedactionStage(detectors=["tophat"], roi_frames=16)
+    assert stage.detectors == ("tophat",)
+    assert "roi_frames is no longer used" in caplog.text
