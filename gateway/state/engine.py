@@ -140,5 +140,9 @@ def open_state(config: Config, migrate: bool = True) -> State:
         return state
     state = State(postgres_engine(settings.url), settings.node, settings.lease_seconds)
     if migrate:
-        check_current(state)
+        try:
+            check_current(state)
+        except StateError:
+            state.close()
+            raise
     return state
