@@ -3,6 +3,6 @@ retrieval index and the audit table, in SQLite (one node) or PostgreSQL (a clust
 
 ``schema`` declares the tables (SQLAlchemy Core), ``engine`` opens the database the
 configuration names, ``migrate`` applies the versioned schema (alembic, ``migrations/``).
-The same statements run on both; where the dialects differ (upserts, row locks) the
-difference stays in ``gateway.spool`` and ``gateway.index`` behind ``dialect_insert``.
+The same statements run on both; where the dialects differ (upserts: ``State.insert``;
+row locks: ``FOR UPDATE SKIP LOCKED``, which SQLite's compiler leaves out) the code says so.
 """

@@ -42,6 +42,9 @@ class State:
         self._reader = (engine.execution_options(sqlite_begin="") if self.single_node
                         else engine.execution_options(isolation_level="AUTOCOMMIT"))
         self._write_lock = threading.Lock() if self.single_node else contextlib.nullcontext()
+        # SQLite has one writer at a time anyway: it keeps one connection for writing, as the
+        # spool always did, and spares each write a checkout from the pool.
+        self._write_conn: Connection | None = None
 
     @contextlib.contextmanager
     def write(self, one_statement: bool = False) -> Iterator[Connection]:
@@ -52,8 +55,15 @@ class State:
             with self._reader.connect() as conn:
                 yield conn
             return
-        with self._write_lock, self._writer.begin() as conn:
-            yield conn
+        if not self.single_node:
+            with self._writer.begin() as conn:
+                yield conn
+            return
+        with self._write_lock:
+            if self._write_conn is None or self._write_conn.invalidated or self._write_conn.closed:
+                self._write_conn = self._writer.connect()
+            with self._write_conn.begin():
+                yield self._write_conn
 
     def read(self) -> Connection:
         """A connection for reading (``with state.read() as conn``)."""
@@ -68,6 +78,10 @@ class State:
         return self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
+        with self._write_lock:
+            if self._write_conn is not None:
+                self._write_conn.close()
+                self._write_conn = None
         self.engine.dispose()
 
 
@@ -87,8 +101,8 @@ def sqlite_engine(path: Path) -> Engine:
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        if mode:
-            conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode:  # on the driver's connection: SQLAlchemy's statement machinery is not needed here
+            conn.connection.driver_connection.execute(f"BEGIN {mode}")  # type: ignore[union-attr]
 
     return engine
 
@@ -126,5 +140,9 @@ def open_state(config: Config, migrate: bool = True) -> State:
         return state
     state = State(postgres_engine(settings.url), settings.node, settings.lease_seconds)
     if migrate:
-        check_current(state)
+        try:
+            check_current(state)
+        except StateError:
+            state.close()
+            raise
     return state

@@ -458,3 +458,27 @@ def test_a_worker_protects_only_the_series_it_holds_the_lease_of(tmp_path: Path,
     assert protected == [1]
     assert [s.series_token for s in a.set_aside()] == ["2.25.21"] and _owner(a, "2.25.21") is None
     assert _owner(a, "2.25.20") == "b"
+
+
+def test_a_worker_whose_lease_was_taken_over_records_nothing_and_goes_on(
+        tmp_path: Path, nodes: Nodes, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from gateway import worker as worker_module
+
+    a, b = _spool(tmp_path, nodes, "a"), _spool(tmp_path, nodes, "b")
+    _accept(a, "2.25.30")
+
+    def protect(sources, route, keyring, keys):  # type: ignore[no-untyped-def]
+        with a.state.write() as conn:  # a stalls past its lease; b takes the series over
+            conn.execute(update(series).values(lease_expires=time.time() - 1))
+        assert b.claim_series(0) == "2.25.30"
+        raise RuntimeError("a's protection fails late")  # a would quarantine the series: not its own any more
+
+    monkeypatch.setattr(worker_module, "protect_batches", protect)
+    config = Config.model_validate({
+        "senders": [{"ae_title": "CT1"}], "orthanc": {"url": "http://127.0.0.1:1", "username": "u", "password": "p"},
+        "keyring": str(tmp_path / "k.json"), "spool": {"path": str(tmp_path / "spool")},
+        "routes": [{"name": "all"}], "scheduler": {"settle_seconds": 0}})
+    worker = worker_module.Worker(config, None, a, None, None, AuditLog(tmp_path / "audit.jsonl"))  # type: ignore[arg-type]
+    worker.process_settled()
+    assert a.counts() == {"received": 1} and a.set_aside() == [] and _owner(a, "2.25.30") == "b"
+    assert "node b took it over" in caplog.text
