@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
@@ -32,6 +33,7 @@ from gateway.index import Entry, Index, Sealing
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.protect import Quarantine, protect_batches
+from gateway.protect_pool import ProtectPool
 from gateway.publish import Outcome, publish
 from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
@@ -58,6 +60,7 @@ class Worker:
         # Series waiting out an infrastructure fault: token -> (attempts, not before).
         self._backoff: dict[str, tuple[int, float]] = {}
         self.deliverer = Deliverer(config, spool, keyring)
+        self.protect_pool = ProtectPool(keyring)  # started by the first series it protects
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds
@@ -71,6 +74,7 @@ class Worker:
         self._stop.set()
         self.deliverer.stop()
         self._scheduler.shutdown(wait=True)
+        self.protect_pool.close()
 
     def _guard(self, job: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -143,7 +147,7 @@ class Worker:
         written: list[int] = []
         try:
             for batch in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
-                                          self.spool) if to_main else ()):
+                                          self.spool, self.protect_pool) if to_main else ()):
                 for protected in batch:
                     self.spool.write_output(ids[len(written)], protected.data)
                     written.append(ids[len(written)])
@@ -153,6 +157,10 @@ class Worker:
         except (Quarantine, PluginError) as exc:
             self.spool.discard_outputs(written)
             self._quarantine(token, route.name, str(exc), ids)
+        except BrokenProcessPool:  # killed (memory) or crashed (a decoder on this data): not again and again
+            self.spool.discard_outputs(written)
+            self._quarantine(token, route.name, "a protect process ended abruptly (out of memory, or a crash on this"
+                             " series' data); release the series to try again", ids)
         except Exception as exc:  # noqa: BLE001 - one poisonous series must not stall the others
             self.spool.discard_outputs(written)
             if is_infrastructure(exc):
