@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
@@ -34,7 +35,7 @@ from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.protect import Quarantine, protect_batches
 from gateway.protect_pool import ProtectPool
-from gateway.publish import Outcome, publish
+from gateway.publish import Outcome, Published, confirmed, open_for_publishing, publish, upload
 from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
 from gateway.spool import Incoming, Outgoing, Spool, SpoolError
@@ -42,6 +43,7 @@ from gateway.spool import Incoming, Outgoing, Spool, SpoolError
 log = logging.getLogger("gateway.worker")
 # Uploads in flight to Orthanc at once, each on its own keep-alive connection.
 FORWARD_CONNECTIONS = 4
+_T = TypeVar("_T")
 
 
 class Worker:
@@ -224,34 +226,103 @@ class Worker:
                 if not batch:
                     return
                 done = _Forwarded()
-                futures = [pool.submit(self._forward_in_order, items, down, done) for items in _by_instance(batch)]
+                groups = _by_instance(batch)
+                futures = [pool.submit(self._forward_in_order, items, down, done) for items in groups if len(items) > 1]
+                self._forward_singles([items[0] for items in groups if len(items) == 1], pool, down, done)
                 wait(futures)  # Orthanc down: the rest waits for the backoff too
                 self.index.put_many(done.entries)
                 self.spool.forwarded_many(done.ids)
+                for error in done.errors:
+                    raise error  # an unexpected error: the guard logs it
                 for future in futures:
-                    future.result()  # an unexpected error: the guard logs it
+                    future.result()
 
     def _forward_in_order(self, items: list[Outgoing], down: threading.Event, done: _Forwarded) -> None:
-        """One SOP instance's copies; where there are several (a re-send, a correction), each
-        index entry is written at once, for the next copy to be compared with."""
+        """One SOP instance's copies (a re-send, a correction), each index entry written at
+        once, for the next copy to be compared with."""
         for item in items:
             if down.is_set() or self._stop.is_set():
                 return
-            if not self._forward_one(item, done, defer_index=len(items) == 1):
-                down.set()
-                return
+            try:
+                published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index)
+            except Exception as exc:  # noqa: BLE001 - sorted by _unsent
+                if not self._unsent(item, exc):
+                    down.set()
+                    return
+                continue
+            self._published(item, published, [], done)
 
-    def _forward_one(self, item: Outgoing, done: _Forwarded, defer_index: bool = True) -> bool:
-        entries: list[tuple[Entry, Sealing]] = []
+    def _forward_singles(self, items: list[Outgoing], pool: ThreadPoolExecutor, down: threading.Event,
+                         done: _Forwarded) -> None:
+        """SOP instances sent once in this batch: each read and opened, Orthanc asked once
+        which copies it holds of all of them, the changed ones uploaded, Orthanc asked once
+        more that each upload is the one copy of its instance."""
+        opened = self._each(pool, items, down, done, lambda item: open_for_publishing(
+            item.out_path.read_bytes(), self.keyring, self.index))
+        held = self._asked(list(opened), down, lambda: self.forwarder.copies_of(
+            [o.entry.sop_uid for o in opened.values()]))
+        if held is None:
+            return
+        published = self._each(pool, list(opened), down, done, lambda item: upload(
+            opened[item], held.get(opened[item].entry.sop_uid, []), self.keyring, self.forwarder))
+        uploaded = [item for item, p in published.items() if p.outcome is not Outcome.UNCHANGED]
+        after = self._asked(uploaded, down, lambda: self.forwarder.copies_of(
+            [opened[item].entry.sop_uid for item in uploaded])) if uploaded else {}
+        if after is None:
+            return
+        for item, result in published.items():
+            try:
+                entries = [confirmed(opened[item], result, after.get(opened[item].entry.sop_uid, []))] \
+                    if item in uploaded else []
+            except Unreachable as exc:
+                if not self._unsent(item, exc):
+                    down.set()
+                continue
+            self._published(item, result, entries, done)
+
+    def _each(self, pool: ThreadPoolExecutor, items: list[Outgoing], down: threading.Event, done: _Forwarded,
+              step: Callable[[Outgoing], _T]) -> dict[Outgoing, _T]:
+        """``step`` for every item on the upload connections; the items it failed for are
+        dealt with (``_unsent``) and left out, an unexpected error kept for after the batch."""
+        def attempt(item: Outgoing) -> tuple[Outgoing, _T | None]:
+            if down.is_set() or self._stop.is_set():
+                return item, None
+            try:
+                return item, step(item)
+            except Exception as exc:  # noqa: BLE001 - sorted by _unsent
+                try:
+                    if not self._unsent(item, exc):
+                        down.set()
+                except Exception as unexpected:  # noqa: BLE001 - raised once the batch is written
+                    done.fail(unexpected)
+                return item, None
+
+        return {item: value for item, value in pool.map(attempt, items) if value is not None}
+
+    def _asked(self, items: list[Outgoing], down: threading.Event,
+               ask: Callable[[], dict[str, list[str]]]) -> dict[str, list[str]] | None:
+        """Orthanc's answer about a batch; None (and the batch waits) when there is none."""
+        if not items or down.is_set() or self._stop.is_set():
+            return None
         try:
-            record = (lambda entry, sealing: entries.append((entry, sealing))) if defer_index else None
-            published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index, record)
+            return ask()
         except Unreachable as exc:
+            for item in items:
+                self.spool.retry_later(item.id, self.config.scheduler.retry_delay(item.attempts), str(exc))
+            log.warning("forward of %d objects deferred: %s", len(items), exc)
+            down.set()
+            return None
+
+    def _unsent(self, item: Outgoing, exc: Exception) -> bool:
+        """Deal with an object that could not be published: try again later, or fail it for
+        good. False when Orthanc or the spool is down (the rest of the batch waits too);
+        an error of no known kind is raised."""
+        if isinstance(exc, Unreachable):
             delay = self.config.scheduler.retry_delay(item.attempts)
             self.spool.retry_later(item.id, delay, str(exc))
             log.warning("series %s: forward deferred %.0f s: %s", item.series_token, delay, exc)
             return False
-        except (OSError, SpoolError) as exc:
+        if isinstance(exc, (OSError, SpoolError)):
             if not is_infrastructure(exc):  # e.g. the protected copy is gone: nothing to retry
                 self.spool.failed(item.id, f"protected copy unreadable ({type(exc).__name__})")
                 log.error("series %s: forward failed for good: protected copy unreadable", item.series_token)
@@ -261,15 +332,18 @@ class Worker:
             log.error("series %s: protected copy unreadable, retrying in %.0f s: %s", item.series_token, delay,
                       type(exc).__name__)
             return False
-        except (Refused, EnvelopeError, AuthenticityError) as exc:
+        if isinstance(exc, (Refused, EnvelopeError, AuthenticityError)):
             self.spool.failed(item.id, str(exc))
             log.error("series %s: forward failed for good: %s", item.series_token, exc)
             return True
+        raise exc
+
+    def _published(self, item: Outgoing, published: Published, entries: list[tuple[Entry, Sealing]],
+                   done: _Forwarded) -> None:
         if published.outcome is Outcome.SUPERSEDED:
             self.audit.record("gateway", "-", "supersede", "success", study=published.study_uid,
                               instance=published.orthanc_id, copies_replaced=published.replaced)
         done.add(item.id, entries)
-        return True
 
     def purge(self) -> None:
         n = self.spool.purge_originals(self.config.spool.retention_hours)
@@ -285,12 +359,18 @@ class Worker:
 
 
 class _Forwarded:
-    """What one batch published: index entries and spool ids, written after the batch."""
+    """What one batch published: index entries and spool ids, written after the batch, and
+    unexpected errors, raised after that."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.ids: list[int] = []
         self.entries: list[tuple[Entry, Sealing]] = []
+        self.errors: list[Exception] = []
+
+    def fail(self, error: Exception) -> None:
+        with self._lock:
+            self.errors.append(error)
 
     def add(self, row_id: int, entries: list[tuple[Entry, Sealing]]) -> None:
         with self._lock:  # in the order published: a correction's entry after its first copy's
