@@ -49,7 +49,7 @@ from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.retrieval.vocabulary import Policy
 from gateway.sop_classes import is_image
-from gateway.spool import Described, Spool, SpoolError
+from gateway.spool import Described, Spool, SpoolError, sync_soon
 from gateway.storage_commitment import StorageCommitment
 from gateway.tls import peer_common_name, server_context
 
@@ -199,6 +199,7 @@ class Listener:
         if refusal is not None:
             return refusal
         received = event.dataset_path
+        synced = sync_soon(received)  # the file's fsync runs while the object is checked
         try:
             series_token, sop_token, modality, sop_class = self.describe(received)
         except Exception as exc:  # noqa: BLE001 - pydicom meets damaged input with many types
@@ -223,7 +224,7 @@ class Listener:
         try:
             self.spool.accept(received, calling_ae=calling, series_token=series_token, sop_token=sop_token,
                               modality=modality, sop_class_uid=sop_class, damage=damage,
-                              called_ae=str(event.assoc.acceptor.ae_title).strip(), address=address)
+                              called_ae=str(event.assoc.acceptor.ae_title).strip(), address=address, synced=synced)
         except SpoolError as exc:
             log.error("C-STORE of %s from %s answered out-of-resources: %s", sop_token, calling, exc)
             return dimse.OUT_OF_RESOURCES, "the spool cannot store the object; send again later"

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,16 +185,17 @@ class Spool:
 
     def accept(self, data: bytes | Path, calling_ae: str, series_token: str, sop_token: str,
                modality: str, sop_class_uid: str, damage: str | None = None, called_ae: str = "",
-               address: str = "") -> int:
+               address: str = "", synced: Future[None] | None = None) -> int:
         """Make one received object durable (its bytes, or the file it was streamed to);
         only then may the C-STORE say Success. ``damage`` (no values) marks an object kept
         although damaged: its series goes to quarantine, never to Orthanc. The association's
         calling and called AE titles and address travel in the file's name, so routes can use
-        them after a power loss too (``origin``)."""
+        them after a power loss too (``origin``). ``synced``: the file's fsync, started by
+        ``sync_soon`` while the caller checked the object."""
         path = self.incoming / (f"{uuid.uuid4().hex}.{calling_ae.encode().hex()}"
                                 f".{called_ae.encode().hex()}_{address.encode().hex()}.dcm")
         if isinstance(data, Path):
-            _adopt_durably(data, path)
+            _adopt_durably(data, path, synced)
         else:
             write_durably(path, data)
         try:
@@ -621,14 +623,29 @@ class Spool:
             pass
 
 
-def _adopt_durably(src: Path, path: Path) -> None:
+def sync_soon(path: Path) -> Future[None]:
+    """Start the fsync of a received file now, in the background: the listener checks the
+    object meanwhile (header, structure, room), and ``accept`` then waits for what is left
+    of it instead of starting it (measured: the fsync of a 526 KB object takes 1-3 ms here,
+    the checks about 1 ms)."""
+    return _SYNCS.submit(_fsync_file, path)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _adopt_durably(src: Path, path: Path, synced: Future[None] | None = None) -> None:
     """Give the file ``src`` a durable second name ``path``, without reading it into memory."""
     try:
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if synced is not None:
+            synced.result()
+        else:
+            _fsync_file(src)
         try:
             os.link(src, path)
         except OSError as exc:
@@ -654,11 +671,66 @@ def _copy_durably(src: Path, path: Path) -> None:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """Make the names added to ``folder`` so far durable. Concurrent callers share one
+    fsync (a group commit): each waits for an fsync that started after its call, so eight
+    senders at once do not queue eight folder fsyncs one behind the other."""
+    with _FOLDER_SYNCS_LOCK:
+        sync = _FOLDER_SYNCS.setdefault(str(folder), _FolderSync(folder))
+    sync.sync()
+
+
+class _FolderSync:
+    """Group commit of one folder's fsync."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._cond = threading.Condition()
+        self._started = 0  # fsyncs begun
+        self._finished = 0  # fsyncs ended (successfully or not)
+        self._running = False
+        self._failed: dict[int, OSError] = {}
+
+    def sync(self) -> None:
+        with self._cond:
+            wanted = self._started + 1  # the next one to start began after this call
+            while self._finished < wanted:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                number = self._started
+                self._cond.release()
+                error: OSError | None = None
+                try:
+                    _fsync_path(self.folder)
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._finished = number
+                    if error is not None:
+                        self._failed[number] = error
+                    self._cond.notify_all()
+            failed = next((e for n, e in self._failed.items() if n >= wanted), None)
+            self._failed = {n: e for n, e in self._failed.items() if n > self._finished - 64}
+        if failed is not None:
+            raise failed
+
+
+def _fsync_path(folder: Path) -> None:
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+_FOLDER_SYNCS: dict[str, _FolderSync] = {}
+_FOLDER_SYNCS_LOCK = threading.Lock()
+# Background fsyncs of received files (sync_soon): one per association at a time, as a rule.
+_SYNCS = ThreadPoolExecutor(8, thread_name_prefix="fsync")
 
 
 def write_durably(path: Path, data: bytes) -> None:
