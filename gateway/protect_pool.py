@@ -63,6 +63,13 @@ class ProtectPool:
                 self._discard(executor)
             raise
 
+    def warm(self) -> None:
+        """Start the processes now, in the background (a service start), so the first series
+        does not wait for them (spawning and importing took 1-2 s a process here)."""
+        executor = self._started()
+        for _ in range(self.processes):
+            executor.submit(int)
+
     def close(self) -> None:
         with self._lock:
             executor, self._executor = self._executor, None

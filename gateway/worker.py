@@ -62,7 +62,7 @@ class Worker:
         # Series waiting out an infrastructure fault: token -> (attempts, not before).
         self._backoff: dict[str, tuple[int, float]] = {}
         self.deliverer = Deliverer(config, spool, keyring)
-        self.protect_pool = ProtectPool(keyring)  # started by the first series it protects
+        self.protect_pool = ProtectPool(keyring)  # started with the jobs (start), not before
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds
@@ -71,6 +71,7 @@ class Worker:
         self._scheduler.add_job(self._guard(self.deliverer.deliver_due), "interval", seconds=every, id="deliver")
         self._scheduler.add_job(self._guard(self.purge), "interval", seconds=max(every, 60), id="purge")
         self._scheduler.start()
+        self.protect_pool.warm()
 
     def stop(self) -> None:
         self._stop.set()
@@ -150,9 +151,9 @@ class Worker:
         try:
             for batch in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
                                           self.spool, self.protect_pool) if to_main else ()):
-                for protected in batch:
-                    self.spool.write_output(ids[len(written)], protected.data)
-                    written.append(ids[len(written)])
+                batch_ids = ids[len(written):len(written) + len(batch)]
+                written += batch_ids  # discarded below should any of them fail
+                self.spool.write_outputs(list(zip(batch_ids, (p.data for p in batch), strict=True)))
                 batch.clear()  # on disk now: free it before the next batch is made
             return stage_copies(self.config, self.keyring, self.spool, route, token, items,
                                 lambda name: route_spec(self.config, route.name, name))
