@@ -35,7 +35,7 @@ import pydicom
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-from bench.ingest import PlainOrthanc
+from bench.ingest import PlainOrthanc, warmed
 from gateway.keyring import Keyring
 from gateway.pseudonym import Pseudonymizer
 from testkit import synthetic
@@ -67,8 +67,8 @@ def concurrent(root: Path, senders: int, instances: int, size: int) -> dict[str,
             ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
         studies.append(folder)
     orthanc = OrthancServer(root / "orthanc", gateway_port=free_port()).start()
-    gateway = GatewayProcess(root / "gateway", orthanc, settle_seconds=2,
-                             senders=[{"ae_title": f"MODALITY{s}"} for s in range(senders)]).start()
+    gateway = warmed(GatewayProcess(root / "gateway", orthanc, settle_seconds=2,
+                                    senders=[{"ae_title": f"MODALITY{s}"} for s in range(senders)]).start())
     try:
         assert gateway.process is not None
         started = time.perf_counter()
