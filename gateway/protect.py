@@ -8,11 +8,13 @@ worker and the offline ``gateway protect`` command.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import logging
+import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -107,26 +109,48 @@ def protect_batches(sources: Sequence[bytes | Path], route: RouteSpec, keyring: 
 
 def _pooled_batches(paths: list[Path], route: RouteSpec, keyring: Keyring, keys: DataKeys,
                     pool: ProtectPool) -> Iterator[list[Protected]]:
-    """The survey and every batch in chunks over the pool's processes; the study's key comes
-    from ``keys`` here (the spool's database is this process's)."""
-    numbered = list(enumerate(paths))
-    survey = _Survey.of([f for part in pool.run(survey_task, [(route, chunk) for chunk in _chunks(numbered, pool)])
-                         for f in part])
-    key_id, wrapped, data_key = keys.for_study(survey.study_uid, keyring)
-    job = _Job(route, survey, (key_id, wrapped, data_key), series_key(data_key, survey.series_uid))
-    for group in _by_size(paths):
+    """Each batch in chunks over the pool's processes, in two rounds: parse, cut and
+    de-identify (each process keeps its chunks), then, with the survey of the whole batch
+    (of every header first, when the series takes several batches) and the study's key from
+    ``keys`` (the spool's database is this process's), stages, seal, encode and gate by the
+    same processes. A batch's objects are parsed once."""
+    groups = _by_size(paths)
+    survey = None
+    if len(groups) > 1:
+        numbered = list(enumerate(paths))
+        survey = _Survey.of([f for part in pool.run(survey_task, [(route, c) for c in _chunks(numbered, pool)])
+                             for f in part])
+    job: _Job | None = None
+    series = uuid.uuid4().hex
+    for n, group in enumerate(groups):
         chunks = _chunks([(i, paths[i]) for i in group], pool)
-        yield [p for part in pool.run(protect_task, [(job, chunk) for chunk in chunks]) for p in part]
+        held = [f"{series}/{n}/{c}" for c in range(len(chunks))]
+        place = [c % pool.processes for c in range(len(chunks))]
+        try:
+            prepared = pool.run(prepare_task, [(route, key, chunk) for key, chunk in zip(held, chunks, strict=True)],
+                                place)
+            founds = [f for part in prepared for f in part]
+            seen = survey.checked(founds) if survey is not None else _Survey.of(founds)
+            if job is None:  # one study key and context for the series, as in one process
+                sealed = keys.for_study(seen.study_uid, keyring)
+                job = _Job(route, seen, sealed, series_key(sealed[2], seen.series_uid), seen.identity)
+            yield [p for part in pool.run(finish_task, [(replace(job, survey=seen), key) for key in held], place)
+                   for p in part]
+        except BaseException:
+            with contextlib.suppress(Exception):  # what the processes still hold of the batch
+                pool.run(drop_task, [(key,) for key in held], place)
+            raise
 
 
 @dataclass(frozen=True)
 class _Job:
-    """What a worker process needs besides its chunk: the same for every chunk of a series."""
+    """What a worker process needs besides its chunk: the same for every chunk of a batch."""
 
     route: RouteSpec
     survey: _Survey
     sealed: tuple[str, bytes, bytes]
     series_key: bytes
+    identity: dict[str, str]
 
 
 def survey_task(route: RouteSpec, chunk: list[tuple[int, Path]]) -> list[_Found]:
@@ -135,22 +159,43 @@ def survey_task(route: RouteSpec, chunk: list[tuple[int, Path]]) -> list[_Found]
     return _survey_chunk(deid, chunk)
 
 
-def protect_task(job: _Job, chunk: list[tuple[int, Path]]) -> list[Protected]:
-    """In a worker process: ``chunk`` of a batch, protected under the series' survey and keys."""
-    deid, stages = _process_tools(job.route)
-    ctx = Context(series_key=job.series_key, identity=job.survey.identity, log=log)
+def prepare_task(route: RouteSpec, key: str, chunk: list[tuple[int, Path]]) -> list[_Found]:
+    """In a worker process: ``chunk`` read, parsed, cut and de-identified, kept under ``key``
+    for ``finish_task``; what de-identification took out of each object."""
+    deid, _ = _process_tools(route)
+    series = key.partition("/")[0]
+    for stale in [k for k in _process_held if not k.startswith(series + "/")]:  # a series that ended early
+        del _process_held[stale]
+    cuts, datasets, founds = _deidentify(deid, [_read(path) for _, path in chunk], [i for i, _ in chunk])
+    _process_held[key] = (cuts, datasets)
+    return founds
+
+
+def finish_task(job: _Job, key: str) -> list[Protected]:
+    """In a worker process: the chunk kept under ``key``, through the route's stages,
+    sealed, encoded and gated under the survey of its batch."""
+    _, stages = _process_tools(job.route)
+    cuts, series = _process_held.pop(key)
     try:
-        cuts, series, founds = _deidentify(deid, [_read(path) for _, path in chunk], [i for i, _ in chunk])
-        seen = job.survey.checked(founds)
+        ctx = Context(series_key=job.series_key, identity=job.identity, log=log)
         records = _run_stages(stages, series, ctx)
-        return [_seal_and_gate(cuts[n], series[n], records[n], job.sealed, seen) for n in range(len(chunk))]
+        return [_seal_and_gate(cuts[n], series[n], records[n], job.sealed, job.survey) for n in range(len(series))]
     finally:
+        del cuts, series
         gc.collect()
 
 
-# A worker process's keyring (set once by the pool's initializer) and each route's tools.
+def drop_task(key: str) -> None:
+    """In a worker process: forget a chunk whose batch failed elsewhere."""
+    _process_held.pop(key, None)
+    gc.collect()
+
+
+# A worker process's keyring (set once by the pool's initializer), each route's tools, and
+# the chunks it has prepared and not yet finished.
 _process_keyring: Keyring | None = None
 _process_routes: dict[str, tuple[Deidentifier, list[Transform]]] = {}
+_process_held: dict[str, tuple[list[Cut], list[Dataset]]] = {}
 
 
 def init_process(keyring: Keyring, log_level: int) -> None:

@@ -40,52 +40,65 @@ def default_processes() -> int:
 
 
 class ProtectPool:
-    """A lazily started pool of protect processes; ``close`` ends them."""
+    """A lazily started set of protect processes; ``close`` ends them.
+
+    Each process is its own single-process executor, so that a task can be sent to the
+    process that holds what an earlier task left there (``place``): a batch is parsed and
+    de-identified by its processes, and, once the parent has the survey of all of them,
+    finished (stages, seal, encode, gate) by the same processes, without parsing it again."""
 
     def __init__(self, keyring: Keyring, processes: int | None = None) -> None:
         self.keyring = keyring
         self.processes = processes or default_processes()
         self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
+        self._executors: list[ProcessPoolExecutor | None] = [None] * self.processes
 
-    def run(self, fn: Callable[..., _R], tasks: Iterable[tuple[Any, ...]]) -> list[_R]:
-        """``fn(*task)`` for every task in the processes; the results in task order. The
-        first error is raised once the tasks not yet started are cancelled; a process that
-        died (BrokenProcessPool) leaves a fresh pool for the next call."""
-        executor = self._started()
-        futures: list[Future[_R]] = [executor.submit(fn, *task) for task in tasks]
+    def run(self, fn: Callable[..., _R], tasks: Iterable[tuple[Any, ...]],
+            place: Iterable[int] | None = None) -> list[_R]:
+        """``fn(*task)`` for every task, task ``n`` in process ``place[n]`` (default ``n`` modulo
+        the processes); the results in task order. The first error is raised once the tasks
+        not yet started are cancelled; a process that died (BrokenProcessPool) is replaced
+        for the next call."""
+        tasks = list(tasks)
+        places = list(place) if place is not None else [n % self.processes for n in range(len(tasks))]
+        futures: list[tuple[int, Future[_R]]] = [(at, self._started(at).submit(fn, *task))
+                                                 for at, task in zip(places, tasks, strict=True)]
         try:
-            return [future.result() for future in futures]
+            return [future.result() for _, future in futures]
         except BaseException as exc:
-            for future in futures:
+            for _, future in futures:
                 future.cancel()
             if isinstance(exc, BrokenProcessPool):
-                self._discard(executor)
+                for at, future in futures:
+                    if future.done() and not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+                        self._discard(at)
             raise
 
     def warm(self) -> None:
         """Start the processes now, in the background (a service start), so the first series
         does not wait for them (spawning and importing took 1-2 s a process here)."""
-        executor = self._started()
-        for _ in range(self.processes):
-            executor.submit(int)
+        for at in range(self.processes):
+            self._started(at).submit(int)
 
     def close(self) -> None:
         with self._lock:
-            executor, self._executor = self._executor, None
+            executors, self._executors = self._executors, [None] * self.processes
+        for executor in executors:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def _started(self, at: int) -> ProcessPoolExecutor:
+        with self._lock:
+            executor = self._executors[at]
+            if executor is None:
+                executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                               initializer=init_process,
+                                               initargs=(self.keyring, logging.getLogger().level))
+                self._executors[at] = executor
+            return executor
+
+    def _discard(self, at: int) -> None:
+        with self._lock:
+            executor, self._executors[at] = self._executors[at], None
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
-
-    def _started(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                context = multiprocessing.get_context("spawn")
-                self._executor = ProcessPoolExecutor(self.processes, mp_context=context, initializer=init_process,
-                                                     initargs=(self.keyring, logging.getLogger().level))
-            return self._executor
-
-    def _discard(self, executor: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._executor is executor:
-                self._executor = None
-        executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown(wait=False, cancel_futures=True)
