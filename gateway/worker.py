@@ -162,6 +162,8 @@ class Worker:
             self._quarantine(token, route.name, str(exc), ids)
         except BrokenProcessPool:  # killed (memory) or crashed (a decoder on this data): not again and again
             self.spool.discard_outputs(written)
+            if self._stop.is_set():  # ended with the service: the series waits for the next start
+                return None
             self._quarantine(token, route.name, "a protect process ended abruptly (out of memory, or a crash on this"
                              " series' data); release the series to try again", ids)
         except Exception as exc:  # noqa: BLE001 - one poisonous series must not stall the others

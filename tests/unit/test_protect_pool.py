@@ -125,3 +125,22 @@ def test_a_process_that_dies_leaves_a_working_pool(tmp_path: Path, ring: Keyring
     paths, _ = _series(tmp_path, n=3)
     outs = _protected(paths, ring, pool)
     assert not isinstance(outs, str) and len(outs) == 3
+
+
+def test_a_service_stop_signal_does_not_end_a_protect_process(tmp_path: Path, ring: Keyring,
+                                                              pool: ProtectPool) -> None:
+    # systemd and terminals signal the whole process group; the service ends its protect
+    # processes itself once its current step is done, so its step does not break midway
+    import signal
+    import time
+
+    paths, _ = _series(tmp_path, n=4)
+    assert not isinstance(_protected(paths, ring, pool), str)
+    workers = [int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()
+               if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.5)
+    outs = _protected(paths, ring, pool)
+    assert not isinstance(outs, str) and len(outs) == 4
