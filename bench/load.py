@@ -81,6 +81,8 @@ def concurrent(root: Path, senders: int, instances: int, size: int) -> dict[str,
         stored = orthanc.get("instances?expand")
         uids = [i["MainDicomTags"]["SOPInstanceUID"] for i in stored]
         peak = peak_rss_mib(gateway.process.pid)
+        pid = gateway.process.pid
+        workers = sum(peak_rss_mib(int(c)) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
     finally:
         gateway.stop()
         orthanc.stop()
@@ -93,6 +95,7 @@ def concurrent(root: Path, senders: int, instances: int, size: int) -> dict[str,
         "intake_ratio_gateway_over_orthanc": round(direct / intake, 2),
         "end_to_end_seconds": round(done, 2), "end_to_end_per_s": round(total / done, 1),
         "gateway_peak_rss_mib": round(peak, 1),
+        "protect_processes_peak_rss_mib": round(workers, 1),
     }
 
 

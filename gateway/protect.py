@@ -38,6 +38,7 @@ from gateway.original import Cut, cut, value_offset
 from gateway.plugin import Context, PluginError, Transform
 from gateway.pseudonym import Pseudonymizer
 from gateway.route_spec import RouteSpec
+from gateway.spool import write_durably
 from gateway.stages import build_stages
 from gateway.study_keys import DataKeys, series_key
 
@@ -64,12 +65,14 @@ class Quarantine(Exception):
 
 @dataclass(frozen=True)
 class Protected:
-    """One protected instance: its bytes and its new (pseudonymous) UIDs."""
+    """One protected instance: its bytes (or the file they were written to) and its new
+    (pseudonymous) UIDs."""
 
     data: bytes
     study_uid: str
     series_uid: str
     sop_uid: str
+    path: Path | None = None  # written there (fsynced, its folder not): ``data`` is then empty
 
 
 def protect_series(raws: list[bytes], route: RouteSpec, keyring: Keyring, keys: DataKeys) -> list[Protected]:
@@ -78,7 +81,8 @@ def protect_series(raws: list[bytes], route: RouteSpec, keyring: Keyring, keys: 
 
 
 def protect_batches(sources: Sequence[bytes | Path], route: RouteSpec, keyring: Keyring, keys: DataKeys,
-                    pool: ProtectPool | None = None) -> Iterator[list[Protected]]:
+                    pool: ProtectPool | None = None,
+                    outputs: Sequence[Path] | None = None) -> Iterator[list[Protected]]:
     """Protect one series (file bytes or files, in the order received), batch by batch.
 
     Memory is bounded by a batch (about ``BATCH_BYTES`` of originals), not by the series,
@@ -87,13 +91,15 @@ def protect_batches(sources: Sequence[bytes | Path], route: RouteSpec, keyring: 
     checked for every identifying value of the series. A Quarantine may come after some
     batches were yielded: the caller forwards nothing of the series until the last one.
     With ``pool`` (files only, no series-level stage) each batch is protected in chunks by
-    its worker processes, in the same order, under the same survey and keys.
+    its worker processes, in the same order, under the same survey and keys. With
+    ``outputs`` (one path per source) each protected object is written there (fsynced; the
+    caller fsyncs the folder) by whoever protected it, and comes back without its bytes.
     """
     stages = build_stages(route)
     whole = any(stage.series_level for stage in stages)
     paths = [s for s in sources if isinstance(s, Path)]
     if pool is not None and not whole and len(paths) == len(sources):
-        yield from _pooled_batches(paths, route, keyring, keys, pool)
+        yield from _pooled_batches(paths, route, keyring, keys, pool, outputs)
         return
     deid = _deidentifier(route, keyring)
     groups = [list(range(len(sources)))] if whole else _by_size(sources)
@@ -102,14 +108,16 @@ def protect_batches(sources: Sequence[bytes | Path], route: RouteSpec, keyring: 
     ctx: Context | None = None
     for group in groups:
         out, ctx = _protect_group(sources, group, deid, stages, survey, ctx, keyring, keys)
+        if outputs is not None:
+            out = [_written(p, outputs[i]) for p, i in zip(out, group, strict=True)]
         # pydicom's private blocks and their dataset reference each other: without a
         # collection the batch's datasets (pixel data and all) outlive it.
         gc.collect()
         yield out
 
 
-def _pooled_batches(paths: list[Path], route: RouteSpec, keyring: Keyring, keys: DataKeys,
-                    pool: ProtectPool) -> Iterator[list[Protected]]:
+def _pooled_batches(paths: list[Path], route: RouteSpec, keyring: Keyring, keys: DataKeys, pool: ProtectPool,
+                    outputs: Sequence[Path] | None) -> Iterator[list[Protected]]:
     """Each batch in chunks over the pool's processes, in two rounds: parse, cut and
     de-identify (each process keeps its chunks), then, with the survey of the whole batch
     (of every header first, when the series takes several batches) and the study's key from
@@ -135,7 +143,9 @@ def _pooled_batches(paths: list[Path], route: RouteSpec, keyring: Keyring, keys:
             if job is None:  # one study key and context for the series, as in one process
                 sealed = keys.for_study(seen.study_uid, keyring)
                 job = _Job(route, seen, sealed, series_key(sealed[2], seen.series_uid), seen.identity)
-            yield [p for part in pool.run(finish_task, [(replace(job, survey=seen), key) for key in held], place)
+            targets = [[outputs[i] for i, _ in chunk] if outputs is not None else None for chunk in chunks]
+            yield [p for part in pool.run(finish_task, [(replace(job, survey=seen), key, to)
+                                                        for key, to in zip(held, targets, strict=True)], place)
                    for p in part]
         except BaseException:
             with contextlib.suppress(Exception):  # what the processes still hold of the batch
@@ -172,15 +182,17 @@ def prepare_task(route: RouteSpec, key: str, chunk: list[tuple[int, Path]]) -> l
     return founds
 
 
-def finish_task(job: _Job, key: str) -> list[Protected]:
+def finish_task(job: _Job, key: str, targets: list[Path] | None) -> list[Protected]:
     """In a worker process: the chunk kept under ``key``, through the route's stages,
-    sealed, encoded and gated under the survey of its batch."""
+    sealed, encoded and gated under the survey of its batch; written to ``targets`` when
+    given (the bytes then do not travel back through the pool's pipe)."""
     _, stages = _process_tools(job.route)
     cuts, series = _process_held.pop(key)
     try:
         ctx = Context(series_key=job.series_key, identity=job.identity, log=log)
         records = _run_stages(stages, series, ctx)
-        return [_seal_and_gate(cuts[n], series[n], records[n], job.sealed, job.survey) for n in range(len(series))]
+        out = [_seal_and_gate(cuts[n], series[n], records[n], job.sealed, job.survey) for n in range(len(series))]
+        return [_written(p, to) for p, to in zip(out, targets, strict=True)] if targets is not None else out
     finally:
         del cuts, series
         gc.collect()
@@ -282,6 +294,12 @@ def _seal_and_gate(original: Cut, ds: Dataset, records: list[tuple[str, bytes]],
         where = "; ".join(sorted({f"{h.where}: {h.kind}" for h in hits}))[:400]
         raise Quarantine(f"PHI gate: identifying values found in {len(hits)} place(s): {where}")
     return Protected(data=data, study_uid=seen.study_uid, series_uid=seen.series_uid, sop_uid=str(ds.SOPInstanceUID))
+
+
+def _written(protected: Protected, path: Path) -> Protected:
+    """``protected`` written durably to ``path`` (but for its folder's fsync), without its bytes."""
+    write_durably(path, protected.data, sync_folder=False)
+    return replace(protected, data=b"", path=path)
 
 
 @dataclass(frozen=True)

@@ -301,11 +301,14 @@ class Spool:
         series is marked ``protected``."""
         write_durably(self.outbox / f"{row_id}.dcm", data)
 
-    def write_outputs(self, outputs: list[tuple[int, bytes]]) -> None:
-        """``write_output`` for a batch, with one folder fsync for all of them (none is read
-        before its series is marked ``protected``, after this returns). Raises SpoolError."""
-        for row_id, data in outputs:
-            write_durably(self.outbox / f"{row_id}.dcm", data, sync_folder=False)
+    def output_path(self, row_id: int) -> Path:
+        """Where the protected copy of one object goes (``write_output``, or the protect
+        processes themselves, followed by ``outputs_written``)."""
+        return self.outbox / f"{row_id}.dcm"
+
+    def outputs_written(self) -> None:
+        """Make the names of protected copies written without their folder's fsync durable:
+        one fsync for a batch. Raises SpoolError."""
         try:
             _fsync_dir(self.outbox)
         except OSError as exc:

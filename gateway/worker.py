@@ -147,27 +147,26 @@ class Worker:
         destinations (staged deliveries); None when the series was quarantined or must wait."""
         ids = [i.id for i in items]
         to_main = any(d.destination == "orthanc" for d in route.destinations)
-        written: list[int] = []
         try:
-            for batch in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
-                                          self.spool, self.protect_pool) if to_main else ()):
-                batch_ids = ids[len(written):len(written) + len(batch)]
-                written += batch_ids  # discarded below should any of them fail
-                self.spool.write_outputs(list(zip(batch_ids, (p.data for p in batch), strict=True)))
-                batch.clear()  # on disk now: free it before the next batch is made
+            # each protected copy is written to the outbox by the process that protected it;
+            # its name is made durable with the batch's (one folder fsync)
+            for _ in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
+                                      self.spool, self.protect_pool, [self.spool.output_path(i) for i in ids])
+                      if to_main else ()):
+                self.spool.outputs_written()
             return stage_copies(self.config, self.keyring, self.spool, route, token, items,
                                 lambda name: route_spec(self.config, route.name, name))
         except (Quarantine, PluginError) as exc:
-            self.spool.discard_outputs(written)
+            self.spool.discard_outputs(ids)
             self._quarantine(token, route.name, str(exc), ids)
         except BrokenProcessPool:  # killed (memory) or crashed (a decoder on this data): not again and again
-            self.spool.discard_outputs(written)
+            self.spool.discard_outputs(ids)
             if self._stop.is_set():  # ended with the service: the series waits for the next start
                 return None
             self._quarantine(token, route.name, "a protect process ended abruptly (out of memory, or a crash on this"
                              " series' data); release the series to try again", ids)
         except Exception as exc:  # noqa: BLE001 - one poisonous series must not stall the others
-            self.spool.discard_outputs(written)
+            self.spool.discard_outputs(ids)
             if is_infrastructure(exc):
                 self._wait(token, exc)
             else:  # the exception's text may quote the object's content; its type names the fault

@@ -144,3 +144,22 @@ def test_a_service_stop_signal_does_not_end_a_protect_process(tmp_path: Path, ri
     time.sleep(0.5)
     outs = _protected(paths, ring, pool)
     assert not isinstance(outs, str) and len(outs) == 4
+
+
+def test_the_processes_write_the_outputs_and_a_write_fault_comes_back_as_the_spools(
+        tmp_path: Path, ring: Keyring, pool: ProtectPool) -> None:
+    from gateway.spool import SpoolError
+
+    paths, _ = _series(tmp_path, n=5)
+    for where in (None, pool):
+        out = tmp_path / f"out-{where is None}"
+        out.mkdir()
+        targets = [out / f"{n}.dcm" for n in range(5)]
+        protected = [p for b in protect_batches(paths, RouteSpec(), ring, MemoryDataKeys(), where, targets) for p in b]
+        assert [(p.path, p.data) for p in protected] == [(t, b"") for t in targets]  # the bytes stayed where written
+        assert [r.data for r in restore_series([t.read_bytes() for t in targets], ring)] == \
+            [p.read_bytes() for p in paths]
+        assert sorted(out.iterdir()) == sorted(targets)  # no temporary file left
+    gone = [tmp_path / "no-such-folder" / f"{n}.dcm" for n in range(5)]
+    with pytest.raises(SpoolError, match="spool file write failed"):
+        list(protect_batches(paths, RouteSpec(), ring, MemoryDataKeys(), pool, gone))
