@@ -173,10 +173,10 @@ def survey_task(route: RouteSpec, chunk: list[tuple[int, Path]]) -> list[_Found]
 def prepare_task(route: RouteSpec, key: str, chunk: list[tuple[int, Path]]) -> list[_Found]:
     """In a worker process: ``chunk`` read, parsed, cut and de-identified, kept under ``key``
     for ``finish_task``; what de-identification took out of each object."""
-    deid, _ = _process_tools(route)
     series = key.partition("/")[0]
     for stale in [k for k in _process_held if not k.startswith(series + "/")]:  # a series that ended early
         del _process_held[stale]
+    deid, _ = _process_tools(route)
     cuts, datasets, founds = _deidentify(deid, [_read(path) for _, path in chunk], [i for i, _ in chunk])
     _process_held[key] = (cuts, datasets)
     return founds
