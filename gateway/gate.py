@@ -229,7 +229,8 @@ class RawSearch:
     one scan per object, not one per needle and encoding), each occurrence a whole word.
     Only an ASCII letter or digit at an end of a needle asks for a boundary there.
     ``ahocorasick_rs`` scans the bytes as they are (no copy as text), every occurrence,
-    overlapping ones included: 0.1 ms for a 526 KB CT object where pyahocorasick took 6 ms."""
+    overlapping ones included: 1.5-2.4 ms for a protected 526 KB CT object and the 218 values
+    of a 200-object series, where pyahocorasick over a latin-1 copy took 2.1-4.4 ms."""
 
     def __init__(self, needles: list[tuple[bytes, str]]) -> None:
         self.needles = needles
