@@ -269,7 +269,7 @@ class Worker:
             opened[item], held.get(opened[item].entry.sop_uid, []), self.keyring, self.forwarder))
         uploaded = [item for item, p in published.items() if p.outcome is not Outcome.UNCHANGED]
         after = self._asked(uploaded, down, lambda: self.forwarder.copies_of(
-            [opened[item].entry.sop_uid for item in uploaded])) if uploaded else {}
+            [opened[item].entry.sop_uid for item in uploaded]), always=True) if uploaded else {}
         if after is None:
             return
         for item, result in published.items():
@@ -301,10 +301,12 @@ class Worker:
 
         return {item: value for item, value in pool.map(attempt, items) if value is not None}
 
-    def _asked(self, items: list[Outgoing], down: threading.Event,
-               ask: Callable[[], dict[str, list[str]]]) -> dict[str, list[str]] | None:
-        """Orthanc's answer about a batch; None (and the batch waits) when there is none."""
-        if not items or down.is_set() or self._stop.is_set():
+    def _asked(self, items: list[Outgoing], down: threading.Event, ask: Callable[[], dict[str, list[str]]],
+               always: bool = False) -> dict[str, list[str]] | None:
+        """Orthanc's answer about a batch; None (and the batch waits) when there is none, or
+        when Orthanc is known to be down, unless ``always`` (what was uploaded is checked
+        even when another upload found Orthanc down since)."""
+        if not items or (down.is_set() and not always):
             return None
         try:
             return ask()

@@ -124,3 +124,22 @@ def test_orthanc_down_at_the_first_question_defers_the_whole_batch(tmp_path: Pat
     worker.forward_due()
     assert orthanc.held == {} and spool.due() == []  # every object waits for its backoff
     assert spool.counts() == {"protected": 3}
+
+
+def test_what_was_uploaded_is_recorded_when_another_upload_finds_orthanc_down(tmp_path: Path,
+                                                                             keyring: Keyring) -> None:
+    orthanc = FakeOrthanc()
+    worker, spool, index = _worker(tmp_path, keyring, orthanc)
+    sops = _queue(spool, keyring, synthetic.ct_series(3, size=32), "s1")
+    send = orthanc.send
+
+    def flaky(data: bytes) -> str:
+        if str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID) == sops[1]:
+            raise Unreachable("Orthanc answered HTTP 503 to POST instances")
+        return send(data)
+
+    orthanc.send = flaky  # type: ignore[method-assign]
+    worker.forward_due()
+    recorded = {e.sop_uid for e in index.entries(keyring)}
+    assert sops[1] not in recorded and spool.counts() == {"forwarded": len(recorded), "protected": 3 - len(recorded)}
+    assert recorded == set(orthanc.held.values())  # every copy Orthanc holds is in the index
