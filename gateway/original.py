@@ -17,6 +17,7 @@ import io
 from dataclasses import dataclass
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00009, 0x7FE00008)
@@ -46,13 +47,24 @@ def pixel_tag_of(ds: Dataset) -> int | None:
     return next((t for t in PIXEL_TAGS if t in ds), None)
 
 
-def cut(raw: bytes, ds: Dataset) -> Cut:
-    """Cut ``raw`` (the original file bytes) around the pixel value of ``ds`` (read from it)."""
+def value_offset(ds: Dataset) -> int | None:
+    """Where the pixel value of ``ds`` starts in the bytes it was read from, while its pixel
+    element is still as read (pydicom converts an element on first access)."""
+    tag = pixel_tag_of(ds)
+    elem = ds.get_item(tag) if tag is not None else None
+    return elem.value_tell if isinstance(elem, RawDataElement) else None
+
+
+def cut(raw: bytes, ds: Dataset, value_at: int | None = None) -> Cut:
+    """Cut ``raw`` (the original file bytes) around the pixel value of ``ds`` (read from it);
+    ``value_at`` (``value_offset`` of ``ds`` as read) saves reading the header again."""
     digest = hashlib.sha256(raw).digest()
     tag = pixel_tag_of(ds)
     if tag is None:
         return Cut(prefix=raw, suffix=b"", pixel_tag=None, digest=digest)
     value = ds[tag].value
+    if value and value_at is not None and raw[value_at : value_at + len(value)] == value:
+        return Cut(raw[:value_at], raw[value_at + len(value) :], tag, digest)
     fp = io.BytesIO(raw)
     pydicom.dcmread(fp, stop_before_pixels=True, force=True)
     start = fp.tell()

@@ -39,25 +39,55 @@ class Published:
     replaced: int  # Orthanc copies deleted
 
 
-def publish(data: bytes, keyring: Keyring, forwarder: Forwarder, index: Index,
-            record: Callable[[Entry, Sealing], None] | None = None) -> Published:
-    """Store ``data`` (a protected object from the spool) as the one copy of its SOP instance.
+@dataclass(frozen=True)
+class Opened:
+    """A protected object from the spool, its index entry to be, and the entry it replaces."""
 
-    ``record`` takes the new index entry in place of ``index.put`` (the worker writes a
-    batch's entries in one transaction before it marks them forwarded; should it stop in
-    between, the object is published again and the steps above repair Orthanc)."""
+    data: bytes
+    entry: Entry
+    sealing: Sealing
+    previous: Entry | None
+
+
+def open_for_publishing(data: bytes, keyring: Keyring, index: Index) -> Opened:
     entry, sealing = entry_of(data, "", keyring)
-    previous = index.get(entry.sop_uid, keyring)
-    copies = forwarder.copies(entry.sop_uid)
+    return Opened(data, entry, sealing, index.get(entry.sop_uid, keyring))
+
+
+def upload(opened: Opened, copies: list[str], keyring: Keyring, forwarder: Forwarder) -> Published:
+    """Make ``opened`` the one copy Orthanc holds of its SOP instance, ``copies`` being the
+    copies it holds now; the caller then checks what Orthanc holds (``confirmed``) unless
+    the outcome is UNCHANGED."""
+    entry, previous = opened.entry, opened.previous
     if previous is not None and previous.digest == entry.digest and copies == [previous.orthanc_id]:
         return Published(previous.orthanc_id, Outcome.UNCHANGED, entry.study_uid, 0)
     for orthanc_id in copies:
         forwarder.delete(orthanc_id)
-    stored = forwarder.send(authenticity.sign(data, keyring))
-    held = forwarder.copies(entry.sop_uid)
-    if held != [stored]:  # another writer, or a delete Orthanc did not do: try again later
-        raise Unreachable(f"Orthanc holds {len(held)} copies of the instance after the upload, not one")
-    (record or index.put)(replace(entry, orthanc_id=stored), sealing)
+    stored = forwarder.send(authenticity.sign(opened.data, keyring))
     changed = previous is not None and previous.digest != entry.digest
     outcome = Outcome.SUPERSEDED if changed or copies else Outcome.STORED
     return Published(stored, outcome, entry.study_uid, len(copies))
+
+
+def confirmed(opened: Opened, published: Published, held: list[str]) -> tuple[Entry, Sealing]:
+    """The index entry for an upload, once Orthanc holds exactly that copy (``held``: its
+    copies after the upload); Unreachable (try again later) when it holds another too."""
+    if held != [published.orthanc_id]:  # another writer, or a delete Orthanc did not do
+        raise Unreachable(f"Orthanc holds {len(held)} copies of the instance after the upload, not one")
+    return replace(opened.entry, orthanc_id=published.orthanc_id), opened.sealing
+
+
+def publish(data: bytes, keyring: Keyring, forwarder: Forwarder, index: Index,
+            record: Callable[[Entry, Sealing], None] | None = None) -> Published:
+    """Store ``data`` (a protected object from the spool) as the one copy of its SOP instance,
+    asking Orthanc for its copies before and after (the worker asks once for a whole batch
+    with ``Forwarder.copies_of``, and goes this way for a SOP instance sent twice in one batch).
+
+    ``record`` takes the new index entry in place of ``index.put`` (the worker writes a
+    batch's entries in one transaction before it marks them forwarded; should it stop in
+    between, the object is published again and the steps above repair Orthanc)."""
+    opened = open_for_publishing(data, keyring, index)
+    published = upload(opened, forwarder.copies(opened.entry.sop_uid), keyring, forwarder)
+    if published.outcome is not Outcome.UNCHANGED:
+        (record or index.put)(*confirmed(opened, published, forwarder.copies(opened.entry.sop_uid)))
+    return published

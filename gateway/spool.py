@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -180,16 +181,17 @@ class Spool:
 
     def accept(self, data: bytes | Path, calling_ae: str, series_token: str, sop_token: str,
                modality: str, sop_class_uid: str, damage: str | None = None, called_ae: str = "",
-               address: str = "") -> int:
+               address: str = "", synced: Future[None] | None = None) -> int:
         """Make one received object durable (its bytes, or the file it was streamed to);
         only then may the C-STORE say Success. ``damage`` (no values) marks an object kept
         although damaged: its series goes to quarantine, never to Orthanc. The association's
         calling and called AE titles and address travel in the file's name, so routes can use
-        them after a power loss too (``origin``), and so does the node that took it in."""
+        them after a power loss too (``origin``), and so does the node that took it in.
+        ``synced``: the file's fsync, started by ``sync_soon`` while the caller checked the object."""
         path = self.incoming / (f"{self._tag}-{uuid.uuid4().hex}.{calling_ae.encode().hex()}"
                                 f".{called_ae.encode().hex()}_{address.encode().hex()}.dcm")
         if isinstance(data, Path):
-            _adopt_durably(data, path)
+            _adopt_durably(data, path, synced)
         else:
             write_durably(path, data)
         try:
@@ -342,6 +344,19 @@ class Spool:
         """Store the protected copy of one object durably; it leaves only once its whole
         series is marked ``protected``."""
         write_durably(self.outbox / f"{row_id}.dcm", data)
+
+    def output_path(self, row_id: int) -> Path:
+        """Where the protected copy of one object goes (``write_output``, or the protect
+        processes themselves, followed by ``outputs_written``)."""
+        return self.outbox / f"{row_id}.dcm"
+
+    def outputs_written(self) -> None:
+        """Make the names of protected copies written without their folder's fsync durable:
+        one fsync for a batch. Raises SpoolError."""
+        try:
+            _fsync_dir(self.outbox)
+        except OSError as exc:
+            raise SpoolError(f"spool file write failed: {exc.strerror}") from exc
 
     def discard_outputs(self, row_ids: list[int]) -> None:
         """Drop protected copies written for a series that ended in quarantine."""
@@ -725,14 +740,29 @@ def _db_text(exc: SQLAlchemyError) -> str:
     return str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
 
 
-def _adopt_durably(src: Path, path: Path) -> None:
+def sync_soon(path: Path) -> Future[None]:
+    """Start the fsync of a received file now, in the background: the listener checks the
+    object meanwhile (header, structure, room), and ``accept`` then waits for what is left
+    of it instead of starting it (measured: the fsync of a 526 KB object takes 1-3 ms here,
+    the checks about 1 ms)."""
+    return _SYNCS.submit(_fsync_file, path)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _adopt_durably(src: Path, path: Path, synced: Future[None] | None = None) -> None:
     """Give the file ``src`` a durable second name ``path``, without reading it into memory."""
     try:
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if synced is not None:
+            synced.result()
+        else:
+            _fsync_file(src)
         try:
             os.link(src, path)
         except OSError as exc:
@@ -758,6 +788,55 @@ def _copy_durably(src: Path, path: Path) -> None:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """Make the names added to ``folder`` so far durable. Concurrent callers share one
+    fsync (a group commit): each waits for an fsync that started after its call, so eight
+    senders at once do not queue eight folder fsyncs one behind the other."""
+    with _FOLDER_SYNCS_LOCK:
+        sync = _FOLDER_SYNCS.setdefault(str(folder), _FolderSync(folder))
+    sync.sync()
+
+
+class _FolderSync:
+    """Group commit of one folder's fsync."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._cond = threading.Condition()
+        self._started = 0  # fsyncs begun
+        self._finished = 0  # fsyncs ended (successfully or not)
+        self._running = False
+        self._failed: dict[int, OSError] = {}
+
+    def sync(self) -> None:
+        with self._cond:
+            wanted = self._started + 1  # the next one to start began after this call
+            while self._finished < wanted:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                number = self._started
+                self._cond.release()
+                error: OSError | None = None
+                try:
+                    _fsync_path(self.folder)
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._finished = number
+                    if error is not None:
+                        self._failed[number] = error
+                    self._cond.notify_all()
+            failed = next((e for n, e in self._failed.items() if n >= wanted), None)
+            self._failed = {n: e for n, e in self._failed.items() if n > self._finished - 64}
+        if failed is not None:
+            raise failed
+
+
+def _fsync_path(folder: Path) -> None:
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -765,9 +844,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(dir_fd)
 
 
-def write_durably(path: Path, data: bytes) -> None:
+_FOLDER_SYNCS: dict[str, _FolderSync] = {}
+_FOLDER_SYNCS_LOCK = threading.Lock()
+# Background fsyncs of received files (sync_soon): one per association at a time, as a rule.
+_SYNCS = ThreadPoolExecutor(8, thread_name_prefix="fsync")
+
+
+def write_durably(path: Path, data: bytes, sync_folder: bool = True) -> None:
     """Write ``data`` to ``path`` so that it survives a power cut: a temporary file, fsynced,
-    renamed, the folder fsynced. Raises SpoolError."""
+    renamed, the folder fsynced (``sync_folder`` False: the caller fsyncs it once for many
+    files). Raises SpoolError."""
     tmp = path.with_suffix(".part")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -779,7 +865,8 @@ def write_durably(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if sync_folder:
+            _fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

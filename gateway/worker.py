@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
@@ -33,7 +35,8 @@ from gateway.index import Entry, Index, Sealing
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.protect import Quarantine, protect_batches
-from gateway.publish import Outcome, publish
+from gateway.protect_pool import ProtectPool
+from gateway.publish import Outcome, Published, confirmed, open_for_publishing, publish, upload
 from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
 from gateway.spool import Incoming, LeaseLost, Outgoing, Spool, SpoolError
@@ -43,6 +46,7 @@ log = logging.getLogger("gateway.worker")
 FORWARD_CONNECTIONS = 4
 # The backoff entry of claiming itself (the state database refused the claim's write).
 _CLAIM = "(next settled)"
+_T = TypeVar("_T")
 
 
 class Worker:
@@ -61,6 +65,7 @@ class Worker:
         # Series waiting out an infrastructure fault: token -> (attempts, not before).
         self._backoff: dict[str, tuple[int, float]] = {}
         self.deliverer = Deliverer(config, spool, keyring)
+        self.protect_pool = ProtectPool(keyring)  # started with the jobs (start), not before
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds
@@ -71,11 +76,13 @@ class Worker:
         self._scheduler.add_job(self._guard(self.spool.renew_leases), "interval",
                                 seconds=self.spool.state.lease_seconds / 3, id="leases")
         self._scheduler.start()
+        self.protect_pool.warm()
 
     def stop(self) -> None:
         self._stop.set()
         self.deliverer.stop()
         self._scheduler.shutdown(wait=True)
+        self.protect_pool.close()
 
     def _guard(self, job: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -164,21 +171,26 @@ class Worker:
         destinations (staged deliveries); None when the series was quarantined or must wait."""
         ids = [i.id for i in items]
         to_main = any(d.destination == "orthanc" for d in route.destinations)
-        written: list[int] = []
         try:
-            for batch in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
-                                          self.spool) if to_main else ()):
-                for protected in batch:
-                    self.spool.write_output(ids[len(written)], protected.data)
-                    written.append(ids[len(written)])
-                batch.clear()  # on disk now: free it before the next batch is made
+            # each protected copy is written to the outbox by the process that protected it;
+            # its name is made durable with the batch's (one folder fsync)
+            for _ in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
+                                      self.spool, self.protect_pool, [self.spool.output_path(i) for i in ids])
+                      if to_main else ()):
+                self.spool.outputs_written()
             return stage_copies(self.config, self.keyring, self.spool, route, token, items,
                                 lambda name: route_spec(self.config, route.name, name))
         except (Quarantine, PluginError) as exc:
-            self.spool.discard_outputs(written)
+            self.spool.discard_outputs(ids)
             self._quarantine(token, route.name, str(exc), ids)
+        except BrokenProcessPool:  # killed (memory) or crashed (a decoder on this data): not again and again
+            self.spool.discard_outputs(ids)
+            if self._stop.is_set():  # ended with the service: the series waits for the next start
+                return None
+            self._quarantine(token, route.name, "a protect process ended abruptly (out of memory, or a crash on this"
+                             " series' data); release the series to try again", ids)
         except Exception as exc:  # noqa: BLE001 - one poisonous series must not stall the others
-            self.spool.discard_outputs(written)
+            self.spool.discard_outputs(ids)
             if is_infrastructure(exc):
                 self._wait(token, exc)
             else:  # the exception's text may quote the object's content; its type names the fault
@@ -239,34 +251,105 @@ class Worker:
                 if not batch:
                     return
                 done = _Forwarded()
-                futures = [pool.submit(self._forward_in_order, items, down, done) for items in _by_instance(batch)]
+                groups = _by_instance(batch)
+                futures = [pool.submit(self._forward_in_order, items, down, done) for items in groups if len(items) > 1]
+                self._forward_singles([items[0] for items in groups if len(items) == 1], pool, down, done)
                 wait(futures)  # Orthanc down: the rest waits for the backoff too
                 self.index.put_many(done.entries)
                 self.spool.forwarded_many(done.ids)
+                for error in done.errors:
+                    raise error  # an unexpected error: the guard logs it
                 for future in futures:
-                    future.result()  # an unexpected error: the guard logs it
+                    future.result()
 
     def _forward_in_order(self, items: list[Outgoing], down: threading.Event, done: _Forwarded) -> None:
-        """One SOP instance's copies; where there are several (a re-send, a correction), each
-        index entry is written at once, for the next copy to be compared with."""
+        """One SOP instance's copies (a re-send, a correction), each index entry written at
+        once, for the next copy to be compared with."""
         for item in items:
             if down.is_set() or self._stop.is_set():
                 return
-            if not self._forward_one(item, done, defer_index=len(items) == 1):
-                down.set()
-                return
+            try:
+                published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index)
+            except Exception as exc:  # noqa: BLE001 - sorted by _unsent
+                if not self._unsent(item, exc):
+                    down.set()
+                    return
+                continue
+            self._published(item, published, [], done)
 
-    def _forward_one(self, item: Outgoing, done: _Forwarded, defer_index: bool = True) -> bool:
-        entries: list[tuple[Entry, Sealing]] = []
+    def _forward_singles(self, items: list[Outgoing], pool: ThreadPoolExecutor, down: threading.Event,
+                         done: _Forwarded) -> None:
+        """SOP instances sent once in this batch: each read and opened, Orthanc asked once
+        which copies it holds of all of them, the changed ones uploaded, Orthanc asked once
+        more that each upload is the one copy of its instance."""
+        opened = self._each(pool, items, down, done, lambda item: open_for_publishing(
+            item.out_path.read_bytes(), self.keyring, self.index))
+        held = self._asked(list(opened), down, lambda: self.forwarder.copies_of(
+            [o.entry.sop_uid for o in opened.values()]))
+        if held is None:
+            return
+        published = self._each(pool, list(opened), down, done, lambda item: upload(
+            opened[item], held.get(opened[item].entry.sop_uid, []), self.keyring, self.forwarder))
+        uploaded = [item for item, p in published.items() if p.outcome is not Outcome.UNCHANGED]
+        after = self._asked(uploaded, down, lambda: self.forwarder.copies_of(
+            [opened[item].entry.sop_uid for item in uploaded]), always=True) if uploaded else {}
+        if after is None:
+            return
+        for item, result in published.items():
+            try:
+                entries = [confirmed(opened[item], result, after.get(opened[item].entry.sop_uid, []))] \
+                    if item in uploaded else []
+            except Unreachable as exc:
+                if not self._unsent(item, exc):
+                    down.set()
+                continue
+            self._published(item, result, entries, done)
+
+    def _each(self, pool: ThreadPoolExecutor, items: list[Outgoing], down: threading.Event, done: _Forwarded,
+              step: Callable[[Outgoing], _T]) -> dict[Outgoing, _T]:
+        """``step`` for every item on the upload connections; the items it failed for are
+        dealt with (``_unsent``) and left out, an unexpected error kept for after the batch."""
+        def attempt(item: Outgoing) -> tuple[Outgoing, _T | None]:
+            if down.is_set() or self._stop.is_set():
+                return item, None
+            try:
+                return item, step(item)
+            except Exception as exc:  # noqa: BLE001 - sorted by _unsent
+                try:
+                    if not self._unsent(item, exc):
+                        down.set()
+                except Exception as unexpected:  # noqa: BLE001 - raised once the batch is written
+                    done.fail(unexpected)
+                return item, None
+
+        return {item: value for item, value in pool.map(attempt, items) if value is not None}
+
+    def _asked(self, items: list[Outgoing], down: threading.Event, ask: Callable[[], dict[str, list[str]]],
+               always: bool = False) -> dict[str, list[str]] | None:
+        """Orthanc's answer about a batch; None (and the batch waits) when there is none, or
+        when Orthanc is known to be down, unless ``always`` (what was uploaded is checked
+        even when another upload found Orthanc down since)."""
+        if not items or (down.is_set() and not always):
+            return None
         try:
-            record = (lambda entry, sealing: entries.append((entry, sealing))) if defer_index else None
-            published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index, record)
+            return ask()
         except Unreachable as exc:
+            for item in items:
+                self.spool.retry_later(item.id, self.config.scheduler.retry_delay(item.attempts), str(exc))
+            log.warning("forward of %d objects deferred: %s", len(items), exc)
+            down.set()
+            return None
+
+    def _unsent(self, item: Outgoing, exc: Exception) -> bool:
+        """Deal with an object that could not be published: try again later, or fail it for
+        good. False when Orthanc or the spool is down (the rest of the batch waits too);
+        an error of no known kind is raised."""
+        if isinstance(exc, Unreachable):
             delay = self.config.scheduler.retry_delay(item.attempts)
             self.spool.retry_later(item.id, delay, str(exc))
             log.warning("series %s: forward deferred %.0f s: %s", item.series_token, delay, exc)
             return False
-        except (OSError, SpoolError) as exc:
+        if isinstance(exc, (OSError, SpoolError)):
             if not is_infrastructure(exc):  # e.g. the protected copy is gone: nothing to retry
                 self.spool.failed(item.id, f"protected copy unreadable ({type(exc).__name__})")
                 log.error("series %s: forward failed for good: protected copy unreadable", item.series_token)
@@ -276,15 +359,18 @@ class Worker:
             log.error("series %s: protected copy unreadable, retrying in %.0f s: %s", item.series_token, delay,
                       type(exc).__name__)
             return False
-        except (Refused, EnvelopeError, AuthenticityError) as exc:
+        if isinstance(exc, (Refused, EnvelopeError, AuthenticityError)):
             self.spool.failed(item.id, str(exc))
             log.error("series %s: forward failed for good: %s", item.series_token, exc)
             return True
+        raise exc
+
+    def _published(self, item: Outgoing, published: Published, entries: list[tuple[Entry, Sealing]],
+                   done: _Forwarded) -> None:
         if published.outcome is Outcome.SUPERSEDED:
             self.audit.record("gateway", "-", "supersede", "success", study=published.study_uid,
                               instance=published.orthanc_id, copies_replaced=published.replaced)
         done.add(item.id, entries)
-        return True
 
     def purge(self) -> None:
         n = self.spool.purge_originals(self.config.spool.retention_hours)
@@ -300,12 +386,18 @@ class Worker:
 
 
 class _Forwarded:
-    """What one batch published: index entries and spool ids, written after the batch."""
+    """What one batch published: index entries and spool ids, written after the batch, and
+    unexpected errors, raised after that."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.ids: list[int] = []
         self.entries: list[tuple[Entry, Sealing]] = []
+        self.errors: list[Exception] = []
+
+    def fail(self, error: Exception) -> None:
+        with self._lock:
+            self.errors.append(error)
 
     def add(self, row_id: int, entries: list[tuple[Entry, Sealing]]) -> None:
         with self._lock:  # in the order published: a correction's entry after its first copy's

@@ -1,7 +1,8 @@
 """Header de-identification: PS3.15 Annex E actions applied to a whole dataset.
 
-Works on a copy; the original is kept byte for byte in the recovery envelope, so
-nothing here needs to be reversible. Besides the new dataset it returns the original
+Works on a copy, or in place where the caller has no further use for the parsed original
+(the protect path: the original is kept byte for byte in the recovery envelope, cut from
+its bytes before), so nothing here needs to be reversible. Besides the new dataset it returns the original
 values it removed or replaced: the PHI gate scans the outgoing object for them.
 """
 
@@ -94,17 +95,21 @@ class Deidentifier:
         # (group, private creator) blocks a site chose to keep.
         self.keep_private = {(g, c.strip().upper()) for g, c in keep_private}
 
-    def run(self, original: Dataset) -> DeidResult:
-        ds = copy.deepcopy(original)
+    def run(self, original: Dataset, in_place: bool = False) -> DeidResult:
+        """De-identify ``original``; ``in_place`` changes it instead of a deep copy (a copy of
+        a 512x512 CT's dataset cost as much as its PHI gate)."""
         identity = {k: str(original.get(k, "") or "") for k in IDENTITY_KEYWORDS if original.get(k)}
-        result = DeidResult(dataset=ds, identity=identity)
         tokens = _scrub_tokens(original, self.profile)
-        walk = _Walk(self, result, str(original.get("PatientID", "") or ""), tokens)
+        charsets = declared_charset(original)
+        patient_id = str(original.get("PatientID", "") or "")
+        ds = original if in_place else copy.deepcopy(original)
+        result = DeidResult(dataset=ds, identity=identity)
+        walk = _Walk(self, result, patient_id, tokens)
         walk.dataset(ds)
         self._mark(ds)
         result.written |= _DUMMY_TEXTS | _MARK_VALUES | {str(ds.DeidentificationMethod)}
         result.written |= {text for code in self.profile.method_codes() for text in code}
-        result.charsets = declared_charset(original)
+        result.charsets = charsets
         if hasattr(ds, "file_meta") and "SOPInstanceUID" in ds:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         return result

@@ -62,7 +62,7 @@ def test_a_series_that_breaks_the_pipeline_is_quarantined_and_the_next_one_goes_
         spool.accept(b"x", "CT1", series, series + "0", "CT", "1.2.840.10008.5.1.4.1.1.2")
     calls = []
 
-    def protect(sources, route, keyring, keys):  # type: ignore[no-untyped-def]
+    def protect(sources, route, keyring, keys, pool=None, outputs=None):  # type: ignore[no-untyped-def]
         calls.append(len(sources))
         raise RuntimeError("DOE^JANE broke the decoder")  # exception text may quote content
 
