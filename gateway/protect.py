@@ -31,6 +31,7 @@ from pydicom.uid import (
 )
 
 from gateway import envelope, gate, logsafe
+from gateway.child_process import exit_with_parent
 from gateway.deid.deidentify import Deidentifier, DeidResult
 from gateway.deid.profile import Profile
 from gateway.keyring import Keyring
@@ -218,6 +219,7 @@ def init_process(keyring: Keyring, log_level: int) -> None:
     then walks the chunk's objects only (83 ms a collection otherwise, measured)."""
     global _process_keyring
     _process_keyring = keyring
+    exit_with_parent()
     # A service stop signals the whole process group (systemd, a terminal): the service
     # ends these processes itself (ProtectPool.close) once its current step is done.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -5,8 +5,9 @@ are numpy and scipy calls that mostly hold the GIL), so they run in processes. T
 frames go through one shared-memory copy (no per-task pickling of pixels) and each
 worker holds one frame's temporaries at a time, so memory stays at one more copy of the
 grey clip (8-bit frames stay 8-bit) and a few frames. The pool starts once per process
-(forkserver: no fork of a threaded gateway) and is reused; where processes cannot be
-started (a daemon process) the frames are searched here.
+(forkserver: no fork of a threaded gateway) and is reused. In a worker process (the
+gateway's protect processes, which already spread objects over the cores) the frames are
+searched in that process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from gateway.child_process import exit_with_parent
 from gateway.redaction import roi, tophat
 from gateway.redaction.boxes import Box
 
@@ -83,12 +85,13 @@ def _search(name: str, shape: tuple[int, ...], dtype: str, indices: list[int],
 
 
 def _pool(workers: int) -> Executor | None:
-    if multiprocessing.current_process().daemon:
-        return None
+    if multiprocessing.parent_process() is not None:
+        return None  # a worker process already: its pool (the protect pool) spreads the work over the cores
     with _lock:  # the gateway's threads share one pool
         pool = _pools.get(workers)
         if pool is None:
-            pool = _pools[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+            pool = _pools[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                                             initializer=exit_with_parent)
         return pool
 
 

@@ -27,6 +27,7 @@ from multiprocessing import resource_tracker, shared_memory
 from typing import Any, NamedTuple
 
 from gateway import logsafe
+from gateway.child_process import exit_with_parent
 from gateway.config import Orthanc
 from gateway.keyring import Keyring
 from gateway.pacs_reader import PacsReader
@@ -131,6 +132,7 @@ class _Relay(logging.Handler):
 def _log_to(queue: Any, level: int) -> None:
     """A worker's logging as the gateway's (libraries tuned down, their warnings silenced),
     every record going to the gateway process (``_Relay``), where the filters are."""
+    exit_with_parent()
     logsafe.configure()
     root = logging.getLogger()
     for handler in root.handlers[:]:

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import pydicom
+from sqlalchemy import text
 
 from gateway.audit import AuditLog
 from gateway.config import Config
@@ -108,7 +109,8 @@ def test_another_copy_after_the_upload_defers_the_object(tmp_path: Path, keyring
     _queue(spool, keyring, synthetic.ct_series(2, size=32), "s1")
     worker.forward_due()
     assert index.count() == 0 and spool.counts() == {"protected": 2}  # to be tried again, not recorded
-    errors = [r[0] for r in spool._db.execute("SELECT error FROM instances")]
+    with spool.state.read() as conn:
+        errors = [r[0] for r in conn.execute(text("SELECT error FROM instances"))]
     assert all("copies of the instance after the upload" in e for e in errors)
 
 

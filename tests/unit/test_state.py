@@ -444,7 +444,7 @@ def test_a_worker_protects_only_the_series_it_holds_the_lease_of(tmp_path: Path,
     assert b.claim_series(0) == "2.25.20"  # b is protecting it
     protected: list[int] = []
 
-    def protect(sources, route, keyring, keys):  # type: ignore[no-untyped-def]
+    def protect(sources, route, keyring, keys, pool=None, outputs=None):  # type: ignore[no-untyped-def]
         protected.append(len(sources))
         raise RuntimeError("stop here")  # the series goes to quarantine: enough to see which one was taken
 
@@ -467,7 +467,7 @@ def test_a_worker_whose_lease_was_taken_over_records_nothing_and_goes_on(
     a, b = _spool(tmp_path, nodes, "a"), _spool(tmp_path, nodes, "b")
     _accept(a, "2.25.30")
 
-    def protect(sources, route, keyring, keys):  # type: ignore[no-untyped-def]
+    def protect(sources, route, keyring, keys, pool=None, outputs=None):  # type: ignore[no-untyped-def]
         with a.state.write() as conn:  # a stalls past its lease; b takes the series over
             conn.execute(update(series).values(lease_expires=time.time() - 1))
         assert b.claim_series(0) == "2.25.30"
