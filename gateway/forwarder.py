@@ -41,14 +41,10 @@ class Forwarder:
         self._orthanc = OrthancCluster(settings)
         self._options = {"timeout": settings.timeout_seconds, **orthanc_request_options(settings)}
 
-    def copies(self, sop_uid: str) -> list[str]:
-        """Orthanc's ids of every instance holding this (pseudonymous) SOP Instance UID."""
-        body = {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}}
-        return sorted(self._call("post", "tools/find", json=body).json())
-
     def copies_of(self, sop_uids: list[str]) -> dict[str, list[str]]:
-        """``copies`` for many SOP Instance UIDs, one request per hundred: Orthanc matches
-        a list of UIDs (``a\\b``) anywhere it holds them. UIDs held nowhere are absent."""
+        """Orthanc's ids of every instance holding each of these (pseudonymous) SOP Instance
+        UIDs, one request per hundred: Orthanc matches a list of UIDs (``a\\b``) anywhere it
+        holds them. UIDs held nowhere are absent."""
         held: dict[str, list[str]] = {}
         for start in range(0, len(sop_uids), 100):
             body = {"Level": "Instance", "Query": {"SOPInstanceUID": "\\".join(sop_uids[start:start + 100])},

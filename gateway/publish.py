@@ -15,7 +15,6 @@ the steps; nothing of the old identity stays reachable once it succeeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -75,19 +74,3 @@ def confirmed(opened: Opened, published: Published, held: list[str]) -> tuple[En
     if held != [published.orthanc_id]:  # another writer, or a delete Orthanc did not do
         raise Unreachable(f"Orthanc holds {len(held)} copies of the instance after the upload, not one")
     return replace(opened.entry, orthanc_id=published.orthanc_id), opened.sealing
-
-
-def publish(data: bytes, keyring: Keyring, forwarder: Forwarder, index: Index,
-            record: Callable[[Entry, Sealing], None] | None = None) -> Published:
-    """Store ``data`` (a protected object from the spool) as the one copy of its SOP instance,
-    asking Orthanc for its copies before and after (the worker asks once for a whole batch
-    with ``Forwarder.copies_of``, and goes this way for a SOP instance sent twice in one batch).
-
-    ``record`` takes the new index entry in place of ``index.put`` (the worker writes a
-    batch's entries in one transaction before it marks them forwarded; should it stop in
-    between, the object is published again and the steps above repair Orthanc)."""
-    opened = open_for_publishing(data, keyring, index)
-    published = upload(opened, forwarder.copies(opened.entry.sop_uid), keyring, forwarder)
-    if published.outcome is not Outcome.UNCHANGED:
-        (record or index.put)(*confirmed(opened, published, forwarder.copies(opened.entry.sop_uid)))
-    return published

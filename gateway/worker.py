@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
@@ -36,7 +36,7 @@ from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.protect import Quarantine, protect_batches
 from gateway.protect_pool import ProtectPool
-from gateway.publish import Outcome, Published, confirmed, open_for_publishing, publish, upload
+from gateway.publish import Outcome, Published, confirmed, open_for_publishing, upload
 from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
 from gateway.spool import Incoming, LeaseLost, Outgoing, Spool, SpoolError
@@ -241,9 +241,9 @@ class Worker:
 
     def forward_due(self) -> None:
         """Upload due objects over ``FORWARD_CONNECTIONS`` connections at once (Orthanc's
-        answer, not the gateway, is the wait). Copies of one SOP instance go in spool order,
-        one after the other, so a correction still ends as the one copy. A batch's index
-        entries, then its spool states, are written in one transaction each."""
+        answer, not the gateway, is the wait). The spool hands out one copy of a SOP instance
+        at a time, the oldest (``Spool.due``), so a correction still ends as the one copy. A
+        batch's index entries, then its spool states, are written in one transaction each."""
         down = threading.Event()
         with ThreadPoolExecutor(FORWARD_CONNECTIONS, thread_name_prefix="forward") as pool:
             while not self._stop.is_set() and not down.is_set():
@@ -251,37 +251,17 @@ class Worker:
                 if not batch:
                     return
                 done = _Forwarded()
-                groups = _by_instance(batch)
-                futures = [pool.submit(self._forward_in_order, items, down, done) for items in groups if len(items) > 1]
-                self._forward_singles([items[0] for items in groups if len(items) == 1], pool, down, done)
-                wait(futures)  # Orthanc down: the rest waits for the backoff too
+                self._forward_batch(batch, pool, down, done)
                 self.index.put_many(done.entries)
                 self.spool.forwarded_many(done.ids)
                 for error in done.errors:
                     raise error  # an unexpected error: the guard logs it
-                for future in futures:
-                    future.result()
 
-    def _forward_in_order(self, items: list[Outgoing], down: threading.Event, done: _Forwarded) -> None:
-        """One SOP instance's copies (a re-send, a correction), each index entry written at
-        once, for the next copy to be compared with."""
-        for item in items:
-            if down.is_set() or self._stop.is_set():
-                return
-            try:
-                published = publish(item.out_path.read_bytes(), self.keyring, self.forwarder, self.index)
-            except Exception as exc:  # noqa: BLE001 - sorted by _unsent
-                if not self._unsent(item, exc):
-                    down.set()
-                    return
-                continue
-            self._published(item, published, [], done)
-
-    def _forward_singles(self, items: list[Outgoing], pool: ThreadPoolExecutor, down: threading.Event,
-                         done: _Forwarded) -> None:
-        """SOP instances sent once in this batch: each read and opened, Orthanc asked once
-        which copies it holds of all of them, the changed ones uploaded, Orthanc asked once
-        more that each upload is the one copy of its instance."""
+    def _forward_batch(self, items: list[Outgoing], pool: ThreadPoolExecutor, down: threading.Event,
+                       done: _Forwarded) -> None:
+        """Each object read and opened, Orthanc asked once which copies it holds of all of
+        them, the changed ones uploaded, Orthanc asked once more that each upload is the one
+        copy of its instance."""
         opened = self._each(pool, items, down, done, lambda item: open_for_publishing(
             item.out_path.read_bytes(), self.keyring, self.index))
         held = self._asked(list(opened), down, lambda: self.forwarder.copies_of(
@@ -403,15 +383,6 @@ class _Forwarded:
         with self._lock:  # in the order published: a correction's entry after its first copy's
             self.ids.append(row_id)
             self.entries += entries
-
-
-def _by_instance(batch: list[Outgoing]) -> list[list[Outgoing]]:
-    """The batch's objects grouped by SOP instance (the original's, as the spool keeps it:
-    a correction re-sends the same one), each group in spool order."""
-    groups: dict[str, list[Outgoing]] = {}
-    for item in batch:
-        groups.setdefault(item.sop_token or f"item {item.id}", []).append(item)
-    return list(groups.values())
 
 
 def is_infrastructure(exc: BaseException) -> bool:
