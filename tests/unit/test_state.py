@@ -30,6 +30,7 @@ from gateway.state.commands import state_warning
 from gateway.state.engine import State, StateError, open_state, postgres_engine, sqlite_engine
 from gateway.state.migrate import current, head, upgrade
 from gateway.state.schema import metadata, series
+from gateway.worker import Worker
 from testkit.postgres import PostgresServer
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -434,6 +435,15 @@ def _owner(spool: Spool, token: str) -> str | None:
         return conn.execute(text("SELECT lease_owner FROM series WHERE series_token=:t"), {"t": token}).scalar_one()
 
 
+def _worker(tmp_path: Path, spool: Spool) -> Worker:
+    """A worker on ``spool`` whose protection the test replaces (no keyring, no Orthanc)."""
+    config = Config.model_validate({
+        "senders": [{"ae_title": "CT1"}], "orthanc": {"url": "http://127.0.0.1:1", "username": "u", "password": "p"},
+        "keyring": str(tmp_path / "k.json"), "spool": {"path": str(tmp_path / "spool")},
+        "routes": [{"name": "all"}], "scheduler": {"settle_seconds": 0}})
+    return Worker(config, None, spool, None, None, AuditLog(tmp_path / "audit.jsonl"))  # type: ignore[arg-type]
+
+
 def test_a_worker_protects_only_the_series_it_holds_the_lease_of(tmp_path: Path, nodes: Nodes,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway import worker as worker_module
@@ -449,11 +459,7 @@ def test_a_worker_protects_only_the_series_it_holds_the_lease_of(tmp_path: Path,
         raise RuntimeError("stop here")  # the series goes to quarantine: enough to see which one was taken
 
     monkeypatch.setattr(worker_module, "protect_batches", protect)
-    config = Config.model_validate({
-        "senders": [{"ae_title": "CT1"}], "orthanc": {"url": "http://127.0.0.1:1", "username": "u", "password": "p"},
-        "keyring": str(tmp_path / "k.json"), "spool": {"path": str(tmp_path / "spool")},
-        "routes": [{"name": "all"}], "scheduler": {"settle_seconds": 0}})
-    worker = worker_module.Worker(config, None, a, None, None, AuditLog(tmp_path / "audit.jsonl"))  # type: ignore[arg-type]
+    worker = _worker(tmp_path, a)
     worker.process_settled()
     assert protected == [1]
     assert [s.series_token for s in a.set_aside()] == ["2.25.21"] and _owner(a, "2.25.21") is None
@@ -474,11 +480,7 @@ def test_a_worker_whose_lease_was_taken_over_records_nothing_and_goes_on(
         raise RuntimeError("a's protection fails late")  # a would quarantine the series: not its own any more
 
     monkeypatch.setattr(worker_module, "protect_batches", protect)
-    config = Config.model_validate({
-        "senders": [{"ae_title": "CT1"}], "orthanc": {"url": "http://127.0.0.1:1", "username": "u", "password": "p"},
-        "keyring": str(tmp_path / "k.json"), "spool": {"path": str(tmp_path / "spool")},
-        "routes": [{"name": "all"}], "scheduler": {"settle_seconds": 0}})
-    worker = worker_module.Worker(config, None, a, None, None, AuditLog(tmp_path / "audit.jsonl"))  # type: ignore[arg-type]
+    worker = _worker(tmp_path, a)
     worker.process_settled()
     assert a.counts() == {"received": 1} and a.set_aside() == [] and _owner(a, "2.25.30") == "b"
     assert "node b took it over" in caplog.text
