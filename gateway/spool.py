@@ -779,11 +779,7 @@ def _adopt_durably(src: Path, path: Path, synced: Future[None] | None = None) ->
 def _copy_durably(src: Path, path: Path) -> None:
     tmp = path.with_suffix(".part")
     shutil.copyfile(src, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_file(tmp)
     os.replace(tmp, path)
 
 
