@@ -9,7 +9,8 @@ as Rows x Columns x Samples x Bits Allocated x frames says; encapsulated pixel d
 a Basic Offset Table and at least one fragment, all items, ended by a sequence delimiter.
 
 A problem raises ``Damaged`` whose text names the problem (never a value) and fits a DICOM
-Error Comment (64 characters).
+Error Comment (64 characters). On the way it reads the few top-level values the spool keeps
+of an object (``Header``), so the listener does not parse the header a second time.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ UNDEFINED = 0xFFFFFFFF
 PIXEL_TAGS = {0x7FE00010: None, 0x7FE00008: 32, 0x7FE00009: 64}  # Pixel, Float, Double Float Pixel Data
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-_PIXEL_ATTRIBUTES = {0x00080016: "sop_class", 0x00280002: "samples", 0x00280004: "photometric", 0x00280008: "frames",
-                     0x00280010: "rows", 0x00280011: "columns", 0x00280100: "bits"}
+# The top-level values the walk reads: what the pixel data must agree with, and the header.
+_ATTRIBUTES = {0x00080016: "sop_class", 0x00080018: "sop_instance", 0x00080060: "modality", 0x0020000E: "series",
+               0x00280002: "samples", 0x00280004: "photometric", 0x00280008: "frames", 0x00280010: "rows",
+               0x00280011: "columns", 0x00280100: "bits"}
+_TEXT = {0x00080016, 0x00080018, 0x00080060, 0x0020000E, 0x00280004, 0x00280008}  # UI, CS, IS
 # Real objects nest a handful of levels; far deeper nesting only exhausts the readers after us.
 MAX_DEPTH = 64
 
@@ -43,28 +47,40 @@ class Damaged(Exception):
     """The object did not arrive whole or is malformed; the message names the problem."""
 
 
+@dataclass(frozen=True)
+class Header:
+    """What the spool keeps of an object, read by the walk: SOP Class and Instance UIDs,
+    Series Instance UID, Modality (empty where absent)."""
+
+    sop_class: str
+    sop_instance: str
+    series: str
+    modality: str
+
+
 @dataclass
 class _Image:
-    """The top-level attributes the pixel data must agree with."""
+    """The top-level attributes the pixel data must agree with, and the header's."""
 
     values: dict[str, object] = field(default_factory=dict)
     pixel_tag: int | None = None
     pixel_length: int | None = None
 
 
-def verify(path: Path) -> None:
-    """Raise ``Damaged`` unless the DICOM file at ``path`` is structurally whole."""
+def verify(path: Path) -> Header:
+    """Raise ``Damaged`` unless the DICOM file at ``path`` is structurally whole; return
+    its header values."""
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             syntax = _skip_file_meta(fh, size)
             if syntax.is_deflated:
-                _verify_deflated(path)
-                return
+                return _verify_deflated(path)
             image = _walk(fh, fh.tell(), size, syntax.is_implicit_VR, syntax.is_little_endian)
         _check_pixels(image, syntax)
     except (struct.error, ValueError):  # a short read in the file meta, an unknown transfer syntax
         raise Damaged("file meta cut short or transfer syntax unknown") from None
+    return Header(*(str(image.values.get(name) or "") for name in ("sop_class", "sop_instance", "series", "modality")))
 
 
 def _skip_file_meta(fh: BinaryIO, size: int) -> UID:
@@ -185,8 +201,8 @@ class _Walker:
         if value_at + length > limit:
             raise Damaged("pixel data length goes past what arrived" if top and tag in PIXEL_TAGS
                           else "a declared length goes past what arrived")
-        if top and tag in _PIXEL_ATTRIBUTES and length <= 64:
-            self.image.values[_PIXEL_ATTRIBUTES[tag]] = _attribute(self.fh.read(length), tag, self.short)
+        if top and tag in _ATTRIBUTES and length <= 64:
+            self.image.values[_ATTRIBUTES[tag]] = _attribute(self.fh.read(length), tag, self.short)
         elif top and tag in PIXEL_TAGS:
             self.image.pixel_tag, self.image.pixel_length = tag, length
         if _is_sequence(vr, tag) and length:
@@ -234,7 +250,7 @@ def _walk_fragments(fh: BinaryIO, size: int, length_struct: struct.Struct, tag_s
 
 
 def _attribute(raw: bytes, tag: int, short_struct: struct.Struct) -> object:
-    if tag in (0x00080016, 0x00280004, 0x00280008):  # UI, CS, IS: text
+    if tag in _TEXT:
         return raw.rstrip(b"\0 ").decode("ascii", "replace").strip()
     return short_struct.unpack(raw[:2])[0] if len(raw) >= 2 else None
 
@@ -273,7 +289,7 @@ def _check_pixels(image: _Image, syntax: UID) -> None:
         raise Damaged("pixel data shorter than rows x columns x frames")
 
 
-def _verify_deflated(path: Path) -> None:
+def _verify_deflated(path: Path) -> Header:
     """Deflated data sets (rare) are inflated by pydicom; the pixel length is checked on that."""
     try:
         ds = pydicom.dcmread(path)
@@ -286,3 +302,5 @@ def _verify_deflated(path: Path) -> None:
                                "photometric": str(ds.get("PhotometricInterpretation", ""))},
                        pixel_tag=0x7FE00010, pixel_length=len(pixel))
         _check_pixels(image, ds.file_meta.TransferSyntaxUID)
+    return Header(*(str(ds.get(keyword, "") or "") for keyword in ("SOPClassUID", "SOPInstanceUID",
+                                                                  "SeriesInstanceUID", "Modality")))

@@ -46,7 +46,7 @@ class Service:
         self.status = StatusServer(web, self.spool, self.metrics) if web.enabled else None
 
     def start(self) -> None:
-        recovered = self.spool.recover(self.listener.describe)
+        recovered = self.spool.recover(self.listener.inspect)
         if recovered:
             log.warning("spool: %d received object(s) had lost their index row (power loss?) and got it back",
                         recovered)

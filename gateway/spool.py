@@ -113,6 +113,16 @@ class Outgoing:
     sop_token: str = ""  # the original's SOP Instance UID, pseudonymised: corrections share it
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """A received object under its spool name; ``durable``: its link and fsyncs, running
+    (None for bytes written durably already)."""
+
+    path: Path
+    size: int
+    durable: Future[None] | None
+
+
 class LeaseLost(Exception):
     """Another node took over a series this node was protecting (its lease had expired)."""
 
@@ -179,32 +189,70 @@ class Spool:
             pending = self._pending
         return shutil.disk_usage(self.root).free - pending
 
-    def accept(self, data: bytes | Path, calling_ae: str, series_token: str, sop_token: str,
-               modality: str, sop_class_uid: str, damage: str | None = None, called_ae: str = "",
-               address: str = "", synced: Future[None] | None = None) -> int:
-        """Make one received object durable (its bytes, or the file it was streamed to);
-        only then may the C-STORE say Success. ``damage`` (no values) marks an object kept
-        although damaged: its series goes to quarantine, never to Orthanc. The association's
-        calling and called AE titles and address travel in the file's name, so routes can use
-        them after a power loss too (``origin``), and so does the node that took it in.
-        ``synced``: the file's fsync, started by ``sync_soon`` while the caller checked the object."""
-        path = self.incoming / (f"{self._tag}-{uuid.uuid4().hex}.{calling_ae.encode().hex()}"
-                                f".{called_ae.encode().hex()}_{address.encode().hex()}.dcm")
-        if isinstance(data, Path):
-            _adopt_durably(data, path, synced)
-        else:
-            write_durably(path, data)
-        try:
-            return self._add_row(path, series_token, sop_token, modality, sop_class_uid,
-                                 f"{DAMAGE_NOTE}{damage}" if damage else None)
-        except SpoolError:
-            path.unlink(missing_ok=True)
-            raise
+    def arrive(self, received: Path, calling_ae: str, called_ae: str = "", address: str = "") -> Arrival:
+        """Give a file the listener received its name in ``incoming/`` and start making it
+        durable in the background (the link, the file's fsync, the folder's fsync) while
+        the listener checks the object; ``accept`` or ``turn_away`` finishes it. The
+        association's calling and called AE titles and address travel in the name, so
+        routes can use them after a power loss too (``origin``), and so does the node."""
+        path = self._incoming_path(calling_ae, called_ae, address)
+        return Arrival(path, received.stat().st_size, _SYNCS.submit(_adopt_durably, received, path))
 
-    def recover(self, describe: Callable[[Path], Described]) -> int:
+    def _incoming_path(self, calling_ae: str, called_ae: str, address: str) -> Path:
+        return self.incoming / (f"{self._tag}-{uuid.uuid4().hex}.{calling_ae.encode().hex()}"
+                                f".{called_ae.encode().hex()}_{address.encode().hex()}.dcm")
+
+    def accept(self, data: bytes | Arrival, calling_ae: str, series_token: str, sop_token: str,
+               modality: str, sop_class_uid: str, damage: str | None = None, called_ae: str = "",
+               address: str = "") -> int:
+        """Make one received object durable (its bytes, or its ``arrive``d file) and record
+        it; only then may the C-STORE say Success. ``damage`` (no values) marks an object
+        kept although damaged: its series goes to quarantine, never to Orthanc. The row is
+        written while an arrival's fsyncs finish; if they fail, it is taken back."""
+        if isinstance(data, bytes):  # (``called_ae``, ``address``: for an arrival, given to ``arrive``)
+            path = self._incoming_path(calling_ae, called_ae, address)
+            write_durably(path, data)
+            arrival = Arrival(path, len(data), None)
+        else:
+            arrival = data
+        try:
+            row_id = self._add_row(arrival.path, arrival.size, series_token, sop_token, modality, sop_class_uid,
+                                   f"{DAMAGE_NOTE}{damage}" if damage else None)
+        except SpoolError:
+            self.turn_away(arrival)
+            raise
+        if arrival.durable is not None:
+            try:
+                arrival.durable.result()
+            except SpoolError:
+                self._take_back(row_id, series_token)
+                raise
+        return row_id
+
+    def turn_away(self, arrival: Arrival) -> None:
+        """Remove an ``arrive``d object's spool name again: it was refused, or could not be
+        recorded."""
+        if arrival.durable is not None:
+            with contextlib.suppress(SpoolError):
+                arrival.durable.result()  # the link exists (or never will) before it goes
+        arrival.path.unlink(missing_ok=True)
+
+    def _take_back(self, row_id: int, series_token: str) -> None:
+        """An object's row whose file did not become durable; its series' row with it if
+        the series holds nothing else."""
+        with self.state.write() as conn:
+            size = conn.execute(delete(instances).where(instances.c.id == row_id).returning(instances.c.size)).scalar()
+            conn.execute(delete(series).where(series.c.series_token == series_token, ~exists().where(
+                instances.c.series_token == series_token)))
+        with self._room_lock:
+            self._pending -= int(size or 0)
+
+    def recover(self, describe: Callable[[Path], tuple[Described, str | None]]) -> int:
         """Give each file of this node in ``incoming/`` that has no row (its commit lost to
-        a power failure) its row back; ``describe`` reads the tokens from the file. A file
-        that cannot be described goes to ``quarantine/unindexed``. Returns the rows added.
+        a power failure, or a C-STORE cut short between ``arrive`` and its answer) its row
+        back; ``describe`` reads the tokens from the file and checks its structure (a
+        damaged one is kept for quarantine, as ``listener.damaged`` would). A file that
+        cannot be described goes to ``quarantine/unindexed``. Returns the rows added.
         On a cluster another node's files are its own to recover."""
         with self.state.read() as conn:
             known = set(conn.execute(select(instances.c.path)).scalars())
@@ -213,13 +261,14 @@ class Spool:
             if path.name in known or not self._mine(path.name):
                 continue
             try:
-                series_token, sop_token, modality, sop_class_uid = describe(path)
+                (series_token, sop_token, modality, sop_class_uid), damage = describe(path)
             except Exception:  # noqa: BLE001 - whatever is wrong with it, it must not block the start
                 aside = self.quarantine_dir / "unindexed"
                 aside.mkdir(exist_ok=True)
                 os.replace(path, aside / path.name)
                 continue
-            self._add_row(path, series_token, sop_token, modality, sop_class_uid)
+            self._add_row(path, path.stat().st_size, series_token, sop_token, modality, sop_class_uid,
+                          f"{DAMAGE_NOTE}{damage}" if damage else None)
             added += 1
         return added
 
@@ -229,9 +278,8 @@ class Spool:
         tag, dash, _ = name.partition(".")[0].partition("-")
         return self.state.single_node or (bool(dash) and tag == self._tag)
 
-    def _add_row(self, path: Path, series_token: str, sop_token: str, modality: str, sop_class_uid: str,
+    def _add_row(self, path: Path, size: int, series_token: str, sop_token: str, modality: str, sop_class_uid: str,
                  error: str | None = None) -> int:
-        size = path.stat().st_size
         values = {"path": path.name, "calling_ae": bytes.fromhex(path.name.split(".")[1]).decode(),
                   "series_token": series_token, "sop_token": sop_token, "modality": modality,
                   "sop_class_uid": sop_class_uid, "now": time.time(), "error": error, "size": size}
@@ -740,14 +788,6 @@ def _db_text(exc: SQLAlchemyError) -> str:
     return str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
 
 
-def sync_soon(path: Path) -> Future[None]:
-    """Start the fsync of a received file now, in the background: the listener checks the
-    object meanwhile (header, structure, room), and ``accept`` then waits for what is left
-    of it instead of starting it (measured: the fsync of a 526 KB object takes 1-3 ms here,
-    the checks about 1 ms)."""
-    return _SYNCS.submit(_fsync_file, path)
-
-
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -756,19 +796,20 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _adopt_durably(src: Path, path: Path, synced: Future[None] | None = None) -> None:
-    """Give the file ``src`` a durable second name ``path``, without reading it into memory."""
+def _adopt_durably(src: Path, path: Path) -> None:
+    """Give the file ``src`` a durable second name ``path``, without reading it into memory.
+    The link comes before the file's fsync: on a journaling file system (ext4, XFS) that
+    fsync then commits the new name too, and the folder's fsync after it, which POSIX
+    needs for the name, finds nothing left to write (one journal commit, not two)."""
     try:
-        if synced is not None:
-            synced.result()
-        else:
-            _fsync_file(src)
         try:
             os.link(src, path)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             _copy_durably(src, path)
+        else:
+            _fsync_file(path)
         _fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -842,7 +883,7 @@ def _fsync_path(folder: Path) -> None:
 
 _FOLDER_SYNCS: dict[str, _FolderSync] = {}
 _FOLDER_SYNCS_LOCK = threading.Lock()
-# Background fsyncs of received files (sync_soon): one per association at a time, as a rule.
+# Received files made durable in the background (Spool.arrive): one per association at a time, as a rule.
 _SYNCS = ThreadPoolExecutor(8, thread_name_prefix="fsync")
 
 

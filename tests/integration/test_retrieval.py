@@ -131,7 +131,7 @@ def test_move_and_get_return_the_originals_exactly(tmp_path: Path, stack) -> Non
     movescu(gateway, tmp_path / "pseudo", "WS_PSEUDO", ports["WS_PSEUDO"], "WS_PSEUDO", pseudo_uid.StudyInstanceUID)
     received = [pydicom.dcmread(p) for p in (tmp_path / "pseudo").iterdir()]
     assert len(received) == 5 and all(ds.PatientIdentityRemoved == "YES" for ds in received)
-    assert all("DOE" not in str(ds.PatientName) for ds in received)
+    assert all("DOE^" not in str(ds.PatientName) for ds in received)
 
     output = movescu(gateway, tmp_path / "elsewhere", "WS_RESTORE", free_port(), "NOT_REGISTERED", study_uid)
     assert "Refused: MoveDestinationUnknown" in output  # status 0xA801

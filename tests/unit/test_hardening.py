@@ -41,7 +41,7 @@ def test_a_streamed_object_is_taken_in_without_a_copy_and_survives_its_temp_name
     spool = Spool(tmp_path / "spool")
     received = spool.receiving / "tmp123.dcm"
     received.write_bytes(b"streamed DICOM bytes")
-    spool.accept(received, "CT1", "2.25.1", "2.25.2", "CT", "1.2.840.10008.5.1.4.1.1.2")
+    spool.accept(spool.arrive(received, "CT1"), "CT1", "2.25.1", "2.25.2", "CT", "1.2.840.10008.5.1.4.1.1.2")
     received.unlink()  # pynetdicom removes its temporary file after the handler returns
     (item,) = spool.received("2.25.1")
     assert item.path.read_bytes() == b"streamed DICOM bytes"
@@ -91,11 +91,11 @@ def test_a_received_file_whose_row_was_lost_gets_it_back_at_start(tmp_path: Path
     reopened = Spool(tmp_path / "spool")
     seen = []
 
-    def describe(path: Path) -> tuple[str, str, str, str]:
+    def describe(path: Path) -> tuple[tuple[str, str, str, str], str | None]:
         if path.read_bytes() != b"second":
             raise ValueError("cannot read")
         seen.append(path.name)
-        return "2.25.1", "2.25.11", "CT", "1.2.840.10008.5.1.4.1.1.2"
+        return ("2.25.1", "2.25.11", "CT", "1.2.840.10008.5.1.4.1.1.2"), None
 
     assert reopened.recover(describe) == 1
     items = reopened.received("2.25.1")

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.audit import AuditLog
 from gateway.config import Config
-from gateway.integrity import Damaged, verify
+from gateway.integrity import Damaged, Header, verify
 from gateway.spool import Spool
 from gateway.worker import Worker, is_infrastructure
 from testkit import synthetic
@@ -37,19 +37,25 @@ def _check(tmp_path: Path, data: bytes) -> str | None:
     return None
 
 
-def test_every_whole_file_pydicom_ships_passes() -> None:
-    refused = {}
+def test_every_whole_file_pydicom_ships_passes_and_its_header_reads_as_pydicom_reads_it() -> None:
+    refused, misread = {}, {}
     for name in get_testdata_files("*.dcm"):
         path = Path(name)
         try:
-            pydicom.dcmread(path, stop_before_pixels=True)
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - not DICOM at all (pydicom ships a few such files)
             continue
         try:
-            verify(path)
+            header = verify(path)
         except Damaged as exc:
             refused[path.name] = str(exc)
+            continue
+        expected = Header(*(str(ds.get(k, "") or "") for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID",
+                                                               "Modality")))
+        if header != expected:  # implicit and big endian, deflated, odd padding: all vendors' files
+            misread[path.name] = (header, expected)
     assert set(refused) <= KNOWN_DAMAGED, {k: v for k, v in refused.items() if k not in KNOWN_DAMAGED}
+    assert not misread
     assert {"MR_truncated.dcm", "emri_small_jpeg_2k_lossless_too_short.dcm"} <= set(refused)
 
 
@@ -103,7 +109,7 @@ def _quarantined(spool: Spool, token: str, n: int, tmp_path: Path) -> list[int]:
     for i in range(n):
         src = tmp_path / f"{token}-{i}.dcm"
         src.write_bytes(b"original with identity")
-        ids.append(spool.accept(src, "MODALITY", token, f"{token}.{i}", "CT", "1.2.840.10008.5.1.4.1.1.2"))
+        ids.append(spool.accept(spool.arrive(src, "MODALITY"), "MODALITY", token, f"{token}.{i}", "CT", "1.2.840.10008.5.1.4.1.1.2"))
     spool.quarantine(token, "default", json.dumps({"stage": "gate", "element": "(0008,1090)"}), ids)
     return ids
 
@@ -164,7 +170,7 @@ def test_a_whole_resend_replaces_a_damaged_copy_kept_for_quarantine(tmp_path: Pa
     for name, damage in (("cut", "pixel data length goes past what arrived"), ("whole", None)):
         src = tmp_path / name
         src.write_bytes(b"object")
-        spool.accept(src, "MODALITY", "2.25.5", "2.25.5.1", "CT", "1.2.840.10008.5.1.4.1.1.2", damage=damage)
+        spool.accept(spool.arrive(src, "MODALITY"), "MODALITY", "2.25.5", "2.25.5.1", "CT", "1.2.840.10008.5.1.4.1.1.2", damage=damage)
     (latest,) = spool.received("2.25.5")
     assert latest.damage is None and spool.counts()["superseded"] == 1
 
@@ -173,7 +179,7 @@ def test_objects_orthanc_refused_are_set_aside_and_can_be_released(tmp_path: Pat
     spool = Spool(tmp_path / "spool")
     src = tmp_path / "refused.dcm"
     src.write_bytes(b"object")
-    row = spool.accept(src, "MODALITY", "2.25.6", "2.25.6.1", "CT", "1.2.840.10008.5.1.4.1.1.2")
+    row = spool.accept(spool.arrive(src, "MODALITY"), "MODALITY", "2.25.6", "2.25.6.1", "CT", "1.2.840.10008.5.1.4.1.1.2")
     spool.write_output(row, b"protected copy")
     spool.protected("2.25.6", "default", [row])
     spool.failed(row, "Orthanc refused the object (HTTP 400)")

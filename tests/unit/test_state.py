@@ -305,9 +305,9 @@ def test_a_node_starting_leaves_the_other_nodes_files_alone(tmp_path: Path, node
     assert b.receiving != a.receiving and arriving.exists()
     seen: list[str] = []
 
-    def describe(path: Path) -> tuple[str, str, str, str]:
+    def describe(path: Path) -> tuple[tuple[str, str, str, str], str | None]:
         seen.append(path.name)
-        return "2.25.11", "2.25.11.1", "CT", CT
+        return ("2.25.11", "2.25.11.1", "CT", CT), None
 
     if b.state.single_node:  # SQLite is one node by definition: whoever starts recovers every file
         assert b.recover(describe) == 1
@@ -374,7 +374,7 @@ def test_db_upgrade_brings_a_previous_versions_sqlite_spool_and_its_index_over(t
     spool = Spool(tmp_path / "spool", intake=False)
     assert [i.sop_token for i in spool.received("2.25.12")] == ["2.25.12.1"] and spool.forced_route("2.25.12") is None
     assert spool.room() > 0  # the size column is there
-    assert spool.recover(lambda p: ("x", "x", "x", "x")) == 0  # the file of the old name counts as known
+    assert spool.recover(lambda p: (("x", "x", "x", "x"), None)) == 0  # the file of the old name counts as known
     with spool.state.read() as conn:
         assert conn.execute(text("SELECT orthanc_id FROM retrieval_index")).scalars().all() == ["o1"]
 
