@@ -138,6 +138,16 @@ class Index:
             rows = conn.execute(_BY_SOP, {"sop_uid": sop_uid}).all()
         return next(self._open(rows, keyring), None)
 
+    def get_many(self, sop_uids: list[str], keyring: Keyring) -> dict[str, Entry]:
+        """The entries of several SOP Instance UIDs in one read (a forward batch's); UIDs
+        without one are absent."""
+        found: dict[str, Entry] = {}
+        for start in range(0, len(sop_uids), 500):
+            with self.state.read() as conn:
+                rows = conn.execute(_BY_SOPS, {"sop_uids": sop_uids[start:start + 500]}).all()
+            found.update((entry.sop_uid, entry) for entry in self._open(rows, keyring))
+        return found
+
     def entries(self, keyring: Keyring) -> Iterator[Entry]:
         """Every entry, opened; entries that do not open (unknown key) are skipped."""
         with self.state.read() as conn:
@@ -170,8 +180,9 @@ _COLUMNS = [retrieval_index.c[name] for name in (
     "kek_id", "wrapped", "nonce", "sealed")]
 
 
-# ``get``, before every upload (``publish``): built once.
+# ``get`` and ``get_many``, before uploads (``publish``): built once.
 _BY_SOP = select(*_COLUMNS).where(retrieval_index.c.sop_uid == bindparam("sop_uid"))
+_BY_SOPS = select(*_COLUMNS).where(retrieval_index.c.sop_uid.in_(bindparam("sop_uids", expanding=True)))
 
 
 def _aad(sop_uid: str) -> bytes:

@@ -15,12 +15,13 @@ the steps; nothing of the old identity stays reachable once it succeeds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from gateway import authenticity
 from gateway.forwarder import Forwarder, Unreachable
-from gateway.index import Entry, Index, Sealing, entry_of
+from gateway.index import Entry, Sealing, entry_of
 from gateway.keyring import Keyring
 
 
@@ -48,9 +49,11 @@ class Opened:
     previous: Entry | None
 
 
-def open_for_publishing(data: bytes, keyring: Keyring, index: Index) -> Opened:
+def open_for_publishing(data: bytes, keyring: Keyring, previous: Callable[[str], Entry | None]) -> Opened:
+    """``data`` opened, with the index entry it would replace (``previous``: by SOP
+    Instance UID, e.g. ``Index.get``)."""
     entry, sealing = entry_of(data, "", keyring)
-    return Opened(data, entry, sealing, index.get(entry.sop_uid, keyring))
+    return Opened(data, entry, sealing, previous(entry.sop_uid))
 
 
 def upload(opened: Opened, copies: list[str], keyring: Keyring, forwarder: Forwarder) -> Published:

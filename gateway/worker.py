@@ -1,7 +1,9 @@
 """Background jobs: protect settled series, forward protected objects, purge originals.
 
-apscheduler runs three interval jobs, each never overlapping itself. A job that meets
-an unexpected error logs it (without PHI) and runs again at its next interval: the spool
+apscheduler runs the interval jobs, each never overlapping itself. Forwarding runs in a
+thread of its own that wakes at the same interval or as soon as a series was protected
+(a series waits for no poll between protection and upload). A job that meets an
+unexpected error logs it (without PHI) and runs again at its next interval: the spool
 keeps every state, so nothing is lost between runs or across a restart.
 
 Faults of the infrastructure (a full disk, a locked or unwritable database, Orthanc down)
@@ -36,7 +38,7 @@ from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.protect import Quarantine, protect_batches
 from gateway.protect_pool import ProtectPool
-from gateway.publish import Outcome, Published, confirmed, open_for_publishing, upload
+from gateway.publish import Opened, Outcome, Published, confirmed, open_for_publishing, upload
 from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
 from gateway.spool import Incoming, LeaseLost, Outgoing, Spool, SpoolError
@@ -66,11 +68,13 @@ class Worker:
         self._backoff: dict[str, tuple[int, float]] = {}
         self.deliverer = Deliverer(config, spool, keyring)
         self.protect_pool = ProtectPool(keyring)  # started with the jobs (start), not before
+        self._forward_ready = threading.Event()  # set: run forward_due now
+        self._forwarding = threading.Thread(target=self._forward_loop, name="forward", daemon=True)
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds
         self._scheduler.add_job(self._guard(self.process_settled), "interval", seconds=every, id="protect")
-        self._scheduler.add_job(self._guard(self.forward_due), "interval", seconds=every, id="forward")
+        self._forwarding.start()
         self._scheduler.add_job(self._guard(self.deliverer.deliver_due), "interval", seconds=every, id="deliver")
         self._scheduler.add_job(self._guard(self.purge), "interval", seconds=max(every, 60), id="purge")
         self._scheduler.add_job(self._guard(self.spool.renew_leases), "interval",
@@ -80,9 +84,22 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._forward_ready.set()
         self.deliverer.stop()
         self._scheduler.shutdown(wait=True)
+        if self._forwarding.is_alive():
+            self._forwarding.join()
         self.protect_pool.close()
+
+    def _forward_loop(self) -> None:
+        """``forward_due`` every ``poll_seconds``, or at once when woken (``_forward_ready``);
+        a wake-up during a run runs it again, so none is lost."""
+        forward = self._guard(self.forward_due)
+        while not self._stop.is_set():
+            self._forward_ready.wait(self.config.scheduler.poll_seconds)
+            self._forward_ready.clear()
+            if not self._stop.is_set():
+                forward()
 
     def _guard(self, job: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -206,6 +223,7 @@ class Worker:
 
         if not self._recorded(token, record):
             return
+        self._forward_ready.set()
         log.info("series %s: %d objects protected by route %s for %s", token, len(ids), route.name,
                  ", ".join(d.destination for d in route.destinations))
 
@@ -259,26 +277,35 @@ class Worker:
 
     def _forward_batch(self, items: list[Outgoing], pool: ThreadPoolExecutor, down: threading.Event,
                        done: _Forwarded) -> None:
-        """Each object read and opened, Orthanc asked once which copies it holds of all of
-        them, the changed ones uploaded, Orthanc asked once more that each upload is the one
-        copy of its instance."""
-        opened = self._each(pool, items, down, done, lambda item: open_for_publishing(
-            item.out_path.read_bytes(), self.keyring, self.index))
-        held = self._asked(list(opened), down, lambda: self.forwarder.copies_of(
-            [o.entry.sop_uid for o in opened.values()]))
+        """Orthanc asked once which copies it holds of all the batch's SOP instances, and the
+        index once for their entries; then each object read, opened and (where changed)
+        uploaded on one connection, so that one object's opening overlaps another's upload;
+        Orthanc asked once more that each upload is the one copy of its instance. The batch
+        is asked about by its SOP tokens, which are the protected SOP Instance UIDs unless a
+        route's profile keeps the original UIDs; an object whose UID differs is asked about
+        on its own."""
+        tokens = {item.sop_token for item in items}
+        held = self._asked(items, down, lambda: self.forwarder.copies_of(sorted(tokens)))
         if held is None:
             return
-        published = self._each(pool, list(opened), down, done, lambda item: upload(
-            opened[item], held.get(opened[item].entry.sop_uid, []), self.keyring, self.forwarder))
-        uploaded = [item for item, p in published.items() if p.outcome is not Outcome.UNCHANGED]
+        known = self.index.get_many(sorted(tokens), self.keyring)
+
+        def publish(item: Outgoing) -> tuple[Opened, Published]:
+            opened = open_for_publishing(item.out_path.read_bytes(), self.keyring, lambda uid: known.get(uid)
+                                         if uid in tokens else self.index.get(uid, self.keyring))
+            uid = opened.entry.sop_uid
+            copies = held.get(uid, []) if uid in tokens else self.forwarder.copies_of([uid]).get(uid, [])
+            return opened, upload(opened, copies, self.keyring, self.forwarder)
+
+        published = self._each(pool, items, down, done, publish)
+        uploaded = [item for item, (_, p) in published.items() if p.outcome is not Outcome.UNCHANGED]
         after = self._asked(uploaded, down, lambda: self.forwarder.copies_of(
-            [opened[item].entry.sop_uid for item in uploaded]), always=True) if uploaded else {}
+            [published[item][0].entry.sop_uid for item in uploaded]), always=True) if uploaded else {}
         if after is None:
             return
-        for item, result in published.items():
+        for item, (opened, result) in published.items():
             try:
-                entries = [confirmed(opened[item], result, after.get(opened[item].entry.sop_uid, []))] \
-                    if item in uploaded else []
+                entries = [confirmed(opened, result, after.get(opened.entry.sop_uid, []))] if item in uploaded else []
             except Unreachable as exc:
                 if not self._unsent(item, exc):
                     down.set()

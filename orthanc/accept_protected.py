@@ -66,8 +66,13 @@ def is_protected(dicom, tags, keys):
     return bool(value) and authentic(dicom, value, keys)
 
 
+# Read once: Orthanc's configuration does not change while it runs (parsing it for every
+# instance cost about a tenth of the filter's time); the key file itself is re-read on change.
+_KEY_FILE = json.loads(orthanc.GetConfiguration()).get("PrivacyGateway", {}).get("AuthenticityKeys")
+
+
 def _authenticity_keys():
-    path = json.loads(orthanc.GetConfiguration()).get("PrivacyGateway", {}).get("AuthenticityKeys")
+    path = _KEY_FILE
     try:
         mtime = os.stat(path).st_mtime_ns
         if mtime != _keys["mtime"]:
