@@ -6,21 +6,25 @@ element (0013,xx07) LO ``auth-NNNN:<32 hex>``: an HMAC-SHA256 (first 128 bits) o
 object's whole file bytes as uploaded, computed while the element still holds the fixed
 placeholder ``auth-0000:000...0``. The verifier (Orthanc's filter plugin,
 ``orthanc/accept_protected.py``, standard library only) finds the tag's text in the bytes,
-puts the placeholder back and recomputes. The tag is made at forward time with the active
-key, so a rotation takes effect for everything not yet forwarded; Orthanc reads the keys
-from a file that ``gateway keys export-authenticity`` writes.
+puts the placeholder back and recomputes. The protect processes tag the copies they write
+for Orthanc (the HMAC then runs in parallel, not in the forwarding process); forwarding
+checks the tag is under the active key and makes it again where it is not, so a rotation
+takes effect for everything not yet forwarded. Orthanc reads the keys from a file that
+``gateway keys export-authenticity`` writes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from gateway.keyring import Keyring, KeyringError
 
 ELEMENT = 0x07
 KEY_ID_LENGTH = 9  # "auth-NNNN"
 PLACEHOLDER = "auth-0000:" + "0" * 32
+_TAG = re.compile(rb"auth-[0-9]{4}:[0-9a-f]{32}")
 
 
 class AuthenticityError(Exception):
@@ -34,9 +38,7 @@ def tag(data: bytes, key_id: str, key: bytes) -> str:
 
 def sign(data: bytes, keyring: Keyring) -> bytes:
     """``data`` with its placeholder replaced by the tag under the active key."""
-    if not keyring.authenticity:
-        raise KeyringError(f"keyring {keyring.path} has no authenticity key; add one with "
-                           "'gateway keys rotate --authenticity'")
+    _require_key(keyring)
     marker = PLACEHOLDER.encode()
     position = data.find(marker)
     if position < 0 or data.find(marker, position + 1) >= 0:
@@ -44,6 +46,32 @@ def sign(data: bytes, keyring: Keyring) -> bytes:
     key_id = keyring.authenticity_active
     value = tag(data, key_id, keyring.authenticity[key_id]).encode()
     return data[:position] + value + data[position + len(marker):]
+
+
+def tagged(data: bytes, keyring: Keyring, at: int | None = None) -> bytes:
+    """``data`` tagged under the active key: signed here where it holds the placeholder;
+    where protection tagged it already (its tag at ``at``, or found), as it is when that tag
+    is under the active key and signed again when it is not (a rotation since)."""
+    _require_key(keyring)
+    if at is None:
+        at = data.find(PLACEHOLDER.encode())
+        if at < 0:
+            found = _TAG.search(data)
+            at = found.start() if found is not None else -1
+    value = data[at:at + len(PLACEHOLDER)] if at >= 0 else b""
+    if value == PLACEHOLDER.encode():
+        return sign(data, keyring)
+    if not _TAG.fullmatch(value):
+        raise AuthenticityError("the object holds neither an authenticity placeholder nor a tag")
+    if value[:KEY_ID_LENGTH].decode() == keyring.authenticity_active:
+        return data
+    return sign(data[:at] + PLACEHOLDER.encode() + data[at + len(PLACEHOLDER):], keyring)
+
+
+def _require_key(keyring: Keyring) -> None:
+    if not keyring.authenticity:
+        raise KeyringError(f"keyring {keyring.path} has no authenticity key; add one with "
+                           "'gateway keys rotate --authenticity'")
 
 
 def verify(data: bytes, value: str, keys: dict[str, bytes]) -> bool:

@@ -108,7 +108,7 @@ def seal(ds: Dataset, payload: Content, key_id: str, wrapped_key: bytes, data_ke
     block.add_new(0x04, "OB", nonce)
     block.add_new(0x05, "OB", ciphertext)
     block.add_new(0x06, "LO", [name for name, _ in payload.records] or "")
-    block.add_new(authenticity.ELEMENT, "LO", authenticity.PLACEHOLDER)  # tagged at forward time
+    block.add_new(authenticity.ELEMENT, "LO", authenticity.PLACEHOLDER)  # tagged for Orthanc (authenticity.py)
 
 
 def has_envelope(ds: Dataset) -> bool:

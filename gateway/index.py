@@ -75,21 +75,42 @@ def original_attributes(ds: Dataset) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class Original:
+    """What an index entry keeps of the original object: its queryable attributes, SOP
+    class and transfer syntax."""
+
+    attributes: dict[str, str]
+    sop_class: str
+    transfer_syntax: str
+
+    @classmethod
+    def of(cls, ds: Dataset) -> Original:
+        meta = getattr(ds, "file_meta", None)
+        syntax = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else ""
+        return cls(original_attributes(ds), str(ds.get("SOPClassUID", "")), syntax)
+
+
+def entry_for(protected: Dataset, original: Original, stages: Sequence[str], digest: bytes,
+              orthanc_id: str = "") -> Entry:
+    """The index entry of a protected object (its header), made from ``original``."""
+    return Entry(
+        study_uid=str(protected.StudyInstanceUID), series_uid=str(protected.SeriesInstanceUID),
+        sop_uid=str(protected.SOPInstanceUID), patient_id=str(protected.get("PatientID", "")),
+        orthanc_id=orthanc_id, sop_class=original.sop_class, transfer_syntax=original.transfer_syntax,
+        stages=tuple(stages), original=original.attributes, digest=digest.hex(),
+    )
+
+
 def entry_of(protected_bytes: bytes, orthanc_id: str, keyring: Keyring) -> tuple[Entry, Sealing]:
-    """The index entry of one protected object, from its own envelope."""
+    """The index entry of one protected object, from its own envelope (protection hands
+    the same entry on where it can: ``Protected.entry``)."""
     ds = pydicom.dcmread(io.BytesIO(protected_bytes), stop_before_pixels=True)
     opened = envelope.open_envelope(ds, keyring)
     original = pydicom.dcmread(io.BytesIO(opened.payload.cut.prefix), stop_before_pixels=True, force=True)
-    meta = getattr(original, "file_meta", None)
     key_id, wrapped = envelope.wrapped_key(ds)
-    entry = Entry(
-        study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID), sop_uid=str(ds.SOPInstanceUID),
-        patient_id=str(ds.get("PatientID", "")), orthanc_id=orthanc_id,
-        sop_class=str(original.get("SOPClassUID", "")),
-        transfer_syntax=str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else "",
-        stages=tuple(name for name, _ in opened.payload.records),
-        original=original_attributes(original), digest=opened.payload.cut.digest.hex(),
-    )
+    entry = entry_for(ds, Original.of(original), [name for name, _ in opened.payload.records],
+                      opened.payload.cut.digest, orthanc_id)
     return entry, Sealing(key_id, wrapped, opened.data_key)
 
 

@@ -30,16 +30,17 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from gateway import envelope, gate, logsafe
+from gateway import authenticity, envelope, gate, logsafe
 from gateway.child_process import exit_with_parent
 from gateway.deid.deidentify import Deidentifier, DeidResult
 from gateway.deid.profile import Profile
+from gateway.index import Entry, Original, Sealing, entry_for
 from gateway.keyring import Keyring
 from gateway.original import Cut, cut, value_offset
 from gateway.plugin import Context, PluginError, Transform
 from gateway.pseudonym import Pseudonymizer
 from gateway.route_spec import RouteSpec
-from gateway.spool import write_durably
+from gateway.spool import FileIdentity, write_durably
 from gateway.stages import build_stages
 from gateway.study_keys import DataKeys, series_key
 
@@ -66,14 +67,19 @@ class Quarantine(Exception):
 
 @dataclass(frozen=True)
 class Protected:
-    """One protected instance: its bytes (or the file they were written to) and its new
-    (pseudonymous) UIDs."""
+    """One protected instance: its bytes (or the file they were written to), its new
+    (pseudonymous) UIDs, and its retrieval index entry (made here from what is at hand,
+    so forwarding need not parse the object and open its envelope again)."""
 
     data: bytes
     study_uid: str
     series_uid: str
     sop_uid: str
+    entry: Entry
+    sealing: Sealing
     path: Path | None = None  # written there (fsynced, its folder not): ``data`` is then empty
+    tag_at: int | None = None  # where its authenticity tag is, once tagged (``authenticity.tagged``)
+    written: FileIdentity | None = None  # the file at ``path`` as written: inode, mtime (ns), size
 
 
 def protect_series(raws: list[bytes], route: RouteSpec, keyring: Keyring, keys: DataKeys) -> list[Protected]:
@@ -93,7 +99,8 @@ def protect_batches(sources: Sequence[bytes | Path], route: RouteSpec, keyring: 
     batches were yielded: the caller forwards nothing of the series until the last one.
     With ``pool`` (files only, no series-level stage) each batch is protected in chunks by
     its worker processes, in the same order, under the same survey and keys. With
-    ``outputs`` (one path per source) each protected object is written there (fsynced; the
+    ``outputs`` (one path per source: copies for Orthanc) each protected object is tagged
+    for Orthanc (where the keyring has an authenticity key) and written there (fsynced; the
     caller fsyncs the folder) by whoever protected it, and comes back without its bytes.
     """
     stages = build_stages(route)
@@ -110,7 +117,7 @@ def protect_batches(sources: Sequence[bytes | Path], route: RouteSpec, keyring: 
     for group in groups:
         out, ctx = _protect_group(sources, group, deid, stages, survey, ctx, keyring, keys)
         if outputs is not None:
-            out = [_written(p, outputs[i]) for p, i in zip(out, group, strict=True)]
+            out = [_written(p, outputs[i], keyring) for p, i in zip(out, group, strict=True)]
         # pydicom's private blocks and their dataset reference each other: without a
         # collection the batch's datasets (pixel data and all) outlive it.
         gc.collect()
@@ -178,8 +185,8 @@ def prepare_task(route: RouteSpec, key: str, chunk: list[tuple[int, Path]]) -> l
     for stale in [k for k in _process_held if not k.startswith(series + "/")]:  # a series that ended early
         del _process_held[stale]
     deid, _ = _process_tools(route)
-    cuts, datasets, founds = _deidentify(deid, [_read(path) for _, path in chunk], [i for i, _ in chunk])
-    _process_held[key] = (cuts, datasets)
+    cuts, datasets, founds, originals = _deidentify(deid, [_read(path) for _, path in chunk], [i for i, _ in chunk])
+    _process_held[key] = (cuts, datasets, originals)
     return founds
 
 
@@ -188,12 +195,16 @@ def finish_task(job: _Job, key: str, targets: list[Path] | None) -> list[Protect
     sealed, encoded and gated under the survey of its batch; written to ``targets`` when
     given (the bytes then do not travel back through the pool's pipe)."""
     _, stages = _process_tools(job.route)
-    cuts, series = _process_held.pop(key)
+    cuts, series, originals = _process_held.pop(key)
     try:
         ctx = Context(series_key=job.series_key, identity=job.identity, log=log)
         records = _run_stages(stages, series, ctx)
-        out = [_seal_and_gate(cuts[n], series[n], records[n], job.sealed, job.survey) for n in range(len(series))]
-        return [_written(p, to) for p, to in zip(out, targets, strict=True)] if targets is not None else out
+        out = [_seal_and_gate(cuts[n], series[n], originals[n], records[n], job.sealed, job.survey)
+               for n in range(len(series))]
+        if targets is None:
+            return out
+        assert _process_keyring is not None, "init_process runs first"
+        return [_written(p, to, _process_keyring) for p, to in zip(out, targets, strict=True)]
     finally:
         del cuts, series
         gc.collect()
@@ -209,7 +220,7 @@ def drop_task(key: str) -> None:
 # the chunks it has prepared and not yet finished.
 _process_keyring: Keyring | None = None
 _process_routes: dict[str, tuple[Deidentifier, list[Transform]]] = {}
-_process_held: dict[str, tuple[list[Cut], list[Dataset]]] = {}
+_process_held: dict[str, tuple[list[Cut], list[Dataset], list[Original]]] = {}
 
 
 def init_process(keyring: Keyring, log_level: int) -> None:
@@ -255,37 +266,41 @@ def _survey_chunk(deid: Deidentifier, chunk: Sequence[tuple[int, bytes | Path]])
 
 
 def _deidentify(deid: Deidentifier, raws: list[bytes],
-                indices: list[int]) -> tuple[list[Cut], list[Dataset], list[_Found]]:
-    """Each original cut around its pixel value (from its bytes as read), then de-identified
-    in place: the parsed original is not needed again, so it is not copied."""
+                indices: list[int]) -> tuple[list[Cut], list[Dataset], list[_Found], list[Original]]:
+    """Each original cut around its pixel value (from its bytes as read), what its index
+    entry keeps of it taken, then de-identified in place: the parsed original is not needed
+    again, so it is not copied."""
     cuts: list[Cut] = []
     series: list[Dataset] = []
     founds: list[_Found] = []
+    originals: list[Original] = []
     for raw, i in zip(raws, indices, strict=True):
         ds, value_at = _parse(raw, i)
         cuts.append(cut(raw, ds, value_at))
+        originals.append(Original.of(ds))
         result = deid.run(ds, in_place=True)
         _normalise_transfer_syntax(result.dataset)
         series.append(result.dataset)
         founds.append(_Found.of(result))
-    return cuts, series, founds
+    return cuts, series, founds, originals
 
 
 def _protect_group(sources: Sequence[bytes | Path], group: list[int], deid: Deidentifier, stages: list[Transform],
                    survey: _Survey | None, ctx: Context | None, keyring: Keyring,
                    keys: DataKeys) -> tuple[list[Protected], Context]:
     """One batch, start to end, in its own frame: nothing of it outlives the return."""
-    cuts, series, founds = _deidentify(deid, [_read(sources[i]) for i in group], group)
+    cuts, series, founds, originals = _deidentify(deid, [_read(sources[i]) for i in group], group)
     seen = survey.checked(founds) if survey is not None else _Survey.of(founds)
     key_id, wrapped, data_key = keys.for_study(seen.study_uid, keyring)
     if ctx is None:  # one context for the series: plugins derive the same keys in every batch
         ctx = Context(series_key=series_key(data_key, seen.series_uid), identity=seen.identity, log=log)
     records = _run_stages(stages, series, ctx)
     sealed = (key_id, wrapped, data_key)
-    return [_seal_and_gate(cuts[n], series[n], records[n], sealed, seen) for n in range(len(group))], ctx
+    return [_seal_and_gate(cuts[n], series[n], originals[n], records[n], sealed, seen)
+            for n in range(len(group))], ctx
 
 
-def _seal_and_gate(original: Cut, ds: Dataset, records: list[tuple[str, bytes]],
+def _seal_and_gate(original: Cut, ds: Dataset, kept: Original, records: list[tuple[str, bytes]],
                    sealed: tuple[str, bytes, bytes], seen: _Survey) -> Protected:
     """Seal one object's envelope, encode it, and let it pass only if no identity is left."""
     key_id, wrapped, data_key = sealed
@@ -295,13 +310,20 @@ def _seal_and_gate(original: Cut, ds: Dataset, records: list[tuple[str, bytes]],
     if hits:
         where = "; ".join(sorted({f"{h.where}: {h.kind}" for h in hits}))[:400]
         raise Quarantine(f"PHI gate: identifying values found in {len(hits)} place(s): {where}")
-    return Protected(data=data, study_uid=seen.study_uid, series_uid=seen.series_uid, sop_uid=str(ds.SOPInstanceUID))
+    entry = entry_for(ds, kept, [name for name, _ in records], original.digest)
+    return Protected(data=data, study_uid=seen.study_uid, series_uid=seen.series_uid, sop_uid=entry.sop_uid,
+                     entry=entry, sealing=Sealing(key_id, wrapped, data_key))
 
 
-def _written(protected: Protected, path: Path) -> Protected:
-    """``protected`` written durably to ``path`` (but for its folder's fsync), without its bytes."""
-    write_durably(path, protected.data, sync_folder=False)
-    return replace(protected, data=b"", path=path)
+def _written(protected: Protected, path: Path, keyring: Keyring) -> Protected:
+    """``protected`` tagged for Orthanc (where the keyring has an authenticity key) and
+    written durably to ``path`` (but for its folder's fsync), without its bytes."""
+    data, tag_at = protected.data, None
+    if keyring.authenticity:  # the gate has passed it: the tag is an HMAC, not identity
+        tag_at = data.find(authenticity.PLACEHOLDER.encode())
+        data = authenticity.sign(data, keyring)
+    write_durably(path, data, sync_folder=False)
+    return replace(protected, data=b"", path=path, tag_at=tag_at, written=FileIdentity.of(path))
 
 
 @dataclass(frozen=True)

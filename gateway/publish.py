@@ -41,12 +41,14 @@ class Published:
 
 @dataclass(frozen=True)
 class Opened:
-    """A protected object from the spool, its index entry to be, and the entry it replaces."""
+    """A protected object from the spool, its index entry to be, and the entry it replaces;
+    ``tag_at``: where its authenticity tag is, when protection tagged it."""
 
     data: bytes
     entry: Entry
     sealing: Sealing
     previous: Entry | None
+    tag_at: int | None = None
 
 
 def open_for_publishing(data: bytes, keyring: Keyring, previous: Callable[[str], Entry | None]) -> Opened:
@@ -65,7 +67,7 @@ def upload(opened: Opened, copies: list[str], keyring: Keyring, forwarder: Forwa
         return Published(previous.orthanc_id, Outcome.UNCHANGED, entry.study_uid, 0)
     for orthanc_id in copies:
         forwarder.delete(orthanc_id)
-    stored = forwarder.send(authenticity.sign(opened.data, keyring))
+    stored = forwarder.send(authenticity.tagged(opened.data, keyring, opened.tag_at))
     changed = previous is not None and previous.digest != entry.digest
     outcome = Outcome.SUPERSEDED if changed or copies else Outcome.STORED
     return Published(stored, outcome, entry.study_uid, len(copies))

@@ -114,6 +114,30 @@ class Outgoing:
 
 
 @dataclass(frozen=True)
+class FileIdentity:
+    """A file as it was at one moment (inode, modification time, size): a file rewritten
+    since (a new inode: files are replaced by rename) or another file differs."""
+
+    inode: int
+    mtime_ns: int
+    size: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity:
+        return cls._of(path.stat())
+
+    @classmethod
+    def read(cls, path: Path) -> tuple[bytes, FileIdentity]:
+        """The file's bytes and the identity of the file they were read from."""
+        with open(path, "rb") as fh:
+            return fh.read(), cls._of(os.fstat(fh.fileno()))
+
+    @classmethod
+    def _of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@dataclass(frozen=True)
 class Arrival:
     """A received object under its spool name; ``durable``: its link and fsyncs, running
     (None for bytes written durably already)."""
@@ -340,6 +364,15 @@ class Spool:
             if token is not None:
                 self._held.add(token)
         return token
+
+    def next_settle(self, settle_seconds: float) -> float | None:
+        """When the series still receiving will settle (the earliest, as a time.time()),
+        if one will later than now; None otherwise."""
+        now = time.time()
+        with self.state.read() as conn:
+            last = conn.execute(select(func.min(series.c.last_received)).where(
+                series.c.state == "receiving", series.c.last_received > now - settle_seconds)).scalar()
+        return None if last is None else float(last) + settle_seconds
 
     def release_series(self, series_token: str) -> None:
         """Give up the lease of a series this node claimed (done with it, or leaving it for

@@ -1,8 +1,9 @@
 """Background jobs: protect settled series, forward protected objects, purge originals.
 
-apscheduler runs the interval jobs, each never overlapping itself. Forwarding runs in a
-thread of its own that wakes at the same interval or as soon as a series was protected
-(a series waits for no poll between protection and upload). A job that meets an
+apscheduler runs the interval jobs, each never overlapping itself. Protection and
+forwarding run in threads of their own, so that a series waits for no poll: protection
+wakes at the interval or at the moment the next series settles, forwarding at the interval
+or as soon as a series was protected. A job that meets an
 unexpected error logs it (without PHI) and runs again at its next interval: the spool
 keeps every state, so nothing is lost between runs or across a restart.
 
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -36,16 +38,19 @@ from gateway.forwarder import Forwarder, Refused, Unreachable
 from gateway.index import Entry, Index, Sealing
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
-from gateway.protect import Quarantine, protect_batches
+from gateway.protect import Protected, Quarantine, protect_batches
 from gateway.protect_pool import ProtectPool
 from gateway.publish import Opened, Outcome, Published, confirmed, open_for_publishing, upload
 from gateway.route_spec import route_spec
 from gateway.sop_classes import is_image
-from gateway.spool import Incoming, LeaseLost, Outgoing, Spool, SpoolError
+from gateway.spool import FileIdentity, Incoming, LeaseLost, Outgoing, Spool, SpoolError
 
 log = logging.getLogger("gateway.worker")
 # Uploads in flight to Orthanc at once, each on its own keep-alive connection.
 FORWARD_CONNECTIONS = 4
+# Index entries protection handed on, waiting for their upload; beyond this the oldest go
+# (their objects are then opened again when forwarded).
+PREPARED_LIMIT = 20_000
 # The backoff entry of claiming itself (the state database refused the claim's write).
 _CLAIM = "(next settled)"
 _T = TypeVar("_T")
@@ -69,11 +74,15 @@ class Worker:
         self.deliverer = Deliverer(config, spool, keyring)
         self.protect_pool = ProtectPool(keyring)  # started with the jobs (start), not before
         self._forward_ready = threading.Event()  # set: run forward_due now
+        # What protection handed on for the copies in the outbox, by path (``Protected``).
+        self._prepared: dict[Path, Protected] = {}
+        self._prepared_lock = threading.Lock()
         self._forwarding = threading.Thread(target=self._forward_loop, name="forward", daemon=True)
+        self._protecting = threading.Thread(target=self._protect_loop, name="protect", daemon=True)
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds
-        self._scheduler.add_job(self._guard(self.process_settled), "interval", seconds=every, id="protect")
+        self._protecting.start()
         self._forwarding.start()
         self._scheduler.add_job(self._guard(self.deliverer.deliver_due), "interval", seconds=every, id="deliver")
         self._scheduler.add_job(self._guard(self.purge), "interval", seconds=max(every, 60), id="purge")
@@ -87,9 +96,24 @@ class Worker:
         self._forward_ready.set()
         self.deliverer.stop()
         self._scheduler.shutdown(wait=True)
-        if self._forwarding.is_alive():
-            self._forwarding.join()
+        for thread in (self._protecting, self._forwarding):
+            if thread.is_alive():
+                thread.join()
         self.protect_pool.close()
+
+    def _protect_loop(self) -> None:
+        """``process_settled`` every ``poll_seconds``, or sooner: at the moment the next
+        series still receiving settles."""
+        protect = self._guard(self.process_settled)
+        every = self.config.scheduler.poll_seconds
+        while not self._stop.is_set():
+            protect()
+            try:
+                settles = self.spool.next_settle(self.config.scheduler.settle_seconds)
+            except Exception:  # noqa: BLE001 - the state database is down: poll, as process_settled will say
+                settles = None
+            wait = every if settles is None else min(every, max(0.0, settles - time.time()) + 0.01)
+            self._stop.wait(wait)
 
     def _forward_loop(self) -> None:
         """``forward_due`` every ``poll_seconds``, or at once when woken (``_forward_ready``);
@@ -191,10 +215,11 @@ class Worker:
         try:
             # each protected copy is written to the outbox by the process that protected it;
             # its name is made durable with the batch's (one folder fsync)
-            for _ in (protect_batches([i.path for i in items], route_spec(self.config, route.name), self.keyring,
-                                      self.spool, self.protect_pool, [self.spool.output_path(i) for i in ids])
-                      if to_main else ()):
+            for batch in (protect_batches([i.path for i in items], route_spec(self.config, route.name),
+                                          self.keyring, self.spool, self.protect_pool,
+                                          [self.spool.output_path(i) for i in ids]) if to_main else ()):
                 self.spool.outputs_written()
+                self._hand_on(batch)
             return stage_copies(self.config, self.keyring, self.spool, route, token, items,
                                 lambda name: route_spec(self.config, route.name, name))
         except (Quarantine, PluginError) as exc:
@@ -213,6 +238,23 @@ class Worker:
             else:  # the exception's text may quote the object's content; its type names the fault
                 self._quarantine(token, route.name, f"internal error while protecting ({type(exc).__name__})", ids)
         return None
+
+    def _hand_on(self, batch: list[Protected]) -> None:
+        """Keep what protection made of each copy for its upload (``_prepared_for``)."""
+        with self._prepared_lock:
+            for protected in batch:
+                if protected.path is not None and protected.written is not None:
+                    self._prepared.pop(protected.path, None)  # a re-protected copy goes to the end
+                    self._prepared[protected.path] = protected
+            while len(self._prepared) > PREPARED_LIMIT:
+                del self._prepared[next(iter(self._prepared))]
+
+    def _prepared_for(self, path: Path, read: FileIdentity) -> Protected | None:
+        """What protection handed on for the copy at ``path``, if it is the very file that
+        was read (not one rewritten since, by a re-protection here or on another node)."""
+        with self._prepared_lock:
+            protected = self._prepared.pop(path, None)
+        return protected if protected is not None and protected.written == read else None
 
     def _finish(self, token: str, route: Route, ids: list[int], staged: list[int]) -> None:
         def record() -> None:  # the series' result and its staged copies in one transaction
@@ -290,9 +332,14 @@ class Worker:
             return
         known = self.index.get_many(sorted(tokens), self.keyring)
 
+        def previous(uid: str) -> Entry | None:
+            return known.get(uid) if uid in tokens else self.index.get(uid, self.keyring)
+
         def publish(item: Outgoing) -> tuple[Opened, Published]:
-            opened = open_for_publishing(item.out_path.read_bytes(), self.keyring, lambda uid: known.get(uid)
-                                         if uid in tokens else self.index.get(uid, self.keyring))
+            data, read = FileIdentity.read(item.out_path)
+            ready = self._prepared_for(item.out_path, read)
+            opened = (Opened(data, ready.entry, ready.sealing, previous(ready.entry.sop_uid), ready.tag_at)
+                      if ready is not None else open_for_publishing(data, self.keyring, previous))
             uid = opened.entry.sop_uid
             copies = held.get(uid, []) if uid in tokens else self.forwarder.copies_of([uid]).get(uid, [])
             return opened, upload(opened, copies, self.keyring, self.forwarder)

@@ -12,12 +12,14 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from gateway import envelope, protect
+from gateway import authenticity, envelope, protect
+from gateway.index import entry_of
 from gateway.keyring import Keyring
 from gateway.protect import Protected, Quarantine, protect_batches
 from gateway.protect_pool import ProtectPool
 from gateway.restore import restore_series
 from gateway.route_spec import RouteSpec
+from gateway.spool import FileIdentity
 from gateway.study_keys import MemoryDataKeys
 from testkit import synthetic
 from tests.conftest import encode
@@ -58,6 +60,26 @@ def test_every_real_file_comes_out_of_the_pool_as_out_of_the_service(tmp_path: P
             continue
         assert [_content(p.data) for p in there] == [_content(p.data) for p in here], path.name
         assert [r.data for r in restore_series([p.data for p in there], ring)] == [path.read_bytes()], path.name
+
+
+def test_copies_for_orthanc_come_tagged_with_the_entry_their_envelope_gives(tmp_path: Path, ring: Keyring,
+                                                                             pool: ProtectPool) -> None:
+    """Forwarding takes the entry and the tag from protection instead of parsing the copy and
+    opening its envelope again: both must be what that would give, for every real file
+    (character sets, implicit VR, compressed, multi-frame), in the service and in the pool."""
+    for where in (None, pool):
+        for n, path in enumerate(FILES):
+            target = tmp_path / f"{where is None}-{n}.dcm"
+            try:
+                (protected,) = [p for b in protect_batches([path], RouteSpec(), ring, MemoryDataKeys(), where, [target])
+                                for p in b]
+            except Quarantine:
+                continue
+            data = target.read_bytes()
+            assert (protected.entry, protected.sealing) == entry_of(data, "", ring), path.name
+            assert protected.written == FileIdentity.of(target) and protected.tag_at is not None
+            value = data[protected.tag_at:protected.tag_at + len(authenticity.PLACEHOLDER)].decode()
+            assert authenticity.verify(data, value, ring.authenticity), path.name
 
 
 def _series(tmp_path: Path, n: int = 9) -> tuple[list[Path], list[Dataset]]:

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import pydicom
+import pytest
 from sqlalchemy import text
 
 from gateway.audit import AuditLog
@@ -141,3 +142,31 @@ def test_what_was_uploaded_is_recorded_when_another_upload_finds_orthanc_down(tm
     recorded = {e.sop_uid for e in index.entries(keyring)}
     assert sops[1] not in recorded and spool.counts() == {"forwarded": len(recorded), "protected": 3 - len(recorded)}
     assert recorded == set(orthanc.held.values())  # every copy Orthanc holds is in the index
+
+
+def test_forwarding_takes_what_protection_handed_on_unless_the_copy_changed_since(
+        tmp_path: Path, keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import worker as worker_module
+    from gateway.protect import protect_batches
+    from gateway.pseudonym import Pseudonymizer
+    from gateway.spool import write_durably
+
+    orthanc = FakeOrthanc()
+    worker, spool, index = _worker(tmp_path, keyring, orthanc)
+    series = synthetic.ct_series(4, size=32)
+    tokens = [Pseudonymizer(keyring.pseudonym_secret).uid(str(ds.SOPInstanceUID)) for ds in series]
+    ids = [spool.accept(encode(ds), "CT1", "s1", token, "CT", str(ds.SOPClassUID))
+           for ds, token in zip(series, tokens, strict=True)]
+    outputs = [spool.output_path(i) for i in ids]
+    for batch in protect_batches([i.path for i in spool.received("s1")], RouteSpec(), keyring, MemoryDataKeys(),
+                                 None, outputs):
+        worker._hand_on(batch)
+    spool.protected("s1", "all", ids)
+    write_durably(outputs[2], outputs[2].read_bytes())  # rewritten since: another file now
+    opened = []
+    original = worker_module.open_for_publishing
+    monkeypatch.setattr(worker_module, "open_for_publishing", lambda data, *a: opened.append(1) or original(data, *a))
+    worker.forward_due()
+    assert len(opened) == 1  # only the rewritten copy was parsed and its envelope opened again
+    assert sorted(orthanc.held.values()) == sorted(tokens) and spool.counts() == {"forwarded": 4}
+    assert sorted(e.sop_uid for e in index.entries(keyring)) == sorted(tokens)

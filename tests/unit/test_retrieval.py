@@ -149,12 +149,30 @@ def test_the_authenticity_tag_binds_every_byte_and_the_key(keyring: Keyring, tmp
         authenticity.sign(signed, keyring)  # signed once already: no placeholder left
 
 
+def test_an_object_tagged_by_protection_is_tagged_again_only_after_a_rotation(tmp_path: Path) -> None:
+    ring = Keyring.create(tmp_path / "ring.json")
+    plain = _protected(ring)
+    at = plain.find(authenticity.PLACEHOLDER.encode())
+    signed = authenticity.tagged(plain, ring)  # the placeholder: signed here
+    assert signed != plain and authenticity.verify(signed, signed[at:at + 42].decode(), ring.authenticity)
+    assert authenticity.tagged(signed, ring, at) is signed and authenticity.tagged(signed, ring) is signed
+    old = ring.authenticity_active
+    ring.rotate_authenticity()
+    again = authenticity.tagged(signed, ring, at)  # under a key no longer active: made again
+    value = again[at:at + 42].decode()
+    assert value.startswith(ring.authenticity_active) and not value.startswith(old)
+    assert authenticity.verify(again, value, ring.authenticity)
+    with pytest.raises(authenticity.AuthenticityError):
+        authenticity.tagged(plain.replace(authenticity.PLACEHOLDER.encode(), b"x" * 42), ring)
+
+
 def test_the_orthanc_filter_accepts_only_tagged_objects(keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
     import types
 
     fake = types.ModuleType("orthanc")
     fake.RegisterReceivedInstanceCallback = lambda callback: None  # type: ignore[attr-defined]
+    fake.GetConfiguration = lambda: "{}"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "orthanc", fake)
     import importlib.util
 
