@@ -12,7 +12,11 @@ Prints one JSON object. Same machine, same run, same 512x512 16-bit CT instances
   protection and forwarding themselves, divided by Orthanc's own intake rate (the issue's
   measure; the end-to-end figure also holds the intake and the settle time).
 
-    python bench/ingest.py [--instances 300]
+With ``--series K`` the objects are one study of K series of equal size, sent in order: a
+series leaves only once all of it passed the gate, so within one series protection and
+upload follow each other, while across series one is uploaded as the next is protected.
+
+    python bench/ingest.py [--instances 300] [--series 1]
 """
 
 from __future__ import annotations
@@ -78,14 +82,20 @@ class PlainOrthanc(OrthancServer):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=300)
+    parser.add_argument("--series", type=int, default=1)
     args = parser.parse_args()
     n = args.instances
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         root = Path(tmp)
         study = root / "study"
         study.mkdir()
-        for i, ds in enumerate(synthetic.ct_series(n, size=512)):
-            ds.save_as(study / f"{i:04d}.dcm", enforce_file_format=True)
+        study_uid = None
+        for k in range(args.series):
+            count = n // args.series + (1 if k < n % args.series else 0)
+            series = synthetic.ct_series(count, size=512, study_uid=study_uid, series_number=k + 1)
+            study_uid = str(series[0].StudyInstanceUID)
+            for i, ds in enumerate(series):
+                ds.save_as(study / f"{k:02d}-{i:04d}.dcm", enforce_file_format=True)
         size = sum(p.stat().st_size for p in study.iterdir()) / n
 
         orthanc = OrthancServer(root / "orthanc", gateway_port=free_port()).start()
@@ -122,6 +132,7 @@ def main() -> None:
 
     print(json.dumps({
         "instances": n,
+        "series": args.series,
         "bytes_per_instance": round(size),
         "gateway_intake_per_s": round(n / intake, 1),
         "orthanc_intake_per_s": round(n / direct, 1),
