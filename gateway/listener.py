@@ -46,13 +46,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom b
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from gateway import prompt_reactors
+from gateway import prompt_reactors, whole_reads
 from gateway import status_codes as dimse
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.integrity import Damaged, verify
 from gateway.metrics import Metrics
-from gateway.netutil import no_delay
+from gateway.netutil import keep_responses, no_delay
 from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.retrieval.vocabulary import Policy
@@ -120,6 +120,7 @@ class Listener:
         ae.requested_contexts = StoragePresentationContexts  # C-MOVE to a destination
         self.ae = ae
         prompt_reactors.install()  # no 1 ms polling between a C-STORE's steps
+        whole_reads.install()  # a PDU read in one buffer, not in 4 KB pieces
         # Objects stream to a file in the spool as they arrive, so a 2 GB study never sits
         # in memory; the spool takes the file in by a hard link. pynetdicom makes that file
         # with tempfile, so this process's temporary folder is the spool's receiving folder.
@@ -144,6 +145,9 @@ class Listener:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_CONN_OPEN, no_delay),
+            # a Storage Commitment report sent on the modality's own association waits for its
+            # answer while the reactor runs: an answer the reactor takes goes back to the sender
+            (evt.EVT_CONN_OPEN, keep_responses),
         ]
         if self.commitment is not None:
             handlers.append((evt.EVT_N_ACTION, self.commitment.on_n_action))

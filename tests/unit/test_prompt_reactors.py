@@ -144,3 +144,41 @@ def test_a_copy_of_the_listener_contexts_is_independent_of_the_original() -> Non
     twin.context_id = 3
     assert contexts[0].transfer_syntax == list(TRANSFER_SYNTAXES) and contexts[0].context_id is None
     assert twin.abstract_syntax == CTImageStorage
+
+
+def test_whole_reads_return_what_pynetdicom_would_and_grow_only_with_what_arrives() -> None:
+    import socket
+    import threading
+
+    from pynetdicom.transport import AssociationSocket
+
+    from gateway import whole_reads
+
+    class Holder:  # just what _recv uses of an AssociationSocket
+        def __init__(self, sock: socket.socket) -> None:
+            self.socket = sock
+
+    def read(payload: bytes, want: int, piece: int = 4096) -> bytearray:
+        ours, theirs = socket.socketpair()
+
+        def send() -> None:
+            for start in range(0, len(payload), piece):  # in small pieces, as a network delivers
+                theirs.sendall(payload[start:start + piece])
+            theirs.close()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            return whole_reads._recv(Holder(ours), want)  # type: ignore[arg-type]
+        finally:
+            sender.join()
+            ours.close()
+
+    data = bytes(range(256)) * 9000  # 2.3 MB: more than one piece
+    assert read(data, len(data)) == data
+    assert read(data[:1000], 5000) == data[:1000]  # the peer closed early: what arrived
+    assert read(b"", 10) == bytearray()
+    claimed = 4 * 2**30  # a header claiming 4 GB, then 1 KB and a close: no 4 GB buffer
+    assert read(b"x" * 1024, claimed) == b"x" * 1024
+    whole_reads.install()
+    assert AssociationSocket.recv is whole_reads._recv
