@@ -52,7 +52,7 @@ from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.integrity import Damaged, verify
 from gateway.metrics import Metrics
-from gateway.netutil import keep_responses, no_delay
+from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.retrieval.vocabulary import Policy
@@ -145,9 +145,6 @@ class Listener:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_CONN_OPEN, no_delay),
-            # a Storage Commitment report sent on the modality's own association waits for its
-            # answer while the reactor runs: an answer the reactor takes goes back to the sender
-            (evt.EVT_CONN_OPEN, keep_responses),
         ]
         if self.commitment is not None:
             handlers.append((evt.EVT_N_ACTION, self.commitment.on_n_action))

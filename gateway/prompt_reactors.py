@@ -13,13 +13,17 @@ often):
 
 - the DUL waits in ``select`` on its socket and on a wake-up socket pair, written when a
   primitive is queued for it to send, or when it is told to stop;
-- an acceptor's association reactor (the listener's: it serves the requests itself) waits
-  on an event, set when the DUL queues a decoded message or an ACSE primitive for it, when
-  it is told to stop, or when a sending thread asks it to pause (``_reactor_checkpoint``).
-  A requestor's reactor keeps pynetdicom's 1 ms sleep: there a sending thread pauses the
-  reactor and reads ``_is_paused`` without a lock, and a reactor woken by the very answer
-  that thread awaits lost that race (a C-ECHO answer taken as "unexpected", seen in about
-  one run of 15 of fifty echoes back to back).
+- the association reactor waits on an event, set when the DUL queues a decoded message or
+  an ACSE primitive for it, when it is told to stop, or when a sending thread asks it to
+  pause (``_reactor_checkpoint``).
+
+A thread that sends on an association (``send_c_store``, a Storage Commitment report)
+pauses its reactor first and then reads ``_is_paused`` without a lock; read stale, the
+reactor takes the answer that thread waits for, logs "unexpected ... service message",
+drops it, and the sender waits out the DIMSE timeout (a C-MOVE then fails every remaining
+sub-operation). pynetdicom's own polling makes that rare; a reactor woken by the very answer
+makes it common (one run in 15 of fifty C-ECHOs back to back). So an answer the reactor
+takes goes back on the queue, without waking the reactor, where the sender finds it.
 
 Only the two reactor loops' own sleeps change (told apart by the calling code object);
 every other ``time.sleep`` in pynetdicom is left alone. ``install`` checks that the loops
@@ -146,6 +150,21 @@ class _WakingCheckpoint(threading.Event):
         self._wakeup.wake_reactor()
 
 
+def _requeue_answers(assoc: Association) -> None:
+    """An answer (a response) the reactor takes goes back on the DIMSE queue for the
+    thread that sent the request; requests are served as before."""
+    serve = assoc._serve_request
+    answers = assoc.dimse.msg_queue
+
+    def serve_or_requeue(msg: Any, context_id: int) -> None:
+        if msg.is_valid_response:
+            queue.Queue.put(answers, (context_id, msg))  # not the signalling put: the sender is woken
+        else:
+            serve(msg, context_id)
+
+    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
+
+
 def _waking_flag(name: str, wakeup_of: Callable[[Any], _Wakeup | None]) -> property:
     """A boolean attribute that wakes the reactors when it is set to True (a stop flag)."""
     key = f"_prompt_{name}"
@@ -187,7 +206,7 @@ class _Clock:
         if frame.f_code is self._association_loop:
             assoc = frame.f_locals["self"]
             wakeup = _wakeup_of_association(assoc)
-            if wakeup is not None and assoc.is_acceptor:
+            if wakeup is not None:
                 wakeup.reactor_wait()
                 return
         elif frame.f_code is self._dul_loop:
@@ -230,6 +249,7 @@ def install() -> bool:
             self.dimse.msg_queue = _SignallingQueue(wakeup.wake_reactor)
             self._reactor_checkpoint = _WakingCheckpoint(wakeup, self._reactor_checkpoint.is_set())
             self.__dict__["_prompt_wakeup"] = wakeup
+            _requeue_answers(self)
 
         def dul_run(self: DULServiceProvider) -> None:
             try:

@@ -26,7 +26,7 @@ from gateway.config import Config, Workstation
 from gateway.index import Index
 from gateway.keyring import Keyring
 from gateway.metrics import Metrics
-from gateway.netutil import keep_responses, no_delay
+from gateway.netutil import no_delay
 from gateway.pacs_reader import PacsReader
 from gateway.retrieval import answers
 from gateway.retrieval.identifier import IdentifierError, selection
@@ -119,7 +119,7 @@ class QueryRetrieve:
         policy = Policy.least(ws.policy, self.config.retrieval.destination_policy(destination))
         planned, refusal = self._plan(event, ws, policy)
         sub_association: list[Any] = []  # the association pynetdicom opens to the destination
-        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_CONN_OPEN, keep_responses),
+        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay),
                                                     (evt.EVT_ACCEPTED, lambda e: sub_association.append(e.assoc))],
                                    "tls_args": destination_tls_args(destination)}
         contexts = _contexts(planned, policy)

@@ -182,3 +182,32 @@ def test_whole_reads_return_what_pynetdicom_would_and_grow_only_with_what_arrive
     assert read(b"x" * 1024, claimed) == b"x" * 1024
     whole_reads.install()
     assert AssociationSocket.recv is whole_reads._recv
+
+
+def test_an_answer_the_reactor_takes_goes_back_to_its_sender_and_requests_are_served(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from io import BytesIO
+
+    from pydicom.uid import generate_uid
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_STORE
+
+    assert prompt_reactors.install()
+    served: list[tuple[int, object]] = []
+    monkeypatch.setattr(Association, "_serve_request", lambda self, msg, cid: served.append((cid, msg)))
+    assoc = Association(AE(), "requestor")
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = CTImageStorage
+    rsp.AffectedSOPInstanceUID = generate_uid()
+    rsp.Status = 0x0000
+    assoc._serve_request(rsp, 3)  # taken by the reactor with a stale "paused": back on the queue
+    assert assoc.dimse.get_msg(block=False) == (3, rsp) and served == []
+    req = C_STORE()
+    req.MessageID = 1
+    req.AffectedSOPClassUID = CTImageStorage
+    req.AffectedSOPInstanceUID = generate_uid()
+    req.Priority = 2
+    req.DataSet = BytesIO(b"\x00")
+    assoc._serve_request(req, 5)
+    assert served == [(5, req)] and assoc.dimse.get_msg(block=False) == (None, None)
