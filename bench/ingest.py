@@ -10,7 +10,9 @@ Prints one JSON object. Same machine, same run, same 512x512 16-bit CT instances
 - protect_and_forward_sustained: the same objects over the time from the moment the series
   settled (intake done plus the settle time) until the last one is in Orthanc: the rate of
   protection and forwarding themselves, divided by Orthanc's own intake rate (the issue's
-  measure; the end-to-end figure also holds the intake and the settle time).
+  measure; the end-to-end figure also holds the intake and the settle time). Split in two
+  from the gateway's log: ``protect_seconds`` from the settle until the last series was
+  recorded protected, ``upload_seconds`` from then until the last object is in Orthanc.
 
 With ``--series K`` the objects are one study of K series of equal size, sent in order: a
 series leaves only once all of it passed the gate, so within one series protection and
@@ -25,6 +27,7 @@ import argparse
 import json
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from testkit import synthetic
@@ -65,6 +68,12 @@ def warmed(gateway: GatewayProcess, timeout: float = 30.0) -> GatewayProcess:
         last = now
         time.sleep(0.5)
     return gateway
+
+
+def _last_protected(log: Path) -> float:
+    """When the gateway last recorded a series protected (its log's time stamps)."""
+    stamps = [line[:23] for line in log.read_text().splitlines() if "objects protected by route" in line]
+    return max(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() for stamp in stamps)
 
 
 class PlainOrthanc(OrthancServer):
@@ -121,11 +130,12 @@ def main() -> None:
 
             # 3. sustained protect and forward
             gw = warmed(GatewayProcess(root / "gw2", orthanc, settle_seconds=SETTLE_SECONDS).start())
-            t = time.perf_counter()
+            t, started = time.perf_counter(), time.time()
             storescu(gw.port, study)
             settled = time.perf_counter() - t + SETTLE_SECONDS
             _wait(lambda: len(orthanc.get("instances")) == n, every=0.05)
             pipeline = time.perf_counter() - t
+            protected = _last_protected(gw.log_path) - started
             gw.stop()
         finally:
             orthanc.stop()
@@ -142,6 +152,8 @@ def main() -> None:
         "settle_seconds": SETTLE_SECONDS,
         "protect_and_forward_sustained_per_s": round(n / (pipeline - settled), 1),
         "sustained_ratio_over_orthanc_intake": round(direct / (pipeline - settled), 2),
+        "protect_seconds": round(protected - settled, 2),
+        "upload_seconds": round(pipeline - protected, 2),
     }, indent=2))
 
 

@@ -120,7 +120,7 @@ class Listener:
         ae.requested_contexts = StoragePresentationContexts  # C-MOVE to a destination
         self.ae = ae
         prompt_reactors.install()  # no 1 ms polling between a C-STORE's steps
-        whole_reads.install()  # a PDU read in one buffer, not in 4 KB pieces
+        whole_reads.install()  # a PDU read in large pieces, not in 4 KB ones
         # Objects stream to a file in the spool as they arrive, so a 2 GB study never sits
         # in memory; the spool takes the file in by a hard link. pynetdicom makes that file
         # with tempfile, so this process's temporary folder is the spool's receiving folder.

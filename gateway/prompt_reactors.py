@@ -56,7 +56,7 @@ log = logging.getLogger("gateway.prompt_reactors")
 MAX_WAIT = 0.05
 
 _real_sleep = time.sleep
-_installed = False
+_installed: bool | None = None  # what install() returned, once it ran
 _install_lock = threading.Lock()
 
 
@@ -224,32 +224,37 @@ def _sleeps(code: CodeType) -> bool:
 
 def install() -> bool:
     """Make every association created from now on in this process wake on its events
-    (idempotent). False, with a warning, when pynetdicom's loops are not the ones this
-    module knows: they then poll as before."""
+    (idempotent), and give back the answers its reactor takes. False, with a warning, when
+    pynetdicom's loops are not the ones this module knows: they then poll as before (the
+    answers still go back to their senders)."""
     global _installed
     with _install_lock:
-        if _installed:
-            return True
+        if _installed is not None:
+            return _installed
         association_loop = Association._run_reactor.__code__
         dul_loop = DULServiceProvider.run_reactor.__code__
-        if not (_sleeps(association_loop) and _sleeps(dul_loop)):
-            log.warning("pynetdicom's reactor loops changed; their 1 ms polling is left as it is")
-            return False
-
+        prompt = _sleeps(association_loop) and _sleeps(dul_loop)
         original_init = Association.__init__
         original_dul_run = DULServiceProvider.run_reactor
 
         def init(self: Association, *args: Any, **kwargs: Any) -> None:
             original_init(self, *args, **kwargs)
-            wakeup = _Wakeup()
-            # the queues and the checkpoint are fresh and empty: no thread uses them yet
-            self.dul.to_provider_queue = _SignallingQueue(wakeup.wake_dul)
-            self.dul.event_queue = _SignallingQueue(wakeup.wake_dul)
-            self.dul.to_user_queue = _SignallingQueue(wakeup.wake_reactor)
-            self.dimse.msg_queue = _SignallingQueue(wakeup.wake_reactor)
-            self._reactor_checkpoint = _WakingCheckpoint(wakeup, self._reactor_checkpoint.is_set())
-            self.__dict__["_prompt_wakeup"] = wakeup
+            if prompt:
+                wakeup = _Wakeup()
+                # the queues and the checkpoint are fresh and empty: no thread uses them yet
+                self.dul.to_provider_queue = _SignallingQueue(wakeup.wake_dul)
+                self.dul.event_queue = _SignallingQueue(wakeup.wake_dul)
+                self.dul.to_user_queue = _SignallingQueue(wakeup.wake_reactor)
+                self.dimse.msg_queue = _SignallingQueue(wakeup.wake_reactor)
+                self._reactor_checkpoint = _WakingCheckpoint(wakeup, self._reactor_checkpoint.is_set())
+                self.__dict__["_prompt_wakeup"] = wakeup
             _requeue_answers(self)
+
+        Association.__init__ = init  # type: ignore[method-assign]
+        if not prompt:
+            log.warning("pynetdicom's reactor loops changed; their 1 ms polling is left as it is")
+            _installed = False
+            return False
 
         def dul_run(self: DULServiceProvider) -> None:
             try:
@@ -259,7 +264,6 @@ def install() -> bool:
                 if wakeup is not None:
                     wakeup.close()
 
-        Association.__init__ = init  # type: ignore[method-assign]
         DULServiceProvider.run_reactor = dul_run  # type: ignore[method-assign]
         Association._kill = _waking_flag("kill", _wakeup_of_association)  # type: ignore[assignment]
         DULServiceProvider._kill_thread = _waking_flag("kill_thread", _wakeup_of_dul)  # type: ignore[assignment]

@@ -249,7 +249,10 @@ class Spool:
             try:
                 arrival.durable.result()
             except SpoolError:
-                self._take_back(row_id, series_token)
+                # should the database fail too, the row stays: its series then finds the
+                # file missing and says so (quarantine), nothing is acknowledged
+                with contextlib.suppress(SQLAlchemyError):
+                    self._take_back(row_id, series_token)
                 raise
         return row_id
 

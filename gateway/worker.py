@@ -1,11 +1,11 @@
 """Background jobs: protect settled series, forward protected objects, purge originals.
 
-apscheduler runs the interval jobs, each never overlapping itself. Protection and
-forwarding run in threads of their own, so that a series waits for no poll: protection
-wakes at the interval or at the moment the next series settles, forwarding at the interval
-or as soon as a series was protected. A job that meets an
-unexpected error logs it (without PHI) and runs again at its next interval: the spool
-keeps every state, so nothing is lost between runs or across a restart.
+Protection and forwarding run in threads of their own, so that a series waits for no poll:
+protection wakes at the interval or at the moment the next series settles, forwarding at
+the interval or as soon as a series was protected. apscheduler runs the other jobs at
+intervals, each never overlapping itself. A job that meets an unexpected error logs it
+(without PHI) and runs again at its next interval: the spool keeps every state, so nothing
+is lost between runs or across a restart.
 
 Faults of the infrastructure (a full disk, a locked or unwritable database, Orthanc down)
 are never the series' fault: the series waits, with backoff, and is protected once the
@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -342,7 +343,8 @@ class Worker:
                       if ready is not None else open_for_publishing(data, self.keyring, previous))
             uid = opened.entry.sop_uid
             copies = held.get(uid, []) if uid in tokens else self.forwarder.copies_of([uid]).get(uid, [])
-            return opened, upload(opened, copies, self.keyring, self.forwarder)
+            result = upload(opened, copies, self.keyring, self.forwarder)
+            return replace(opened, data=b""), result  # a batch holds its entries, not its objects
 
         published = self._each(pool, items, down, done, publish)
         uploaded = [item for item, (_, p) in published.items() if p.outcome is not Outcome.UNCHANGED]

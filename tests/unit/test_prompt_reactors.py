@@ -211,3 +211,16 @@ def test_an_answer_the_reactor_takes_goes_back_to_its_sender_and_requests_are_se
     req.DataSet = BytesIO(b"\x00")
     assoc._serve_request(req, 5)
     assert served == [(5, req)] and assoc.dimse.get_msg(block=False) == (None, None)
+
+
+def test_changed_loops_keep_their_polling_and_answers_still_go_back() -> None:
+    import subprocess
+    import sys
+
+    code = ("import gateway.prompt_reactors as p; p._sleeps = lambda code: False\n"
+            "from pynetdicom import AE; from pynetdicom.association import Association\n"
+            "first, again = p.install(), p.install(); a = Association(AE(), 'requestor')\n"
+            "print(first, again, '_prompt_wakeup' in a.__dict__, a._serve_request.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.split() == ["False", "False", "False", "serve_or_requeue"]
+    assert "reactor loops changed" in result.stderr
