@@ -155,9 +155,7 @@ class Index:
 
     def get(self, sop_uid: str, keyring: Keyring) -> Entry | None:
         """The entry of one (pseudonymous) SOP Instance UID, or None."""
-        with self.state.read() as conn:
-            rows = conn.execute(_BY_SOP, {"sop_uid": sop_uid}).all()
-        return next(self._open(rows, keyring), None)
+        return self.get_many([sop_uid], keyring).get(sop_uid)
 
     def get_many(self, sop_uids: list[str], keyring: Keyring) -> dict[str, Entry]:
         """The entries of several SOP Instance UIDs in one read (a forward batch's); UIDs
@@ -201,8 +199,7 @@ _COLUMNS = [retrieval_index.c[name] for name in (
     "kek_id", "wrapped", "nonce", "sealed")]
 
 
-# ``get`` and ``get_many``, before uploads (``publish``): built once.
-_BY_SOP = select(*_COLUMNS).where(retrieval_index.c.sop_uid == bindparam("sop_uid"))
+# ``get_many``, before uploads (``publish``): built once.
 _BY_SOPS = select(*_COLUMNS).where(retrieval_index.c.sop_uid.in_(bindparam("sop_uids", expanding=True)))
 
 
