@@ -188,3 +188,56 @@ def test_objects_orthanc_refused_are_set_aside_and_can_be_released(tmp_path: Pat
     assert spool.release("2.25.6", None) == 1
     assert not (spool.outbox / f"{row}.dcm").exists() and [i.id for i in spool.received("2.25.6")] == [row]
     assert spool.set_aside() == []
+
+
+def _inspector(mode: str):  # type: ignore[no-untyped-def]
+    """Listener.inspect with just what it uses of a listener: the damaged-object mode and
+    the pseudonymizer."""
+    from types import SimpleNamespace
+
+    from gateway.listener import Listener
+    from gateway.pseudonym import Pseudonymizer
+
+    ns = SimpleNamespace(config=SimpleNamespace(listener=SimpleNamespace(damaged=mode)),
+                         pseudonyms=Pseudonymizer(b"k" * 32))
+    ns.describe = lambda path: Listener.describe(ns, path)  # type: ignore[arg-type]
+    return lambda path: Listener.inspect(ns, path)  # type: ignore[arg-type]
+
+
+def test_intake_reads_the_tokens_once_and_names_what_is_missing_or_damaged(tmp_path: Path) -> None:
+    from gateway.pseudonym import Pseudonymizer
+
+    ds = synthetic.ct_series(1, size=64)[0]
+    whole = tmp_path / "whole.dcm"
+    whole.write_bytes(encode(ds))
+    tokens = Pseudonymizer(b"k" * 32)
+    expected = (tokens.uid(str(ds.SeriesInstanceUID)), tokens.uid(str(ds.SOPInstanceUID)), "CT", str(ds.SOPClassUID))
+    assert _inspector("refuse")(whole) == (expected, None)
+
+    nameless = tmp_path / "nameless.dcm"  # a structurally whole object without its SOP Instance UID
+    del ds.SOPInstanceUID
+    nameless.write_bytes(encode(ds))
+    with pytest.raises(Damaged, match="no Series or SOP Instance UID"):
+        _inspector("refuse")(nameless)
+    with pytest.raises(AttributeError):  # kept for quarantine only if it can be read at all
+        _inspector("quarantine")(nameless)
+
+    cut = tmp_path / "cut.dcm"  # truncated in its pixel data: tokens from pydicom, the damage named
+    cut.write_bytes(whole.read_bytes()[:-3000])
+    with pytest.raises(Damaged):
+        _inspector("refuse")(cut)
+    described, damage = _inspector("quarantine")(cut)
+    assert described == expected and damage == "pixel data length goes past what arrived"
+
+
+def test_a_damaged_file_found_without_its_row_at_start_goes_to_quarantine(tmp_path: Path) -> None:
+    """A crash between the link into incoming/ and the refusal of a damaged object leaves
+    its file behind: recovery checks it again and keeps it for quarantine, never forwards it."""
+    spool = Spool(tmp_path / "spool")
+    ds = synthetic.ct_series(1, size=64)[0]
+    (spool.incoming / f"{b'CT1'.hex()}.{b'CT1'.hex()}._.dcm").write_bytes(encode(ds)[:-3000])
+    assert spool.recover(_inspector("quarantine")) == 1
+    from gateway.pseudonym import Pseudonymizer
+
+    (item,) = spool.received(Pseudonymizer(b"k" * 32).uid(str(ds.SeriesInstanceUID)))
+    assert item.calling_ae == "CT1" and item.damage == "damaged on intake: pixel data length goes past what arrived"
