@@ -12,9 +12,10 @@ import contextlib
 import gc
 import io
 import logging
+import os
 import signal
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -58,6 +59,9 @@ BATCH_BYTES = 128 * 2**20
 # Objects a worker process takes at a time (see protect_pool): a few chunks per process
 # even out a slow process, and a batch's results come back in order chunk by chunk.
 CHUNK_OBJECTS = 16
+# Protect processes yield the cores to intake (a modality waits for each answer) and to
+# uploads; they take what is left, which is most of it between studies.
+NICENESS = 10
 _T = TypeVar("_T")
 
 
@@ -110,7 +114,7 @@ def protect_batches(sources: Sequence[bytes | Path], route: RouteSpec, keyring: 
         yield from _pooled_batches(paths, route, keyring, keys, pool, outputs)
         return
     deid = _deidentifier(route, keyring)
-    groups = [list(range(len(sources)))] if whole else _by_size(sources)
+    groups = [list(range(len(sources)))] if whole else by_size(sources)
     survey = _Survey.of(_survey_chunk(deid, [(i, sources[i]) for i in range(len(sources))])) \
         if len(groups) > 1 else None
     ctx: Context | None = None
@@ -131,34 +135,129 @@ def _pooled_batches(paths: list[Path], route: RouteSpec, keyring: Keyring, keys:
     (of every header first, when the series takes several batches) and the study's key from
     ``keys`` (the spool's database is this process's), stages, seal, encode and gate by the
     same processes. A batch's objects are parsed once."""
-    groups = _by_size(paths)
+    groups = by_size(paths)
     survey = None
     if len(groups) > 1:
         numbered = list(enumerate(paths))
         survey = _Survey.of([f for part in pool.run(survey_task, [(route, c) for c in _chunks(numbered, pool)])
                              for f in part])
     job: _Job | None = None
-    series = uuid.uuid4().hex
-    for n, group in enumerate(groups):
-        chunks = _chunks([(i, paths[i]) for i in group], pool)
-        held = [f"{series}/{n}/{c}" for c in range(len(chunks))]
-        place = [c % pool.processes for c in range(len(chunks))]
-        try:
-            prepared = pool.run(prepare_task, [(route, key, chunk) for key, chunk in zip(held, chunks, strict=True)],
-                                place)
-            founds = [f for part in prepared for f in part]
-            seen = survey.checked(founds) if survey is not None else _Survey.of(founds)
-            if job is None:  # one study key and context for the series, as in one process
-                sealed = keys.for_study(seen.study_uid, keyring)
-                job = _Job(route, seen, sealed, series_key(sealed[2], seen.series_uid), seen.identity)
-            targets = [[outputs[i] for i, _ in chunk] if outputs is not None else None for chunk in chunks]
-            yield [p for part in pool.run(finish_task, [(replace(job, survey=seen), key, to)
-                                                        for key, to in zip(held, targets, strict=True)], place)
-                   for p in part]
-        except BaseException:
-            with contextlib.suppress(Exception):  # what the processes still hold of the batch
-                pool.run(drop_task, [(key,) for key in held], place)
-            raise
+    for group in groups:
+        out, _, job = _pooled_group([(i, paths[i]) for i in group], route, keyring, keys, pool,
+                                    [outputs[i] for i in group] if outputs is not None else None,
+                                    lambda founds: survey.checked(founds) if survey is not None else _Survey.of(founds),
+                                    job, "settled")
+        yield out
+
+
+def _pooled_group(items: list[tuple[int, Path]], route: RouteSpec, keyring: Keyring, keys: DataKeys,
+                  pool: ProtectPool, outputs: list[Path] | None, survey_of: Callable[[list[_Found]], _Survey],
+                  job: _Job | None, owner: str) -> tuple[list[Protected], list[_Found], _Job]:
+    """One batch of a series (``items``: its numbered files) over the pool's processes:
+    prepared, surveyed (``survey_of`` the batch's findings), finished. ``job`` carries the
+    series' study key and context from its first batch; ``owner`` names the caller, one
+    series at a time each (what its processes still hold of another series is stale)."""
+    chunks = _chunks(items, pool)
+    group = f"{owner}:{uuid.uuid4().hex}"
+    held = [f"{group}/{c}" for c in range(len(chunks))]
+    place = [c % pool.processes for c in range(len(chunks))]
+    try:
+        prepared = pool.run(prepare_task, [(route, key, chunk) for key, chunk in zip(held, chunks, strict=True)],
+                            place)
+        founds = [f for part in prepared for f in part]
+        seen = survey_of(founds)
+        if job is None:  # one study key and context for the series, as in one process
+            sealed = keys.for_study(seen.study_uid, keyring)
+            job = _Job(route, seen, sealed, series_key(sealed[2], seen.series_uid), seen.identity)
+        job = replace(job, survey=seen)
+        out_at = dict(zip([i for i, _ in items], outputs, strict=True)) if outputs is not None else {}
+        targets = [[out_at[i] for i, _ in chunk] if outputs is not None else None for chunk in chunks]
+        out = [p for part in pool.run(finish_task, [(job, key, to) for key, to in zip(held, targets, strict=True)],
+                                      place) for p in part]
+        return out, founds, job
+    except BaseException:
+        with contextlib.suppress(Exception):  # what the processes still hold of the batch
+            pool.run(drop_task, [(key,) for key in held], place)
+        raise
+
+
+@dataclass(frozen=True)
+class Arrived:
+    """Objects of a series protected while the series still arrives, and the survey their
+    gate ran under: theirs and that of every object of the series protected before them."""
+
+    protected: list[Protected]
+    survey: _Survey
+    job: _Job
+
+
+def protect_arriving(items: list[tuple[int, Path]], route: RouteSpec, keyring: Keyring, keys: DataKeys,
+                     pool: ProtectPool, outputs: list[Path], before: Arrived | None) -> Arrived:
+    """Protect objects of a series that is still arriving (``items``: numbered files), each
+    written to its ``outputs`` path, gated under the survey of these and of those protected
+    ``before``. Whether they may leave is decided once the series is complete: ``regate``
+    looks in them for the values of the series their gate did not know yet."""
+    def survey_of(founds: list[_Found]) -> _Survey:
+        return _Survey.of([before.survey.found, *founds] if before is not None else founds)
+
+    out, _, job = _pooled_group(items, route, keyring, keys, pool, outputs, survey_of,
+                                before.job if before is not None else None, "arriving")
+    return Arrived(out, job.survey, job)
+
+
+def regate(arrived: list[Arrived], pool: ProtectPool) -> bool:
+    """Gate objects protected while their series arrived (in order, the last one's survey that
+    of the whole series) for the values found in objects protected after them: each object
+    then has passed the gate under every identifying value of the series, as if the series
+    had been protected at once. False where that cannot be so (the character sets or the
+    identity given to the route's stages changed on the way): protect the series again.
+    Raises Quarantine as the gate does."""
+    final = arrived[-1].survey
+    tasks: list[tuple[_Delta, list[Path]]] = []
+    for part in arrived:
+        known = part.survey.found
+        if known.charsets != final.found.charsets or part.job.identity != final.identity:
+            return False
+        delta = _Delta.of(final.found, known)
+        if delta is not None:  # one task a process: each builds the delta's needles once
+            paths = [p.path for p in part.protected if p.path is not None]
+            tasks += [(delta, paths[n::pool.processes]) for n in range(min(pool.processes, len(paths)))]
+    hits = [h for part in pool.run(regate_task, tasks) for h in part]
+    if hits:
+        raise Quarantine(_gate_message(hits))
+    return True
+
+
+@dataclass(frozen=True)
+class _Delta:
+    """The identifying values of a series that an earlier gate did not look for, with what
+    the gate needs besides (the profile's own values, kept descriptors, character sets)."""
+
+    identifiers: frozenset[str]
+    patient_names: frozenset[str]
+    found: _Found
+
+    @classmethod
+    def of(cls, final: _Found, known: _Found) -> _Delta | None:
+        identifiers = final.identifiers - known.identifiers
+        names = final.patient_names - known.patient_names
+        return cls(identifiers, names, final) if identifiers or names else None
+
+    def needles(self) -> gate.Needles:
+        f = self.found
+        return gate.Needles(self.identifiers, self.patient_names, kinds=f.kinds, written=f.written,
+                            kept={k: set(v) for k, v in f.kept.items()}, charsets=f.charsets)
+
+
+def regate_task(delta: _Delta, paths: list[Path]) -> list[gate.Hit]:
+    """In a worker process: the gate, for ``delta``'s values, over protected copies as written."""
+    needles = delta.needles()
+    hits: list[gate.Hit] = []
+    for n, path in enumerate(paths):
+        data = _read(path)
+        ds, _ = _parse(data, n)
+        hits += gate.scan(ds, data, needles)
+    return hits
 
 
 @dataclass(frozen=True)
@@ -181,9 +280,10 @@ def survey_task(route: RouteSpec, chunk: list[tuple[int, Path]]) -> list[_Found]
 def prepare_task(route: RouteSpec, key: str, chunk: list[tuple[int, Path]]) -> list[_Found]:
     """In a worker process: ``chunk`` read, parsed, cut and de-identified, kept under ``key``
     for ``finish_task``; what de-identification took out of each object."""
-    series = key.partition("/")[0]
-    for stale in [k for k in _process_held if not k.startswith(series + "/")]:  # a series that ended early
-        del _process_held[stale]
+    group = key.partition("/")[0]
+    owner = group.partition(":")[0]
+    for stale in [k for k in _process_held if k.startswith(owner + ":") and not k.startswith(group + "/")]:
+        del _process_held[stale]  # a batch of this caller's that ended early
     deid, _ = _process_tools(route)
     cuts, datasets, founds, originals = _deidentify(deid, [_read(path) for _, path in chunk], [i for i, _ in chunk])
     _process_held[key] = (cuts, datasets, originals)
@@ -231,6 +331,7 @@ def init_process(keyring: Keyring, log_level: int) -> None:
     global _process_keyring
     _process_keyring = keyring
     exit_with_parent()
+    os.nice(NICENESS)
     # A service stop signals the whole process group (systemd, a terminal): the service
     # ends these processes itself (ProtectPool.close) once its current step is done.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -308,11 +409,15 @@ def _seal_and_gate(original: Cut, ds: Dataset, kept: Original, records: list[tup
     data = _encode(ds)
     hits = gate.scan(ds, data, seen.needles)
     if hits:
-        where = "; ".join(sorted({f"{h.where}: {h.kind}" for h in hits}))[:400]
-        raise Quarantine(f"PHI gate: identifying values found in {len(hits)} place(s): {where}")
+        raise Quarantine(_gate_message(hits))
     entry = entry_for(ds, kept, [name for name, _ in records], original.digest)
     return Protected(data=data, study_uid=seen.study_uid, series_uid=seen.series_uid, sop_uid=entry.sop_uid,
                      entry=entry, sealing=Sealing(key_id, wrapped, data_key))
+
+
+def _gate_message(hits: list[gate.Hit]) -> str:
+    where = "; ".join(sorted({f"{h.where}: {h.kind}" for h in hits}))[:400]
+    return f"PHI gate: identifying values found in {len(hits)} place(s): {where}"
 
 
 def _written(protected: Protected, path: Path, keyring: Keyring) -> Protected:
@@ -408,7 +513,7 @@ def _run_stages(stages: list[Transform], series: list[Dataset], ctx: Context) ->
     return records
 
 
-def _by_size(sources: Sequence[bytes | Path]) -> list[list[int]]:
+def by_size(sources: Sequence[bytes | Path]) -> list[list[int]]:
     """Consecutive objects in groups of about BATCH_BYTES (at least one object each)."""
     groups: list[list[int]] = []
     size = BATCH_BYTES

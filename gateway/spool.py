@@ -77,6 +77,12 @@ class SpoolError(Exception):
     """The spool cannot take or give an object (disk full, permissions, corruption)."""
 
 
+# A series' objects not yet protected, oldest first (``received``, ``arriving``).
+_RECEIVED = (select(instances.c.id, instances.c.path, instances.c.calling_ae, instances.c.sop_token,
+                    instances.c.modality, instances.c.sop_class_uid, instances.c.error)
+             .where(instances.c.state == "received").order_by(instances.c.id))
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One received object's row."""
@@ -170,12 +176,15 @@ class Spool:
         # Where the listener streams objects while they arrive; same file system as
         # ``incoming``, so taking one in is a hard link, not a copy. One folder per node.
         self.receiving = root / "receiving" / self.node
-        for d in (self.incoming, self.outbox, self.quarantine_dir, self.receiving):
+        # Copies protected while their series still arrives (``gateway.protect_ahead``), this
+        # node's own, until the series settles and they become outputs (``adopt``).
+        self.ahead = self.outbox / "ahead" / self.node
+        for d in (self.incoming, self.outbox, self.quarantine_dir, self.receiving, self.ahead):
             d.mkdir(parents=True, exist_ok=True)
         if intake:
             # A transfer cut off by a crash was never acknowledged; the previous version
-            # streamed into ``receiving/`` itself.
-            for leftover in [*self.receiving.iterdir(), *self.receiving.parent.iterdir()]:
+            # streamed into ``receiving/`` itself. Copies protected ahead are made again.
+            for leftover in [*self.receiving.iterdir(), *self.receiving.parent.iterdir(), *self.ahead.iterdir()]:
                 if leftover.is_file():
                     leftover.unlink(missing_ok=True)
             self._drop_own_leases()
@@ -403,20 +412,32 @@ class Spool:
         """The series' objects not yet protected, in the order received; a resent
         object (same SOP Instance UID) counts once, the newest copy wins."""
         with self.state.read() as conn:
-            rows = conn.execute(select(instances.c.id, instances.c.path, instances.c.calling_ae,
-                                       instances.c.sop_token, instances.c.modality, instances.c.sop_class_uid,
-                                       instances.c.error)
-                                .where(instances.c.series_token == series_token, instances.c.state == "received")
-                                .order_by(instances.c.id)).all()
+            rows = conn.execute(_RECEIVED.where(instances.c.series_token == series_token)).all()
+        latest = self._latest(rows)
+        superseded = [r[0] for r in rows if latest[r[3]].id != r[0]]
+        if superseded:
+            self._set_state(superseded, "superseded")
+        return list(latest.values())
+
+    def arriving(self) -> dict[str, tuple[list[Incoming], float]]:
+        """Every series still receiving: its objects as ``received`` would give them, and
+        when it last received one; a read only (``received`` marks what a re-send superseded)."""
+        with self.state.read() as conn:
+            rows = conn.execute(_RECEIVED.add_columns(instances.c.series_token, series.c.last_received).join(
+                series, series.c.series_token == instances.c.series_token).where(series.c.state == "receiving")).all()
+        by_series: dict[str, list[Any]] = {}
+        for r in rows:
+            by_series.setdefault(r[7], []).append(r)
+        return {token: (list(self._latest(part).values()), float(part[-1][8])) for token, part in by_series.items()}
+
+    def _latest(self, rows: Sequence[Any]) -> dict[str, Incoming]:
+        """The newest row of each SOP Instance UID, in the order received."""
         latest: dict[str, Incoming] = {}
         for r in rows:
             latest.pop(r[3], None)
             latest[r[3]] = Incoming(r[0], self.incoming / r[1], r[2], r[3], r[4], r[5],
                                     r[6] if r[6] and r[6].startswith(DAMAGE_NOTE) else None)
-        superseded = [r[0] for r in rows if latest[r[3]].id != r[0]]
-        if superseded:
-            self._set_state(superseded, "superseded")
-        return list(latest.values())
+        return latest
 
     def forced_route(self, series_token: str) -> str | None:
         """The route an administrator named for this series (``gateway quarantine reroute``)."""
@@ -433,6 +454,19 @@ class Spool:
         """Where the protected copy of one object goes (``write_output``, or the protect
         processes themselves, followed by ``outputs_written``)."""
         return self.outbox / f"{row_id}.dcm"
+
+    def ahead_path(self, row_id: int) -> Path:
+        """Where the copy of one object protected while its series still arrives waits."""
+        return self.ahead / f"{row_id}.dcm"
+
+    def adopt(self, ahead: Path, row_id: int) -> Path:
+        """Make a copy protected ahead the object's output (a rename, made durable with the
+        batch by ``outputs_written``). Raises SpoolError."""
+        try:
+            os.replace(ahead, self.output_path(row_id))
+        except OSError as exc:
+            raise SpoolError(f"spool file rename failed: {exc.strerror}") from exc
+        return self.output_path(row_id)
 
     def outputs_written(self) -> None:
         """Make the names of protected copies written without their folder's fsync durable:

@@ -40,11 +40,13 @@ from gateway.index import Entry, Index, Sealing
 from gateway.keyring import Keyring
 from gateway.plugin import PluginError
 from gateway.protect import Protected, Quarantine, protect_batches
+from gateway.protect_ahead import Ahead
 from gateway.protect_pool import ProtectPool
 from gateway.publish import Opened, Outcome, Published, confirmed, open_for_publishing, upload
-from gateway.route_spec import route_spec
+from gateway.route_spec import RouteSpec, route_spec
 from gateway.sop_classes import is_image
 from gateway.spool import FileIdentity, Incoming, LeaseLost, Outgoing, Spool, SpoolError
+from gateway.stages import is_series_level
 
 log = logging.getLogger("gateway.worker")
 # Uploads in flight to Orthanc at once, each on its own keep-alive connection.
@@ -52,6 +54,8 @@ FORWARD_CONNECTIONS = 4
 # Index entries protection handed on, waiting for their upload; beyond this the oldest go
 # (their objects are then opened again when forwarded).
 PREPARED_LIMIT = 20_000
+# How often objects that arrived are protected ahead of their series' settling (``protect_ahead``).
+AHEAD_SECONDS = 0.2
 # The backoff entry of claiming itself (the state database refused the claim's write).
 _CLAIM = "(next settled)"
 _T = TypeVar("_T")
@@ -78,13 +82,17 @@ class Worker:
         # What protection handed on for the copies in the outbox, by path (``Protected``).
         self._prepared: dict[Path, Protected] = {}
         self._prepared_lock = threading.Lock()
+        self.ahead = Ahead(spool, keyring, self.protect_pool, self._ahead_route,
+                           lambda: self.config.scheduler.settle_seconds)
         self._forwarding = threading.Thread(target=self._forward_loop, name="forward", daemon=True)
+        self._ahead = threading.Thread(target=self._ahead_loop, name="protect-ahead", daemon=True)
         self._protecting = threading.Thread(target=self._protect_loop, name="protect", daemon=True)
 
     def start(self) -> None:
         every = self.config.scheduler.poll_seconds
         self._protecting.start()
         self._forwarding.start()
+        self._ahead.start()
         self._scheduler.add_job(self._guard(self.deliverer.deliver_due), "interval", seconds=every, id="deliver")
         self._scheduler.add_job(self._guard(self.purge), "interval", seconds=max(every, 60), id="purge")
         self._scheduler.add_job(self._guard(self.spool.renew_leases), "interval",
@@ -97,7 +105,7 @@ class Worker:
         self._forward_ready.set()
         self.deliverer.stop()
         self._scheduler.shutdown(wait=True)
-        for thread in (self._protecting, self._forwarding):
+        for thread in (self._protecting, self._forwarding, self._ahead):
             if thread.is_alive():
                 thread.join()
         self.protect_pool.close()
@@ -115,6 +123,12 @@ class Worker:
                 settles = None
             wait = every if settles is None else min(every, max(0.0, settles - time.time()) + 0.01)
             self._stop.wait(wait)
+
+    def _ahead_loop(self) -> None:
+        """``ahead.step`` every ``AHEAD_SECONDS``: series still arriving are protected as they come."""
+        step = self._guard(lambda: self.ahead.step(self._stop))
+        while not self._stop.wait(AHEAD_SECONDS):
+            step()
 
     def _forward_loop(self) -> None:
         """``forward_due`` every ``poll_seconds``, or at once when woken (``_forward_ready``);
@@ -182,7 +196,7 @@ class Worker:
         settle = self.config.scheduler.settle_seconds
         if route.level == "study" and study_still_receiving(self.spool, token, study, settle):
             return  # the study has not settled: its series go together, later
-        if self.config.listener.non_image != "protect" and not all(is_image(i.sop_class_uid) for i in items):
+        if not self._takes_all(items):
             self._quarantine(token, route.name, "non-image objects are kept for review (listener.non_image)", ids)
             return
         staged = self._protect(token, route, items)
@@ -192,21 +206,42 @@ class Worker:
     def _route(self, token: str, items: list[Incoming]) -> tuple[Route, Dataset | None] | None:
         """The series' route (the one ``reroute`` forced, else the first that matches) and the
         header it was matched on; None when the series went to quarantine instead."""
-        first, ids = items[0], [i.id for i in items]
+        chosen = self._choose(token, items)
+        if isinstance(chosen, str):
+            self._quarantine(token, None, chosen, [i.id for i in items])
+            return None
+        return chosen
+
+    def _choose(self, token: str, items: list[Incoming]) -> tuple[Route, Dataset | None] | str:
+        """The series' route and the header it was matched on, or why there is none."""
+        first = items[0]
         forced = self.spool.forced_route(token)
         try:
             header, called, address = header_and_origin(first, self.config)
         except Exception as exc:  # noqa: BLE001 - as for any unreadable object: type only
-            self._quarantine(token, None, f"header cannot be read for routing ({type(exc).__name__})", ids)
-            return None
+            return f"header cannot be read for routing ({type(exc).__name__})"
         route = (next((r for r in self.config.routes if r.name == forced), None) if forced
                  else self.config.route_for(first.calling_ae, first.modality, first.sop_class_uid, called, address,
                                             header))
         if route is None:
-            self._quarantine(token, None, f"the route {forced!r} named by reroute no longer exists" if forced
-                             else "no route matches this series", ids)
-            return None
+            return (f"the route {forced!r} named by reroute no longer exists" if forced
+                    else "no route matches this series")
         return route, header
+
+    def _ahead_route(self, token: str, items: list[Incoming]) -> tuple[str, RouteSpec] | None:
+        """The route a series still arriving is protected ahead for (``protect_ahead``): one
+        that sends it to Orthanc, takes all its objects, and protects object by object."""
+        chosen = self._choose(token, items)
+        if isinstance(chosen, str) or any(i.damage for i in items) or not self._takes_all(items):
+            return None
+        route = chosen[0]
+        spec = route_spec(self.config, route.name)
+        if not any(d.destination == "orthanc" for d in route.destinations) or is_series_level(spec.plugin):
+            return None
+        return route.name, spec
+
+    def _takes_all(self, items: list[Incoming]) -> bool:
+        return self.config.listener.non_image == "protect" or all(is_image(i.sop_class_uid) for i in items)
 
     def _protect(self, token: str, route: Route, items: list[Incoming]) -> list[int] | None:
         """Protected copies for Orthanc (in the spool's outputs) and for the route's other
@@ -214,11 +249,16 @@ class Worker:
         ids = [i.id for i in items]
         to_main = any(d.destination == "orthanc" for d in route.destinations)
         try:
+            spec = route_spec(self.config, route.name)
+            ahead = self.ahead.complete(token, items, route.name, spec) if to_main else None
+            if ahead is not None:
+                self.spool.outputs_written()
+                self._hand_on(ahead)
             # each protected copy is written to the outbox by the process that protected it;
             # its name is made durable with the batch's (one folder fsync)
-            for batch in (protect_batches([i.path for i in items], route_spec(self.config, route.name),
-                                          self.keyring, self.spool, self.protect_pool,
-                                          [self.spool.output_path(i) for i in ids]) if to_main else ()):
+            for batch in (protect_batches([i.path for i in items], spec, self.keyring, self.spool,
+                                          self.protect_pool, [self.spool.output_path(i) for i in ids])
+                          if to_main and ahead is None else ()):
                 self.spool.outputs_written()
                 self._hand_on(batch)
             return stage_copies(self.config, self.keyring, self.spool, route, token, items,

@@ -1,0 +1,159 @@
+"""Protecting a series while it still arrives, so that it leaves soon after it settles.
+
+Without this the protect processes idle while a modality sends and while the series
+settles, then do all of the series' work at once. ``Ahead.step`` (the worker runs it every
+fraction of a second) protects the objects that arrived since its last step, in the order
+received, each copy written to this node's ``outbox/ahead`` folder and gated under the
+identity found in the series so far. Once the series has settled, ``Ahead.complete``
+protects what arrived after the last step, gates the earlier copies again for the values
+that only later objects showed (``protect.regate``), and makes the copies the series'
+outputs. The result is what protecting the settled series at once gives: the same copies,
+each passed by the gate under every identifying value of the series, and nothing of the
+series leaves before all of it has passed.
+
+A series that cannot be completed so is protected again from its originals by the
+ordinary path (``protect.protect_batches``): an object re-sent on the way, its route or
+the route's settings changed, the character sets or the identity handed to the route's
+stages changed between objects, or any fault while protecting ahead (the ordinary path
+then meets it and says what it is). A route whose transform needs the whole series at once
+(coverless) is not protected ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from gateway.keyring import Keyring
+from gateway.protect import Arrived, Protected, Quarantine, by_size, protect_arriving, regate
+from gateway.protect_pool import ProtectPool
+from gateway.route_spec import RouteSpec
+from gateway.spool import Incoming, Spool
+
+log = logging.getLogger("gateway.protect")
+
+# How the worker's ``eligible`` answers for a series: the route's name and spec, or None
+# (not protected ahead: settled series take the ordinary path).
+Eligible = Callable[[str, list[Incoming]], "tuple[str, RouteSpec] | None"]
+
+
+@dataclass
+class _Series:
+    """What was protected ahead of one series."""
+
+    route: str
+    spec: RouteSpec
+    parts: list[Arrived] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # the row of each copy in ``parts``, in order
+
+
+class Ahead:
+    """The series of this node being protected while they arrive."""
+
+    def __init__(self, spool: Spool, keyring: Keyring, pool: ProtectPool, eligible: Eligible,
+                 settle_seconds: Callable[[], float]) -> None:
+        self.spool = spool
+        self.keyring = keyring
+        self.pool = pool
+        self.eligible = eligible
+        self.settle_seconds = settle_seconds
+        self._series: dict[str, _Series] = {}
+        self._skip: set[str] = set()  # series left to the ordinary path
+        self._lock = threading.Lock()  # a step and a completion never work on the same series at once
+
+    def step(self, stop: threading.Event | None = None) -> None:
+        """Protect what arrived since the last step, series by series, one batch each."""
+        arriving = self.spool.arriving()
+        cutoff = time.time() - self.settle_seconds()
+        with self._lock:
+            for token in [t for t in self._series if t not in arriving]:  # protected elsewhere, or quarantined
+                self._drop(token)
+            self._skip &= set(arriving)
+        for token, (items, last) in arriving.items():
+            if stop is not None and stop.is_set():
+                return
+            if last <= cutoff or token in self._skip:
+                continue  # settled: the worker completes it
+            with self._lock:
+                self._advance(token, items)
+
+    def complete(self, token: str, items: list[Incoming], route: str, spec: RouteSpec) -> list[Protected] | None:
+        """The protected copies of the settled series ``items`` (in their order, adopted as
+        the outputs of their rows), or None where the series must be protected the ordinary
+        way. Raises Quarantine where the gate stops a copy protected ahead."""
+        with self._lock:
+            series = self._series.pop(token, None)
+            skipped = token in self._skip
+            self._skip.discard(token)
+            if series is None or skipped or (series.route, series.spec) != (route, spec) \
+                    or not set(series.rows) <= {i.id for i in items}:
+                if series is not None:
+                    self._remove(series)
+                return None
+            try:
+                done = set(series.rows)
+                fresh = [i for i in items if i.id not in done]
+                for portion in by_size([i.path for i in fresh]):
+                    self._protect(series, [fresh[n] for n in portion])
+                if not regate(series.parts, self.pool):
+                    self._remove(series)
+                    return None
+                made = {row: p for row, p in zip(series.rows, (p for part in series.parts for p in part.protected),
+                                                  strict=True)}
+                return [self._adopt(made[i.id], i.id) for i in items]
+            except Quarantine:
+                self._remove(series)
+                raise
+            except Exception as exc:  # noqa: BLE001 - the ordinary path meets the fault again and says what it is
+                log.warning("series %s: completing what was protected ahead failed (%s); protecting it again",
+                            token, type(exc).__name__)
+                self._remove(series)
+                return None
+
+    def _advance(self, token: str, items: list[Incoming]) -> None:
+        series = self._series.get(token)
+        if series is None:
+            chosen = self.eligible(token, items)
+            if chosen is None:
+                self._skip.add(token)
+                return
+            series = self._series[token] = _Series(*chosen)
+        known = {i.id for i in items}
+        if not set(series.rows) <= known:  # an object was re-sent: its earlier copy is gone
+            self._skip.add(token)
+            self._drop(token)
+            return
+        done = set(series.rows)
+        fresh = [i for i in items if i.id not in done]
+        if not fresh:
+            return
+        try:
+            self._protect(series, [fresh[n] for n in by_size([i.path for i in fresh])[0]])  # a batch at most
+        except Exception as exc:  # noqa: BLE001 - left to the ordinary path, which reports it
+            log.info("series %s: not protected ahead (%s); it is protected once it settles", token,
+                     type(exc).__name__)
+            self._skip.add(token)
+            self._drop(token)
+
+    def _protect(self, series: _Series, items: list[Incoming]) -> None:
+        before = series.parts[-1] if series.parts else None
+        arrived = protect_arriving([(n, i.path) for n, i in enumerate(items)], series.spec, self.keyring,
+                                   self.spool, self.pool, [self.spool.ahead_path(i.id) for i in items], before)
+        series.parts.append(arrived)
+        series.rows += [i.id for i in items]
+
+    def _adopt(self, protected: Protected, row: int) -> Protected:
+        assert protected.path is not None, "protected ahead means written"
+        return replace(protected, path=self.spool.adopt(protected.path, row))
+
+    def _drop(self, token: str) -> None:
+        series = self._series.pop(token, None)
+        if series is not None:
+            self._remove(series)
+
+    def _remove(self, series: _Series) -> None:
+        for row in series.rows:
+            self.spool.ahead_path(row).unlink(missing_ok=True)

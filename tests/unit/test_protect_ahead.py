@@ -1,0 +1,197 @@
+"""A series protected while it arrives (``gateway.protect_ahead``) comes out as the same
+series protected at once: the same copies in the same order, restoring byte for byte, and
+the same gate, under every identifying value of the series, for copies made before the
+object that showed the value had arrived. What cannot be completed so goes the ordinary way."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from gateway import envelope
+from gateway.audit import AuditLog
+from gateway.config import Config
+from gateway.index import Index
+from gateway.keyring import Keyring
+from gateway.protect import Quarantine, protect_batches
+from gateway.protect_ahead import Ahead
+from gateway.protect_pool import ProtectPool
+from gateway.restore import restore_series
+from gateway.route_spec import RouteSpec
+from gateway.spool import Incoming, Spool
+from gateway.study_keys import MemoryDataKeys
+from gateway.worker import Worker
+from testkit import synthetic
+from tests.conftest import encode
+from tests.unit.test_publish_batch import FakeOrthanc
+
+ROUTE = RouteSpec()
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory: pytest.TempPathFactory) -> Keyring:
+    return Keyring.create(tmp_path_factory.mktemp("ahead") / "keyring.json")
+
+
+@pytest.fixture(scope="module")
+def pool(ring: Keyring) -> Iterator[ProtectPool]:
+    started = ProtectPool(ring, processes=2)
+    yield started
+    started.close()
+
+
+def _ahead(spool: Spool, ring: Keyring, pool: ProtectPool, settle: float = 3600.0,
+           route: tuple[str, RouteSpec] | None = ("default", ROUTE)) -> Ahead:
+    return Ahead(spool, ring, pool, lambda token, items: route, lambda: settle)
+
+
+def _send(spool: Spool, series: list[Dataset]) -> None:
+    for ds in series:
+        spool.accept(encode(ds), "CT1", "s1", str(ds.SOPInstanceUID), "CT", str(ds.SOPClassUID))
+
+
+def _content(data: bytes) -> list[tuple[int, object]]:
+    """Everything but the envelope (its nonce and data key differ from run to run)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    return [(int(e.tag), e.value) for e in ds.iterall() if e.tag.group != envelope.GROUP]
+
+
+def _waiting(spool: Spool) -> int:
+    return len(list(spool.ahead.iterdir()))
+
+
+def _settled(spool: Spool) -> list[Incoming]:
+    return spool.received("s1")
+
+
+def test_a_series_protected_as_it_arrives_is_the_series_protected_at_once(tmp_path: Path, ring: Keyring,
+                                                                          pool: ProtectPool) -> None:
+    spool = Spool(tmp_path / "spool")
+    ahead = _ahead(spool, ring, pool)
+    series = synthetic.ct_series(11, size=64)
+    _send(spool, series[:5])
+    ahead.step()
+    assert _waiting(spool) == 5
+    _send(spool, series[5:9])
+    ahead.step()
+    assert _waiting(spool) == 9
+    _send(spool, series[9:])  # arrived after the last step: protected on completion
+    items = _settled(spool)
+    done = ahead.complete("s1", items, "default", ROUTE)
+    assert done is not None and _waiting(spool) == 0
+    assert [p.path for p in done] == [spool.output_path(i.id) for i in items]
+    outputs = [spool.output_path(i.id).read_bytes() for i in items]
+    at_once = [p for b in protect_batches([i.path for i in items], ROUTE, ring, MemoryDataKeys(), pool) for p in b]
+    assert [_content(o) for o in outputs] == [_content(p.data) for p in at_once]
+    assert [r.data for r in restore_series(outputs, ring)] == [i.path.read_bytes() for i in items]
+
+
+def test_a_value_only_a_later_object_shows_is_gated_in_the_copies_made_before(tmp_path: Path, ring: Keyring,
+                                                                              pool: ProtectPool) -> None:
+    # in a kept attribute of the first object; taken out of the last, which arrives after
+    # the first was protected (and passed the gate as far as the series was known then)
+    spool = Spool(tmp_path / "spool")
+    ahead = _ahead(spool, ring, pool)
+    series = synthetic.ct_series(6, size=64)
+    series[0].ManufacturerModelName = "XQ-778899"
+    series[-1].DeviceSerialNumber = "XQ-778899"
+    _send(spool, series[:3])
+    ahead.step()
+    assert _waiting(spool) == 3
+    _send(spool, series[3:])
+    ahead.step()
+    with pytest.raises(Quarantine, match="PHI gate: .*ManufacturerModelName: DeviceSerialNumber"):
+        ahead.complete("s1", _settled(spool), "default", ROUTE)
+    assert _waiting(spool) == 0
+
+
+def test_a_name_only_a_later_object_shows_is_gated_in_free_text_before(tmp_path: Path, ring: Keyring,
+                                                                       pool: ProtectPool) -> None:
+    # a name (here in another spelling than the raw bytes could show) is looked for in decoded text
+    spool = Spool(tmp_path / "spool")
+    ahead = _ahead(spool, ring, pool)
+    series = synthetic.ct_series(4, size=64)
+    series[0].ManufacturerModelName = "Wolkenstein Oswald 7"
+    series[-1].OtherPatientNames = "WOLKENSTEIN^OSWALD"
+    _send(spool, series[:2])
+    ahead.step()
+    _send(spool, series[2:])
+    with pytest.raises(Quarantine, match="PHI gate: .*ManufacturerModelName: OtherPatientNames"):
+        ahead.complete("s1", _settled(spool), "default", ROUTE)
+
+
+def test_what_cannot_be_completed_goes_the_ordinary_way(tmp_path: Path, ring: Keyring, pool: ProtectPool) -> None:
+    series = synthetic.ct_series(4, size=64)
+    # a correction re-sent on the way: the copy made of the first version is gone
+    spool = Spool(tmp_path / "resent")
+    ahead = _ahead(spool, ring, pool)
+    _send(spool, series[:3])
+    ahead.step()
+    _send(spool, series[1:2])
+    ahead.step()
+    assert _waiting(spool) == 0
+    assert ahead.complete("s1", _settled(spool), "default", ROUTE) is None
+    # the route's settings changed before the series settled
+    spool = Spool(tmp_path / "changed")
+    ahead = _ahead(spool, ring, pool)
+    _send(spool, series)
+    ahead.step()
+    assert _waiting(spool) == 4
+    assert ahead.complete("s1", _settled(spool), "default", RouteSpec(options=frozenset({"retain_device_identity"}))) is None
+    assert _waiting(spool) == 0 and not any(spool.outbox.glob("*.dcm"))
+
+
+def test_only_series_still_arriving_on_a_route_that_allows_it_are_protected_ahead(tmp_path: Path, ring: Keyring,
+                                                                                  pool: ProtectPool) -> None:
+    series = synthetic.ct_series(3, size=64)
+    spool = Spool(tmp_path / "coverless")  # the route needs the whole series, or goes elsewhere
+    _send(spool, series)
+    ahead = _ahead(spool, ring, pool, route=None)
+    ahead.step()
+    assert _waiting(spool) == 0 and ahead.complete("s1", _settled(spool), "default", ROUTE) is None
+    spool = Spool(tmp_path / "settled")  # the worker protects a settled series itself
+    _send(spool, series)
+    ahead = _ahead(spool, ring, pool, settle=0)
+    ahead.step()
+    assert _waiting(spool) == 0
+
+
+def test_a_restart_forgets_copies_made_ahead(tmp_path: Path, ring: Keyring, pool: ProtectPool) -> None:
+    spool = Spool(tmp_path / "spool")
+    _send(spool, synthetic.ct_series(2, size=64))
+    _ahead(spool, ring, pool).step()
+    assert _waiting(spool) == 2
+    spool.close()
+    spool = Spool(tmp_path / "spool")
+    assert _waiting(spool) == 0  # made again from the originals, which the spool keeps
+
+
+def test_the_worker_sends_on_what_was_protected_ahead(tmp_path: Path, ring: Keyring) -> None:
+    ring.save()
+    config = Config.model_validate({
+        "senders": [{"ae_title": "CT1"}], "orthanc": {"url": "http://127.0.0.1:1", "username": "u", "password": "p"},
+        "keyring": str(ring.path), "spool": {"path": str(tmp_path / "spool")},
+        "routes": [{"name": "all"}], "scheduler": {"settle_seconds": 3600},
+    })
+    spool = Spool(tmp_path / "spool")
+    worker = Worker(config, ring, spool, FakeOrthanc(), Index(tmp_path / "index.sqlite3"),  # type: ignore[arg-type]
+                    AuditLog(tmp_path / "audit.jsonl"))
+    try:
+        series = synthetic.ct_series(5, size=64)
+        _send(spool, series[:3])
+        worker.ahead.step()
+        assert _waiting(spool) == 3
+        _send(spool, series[3:])
+        items = _settled(spool)
+        worker.process_series("s1")
+        assert _waiting(spool) == 0
+        assert [o.out_path for o in spool.due()] == [spool.output_path(i.id) for i in items]
+        outputs = [spool.output_path(i.id).read_bytes() for i in items]
+        assert [r.data for r in restore_series(outputs, ring)] == [encode(ds) for ds in series]
+    finally:
+        worker.protect_pool.close()
