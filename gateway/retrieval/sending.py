@@ -13,17 +13,18 @@ needed.
 
 ``prepare`` does that for one batch of about ``BATCH`` objects and returns the verified
 bytes; it runs in the worker processes of ``gateway/retrieval/workers.py``, which fetch
-from Orthanc themselves. ``Prepared`` keeps up to ``AHEAD`` batches in preparation from
-the moment the request is planned, and hands the objects over in plan order, each sent as
-the bytes that were verified (``gateway/retrieval/encoded.py``): memory stays bounded by
-``AHEAD`` batches besides the one being sent.
+from Orthanc themselves. ``Prepared`` keeps batches in preparation from the moment the
+request is planned, and hands the objects over in plan order, each sent as the bytes that
+were verified (``gateway/retrieval/encoded.py``): memory stays bounded by ``AHEAD_BYTES``
+(and ``AHEAD`` batches) besides the batch being sent.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections import defaultdict, deque
+import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from typing import NamedTuple, Protocol
@@ -45,7 +46,12 @@ from gateway.transcode import TranscodeError, choose, transcode
 log = logging.getLogger("gateway.qr")
 
 BATCH = 8
-AHEAD = 8  # batches in preparation: 64 objects, the bound of the two batches of 32 before worker processes
+# Batches prepared ahead of sending: at most AHEAD, and no new one once those prepared and
+# not yet sent hold AHEAD_BYTES. A receiver takes a while to accept the association (dcmtk's
+# movescu looks for it once a second); what the workers prepare meanwhile is sent at once.
+AHEAD = 40
+AHEAD_BYTES = 96 * 2**20
+RUNNING = 4  # batches given to the workers at a time (two each): their results count towards AHEAD_BYTES
 # The patient's identity: never kept by any profile option, so never in a protected copy.
 _PATIENT_IDENTITY = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "AccessionNumber",
                      "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "MedicalRecordLocator")
@@ -77,29 +83,70 @@ class Preparer(Protocol):
 
 
 class Prepared:
-    """The plan's objects, prepared ``AHEAD`` batches ahead of sending. Made as soon as the
-    request is planned, so that fetching and restoring overlap the association with the
-    receiver; ``datasets`` then hands them over in plan order."""
+    """The plan's objects, prepared ahead of sending (at most ``AHEAD`` batches, and while
+    those not yet sent hold less than ``AHEAD_BYTES``). Made as soon as the request is planned,
+    so that fetching and restoring overlap the association with the receiver; ``datasets``
+    then hands them over in plan order."""
 
     def __init__(self, plan: list[Planned], policy: Policy, preparer: Preparer, keyring: Keyring) -> None:
         self._batches = _batches(plan)
         self._submit = lambda batch: preparer.submit(batch, policy, keyring)
-        self._ahead = deque(self._submit(b) for b in self._batches[:AHEAD])
+        self._lock = threading.RLock()  # a done callback may run at once, in the submitting thread
+        self._futures: dict[int, Future[list[Ready | Refused]]] = {}
+        self._sizes: dict[int, int] = {}
+        self._next = self._handed = self._held = self._running = 0
+        self._cancelled = False
+        self._fill()
 
     def datasets(self, accepted: Accepted) -> Iterator[Dataset | Refused]:
         """Each object as the dataset to send in a syntax the receiver accepted, or a Refused."""
         for number, batch in enumerate(self._batches):
-            ready = _outcome(self._ahead.popleft(), batch)
-            if number + AHEAD < len(self._batches):
-                self._ahead.append(self._submit(self._batches[number + AHEAD]))
+            with self._lock:
+                if number == self._next:  # held back while a finished batch's callback had not run yet
+                    self._start_next()
+                future = self._futures.pop(number)
+            ready = _outcome(future, batch)
+            with self._lock:
+                self._handed += 1
+                self._held -= self._sizes.pop(number, 0)
+            self._fill()
             for item in ready:
                 yield item if isinstance(item, Refused) else fitted(item, accepted)
             del ready
 
     def cancel(self) -> None:
         """Nothing more is prepared for this request (cancelled, or the receiver is gone)."""
-        while self._ahead:
-            self._ahead.popleft().cancel()
+        with self._lock:
+            self._cancelled = True
+            futures, self._futures = list(self._futures.values()), {}
+        for future in futures:
+            future.cancel()
+
+    def _fill(self) -> None:
+        """Submit the next batches the bounds allow."""
+        with self._lock:
+            while (not self._cancelled and self._next < len(self._batches) and self._running < RUNNING
+                   and self._next - self._handed < AHEAD and self._held < AHEAD_BYTES):
+                self._start_next()
+
+    def _start_next(self) -> None:
+        number, self._next = self._next, self._next + 1
+        self._running += 1
+        future = self._futures[number] = self._submit(self._batches[number])
+        future.add_done_callback(self._when_prepared(number))
+
+    def _when_prepared(self, number: int) -> Callable[[Future[list[Ready | Refused]]], None]:
+        def prepared(done: Future[list[Ready | Refused]]) -> None:
+            size = 0 if done.cancelled() or done.exception() is not None else \
+                sum(len(r.data) for r in done.result() if isinstance(r, Ready))
+            with self._lock:
+                self._running -= 1
+                if number >= self._handed:  # not handed over yet: it counts until it is
+                    self._sizes[number] = size
+                    self._held += size
+            self._fill()
+
+        return prepared
 
 
 def fitted(ready: Ready, accepted: Accepted) -> Dataset | Refused:

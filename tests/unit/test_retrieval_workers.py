@@ -27,6 +27,7 @@ from gateway.index import Entry
 from gateway.keyring import Keyring
 from gateway.pacs_reader import PacsReader
 from gateway.protect import protect_series
+from gateway.retrieval import sending
 from gateway.retrieval.encoded import Verbatim, split
 from gateway.retrieval.planner import Planned
 from gateway.retrieval.sending import Prepared, Ready, Refused, fitted
@@ -297,3 +298,30 @@ def test_objects_of_a_retrieval_cut_short_by_the_gateway_stopping_fail_and_are_c
                                        ExplicitVRLittleEndian, ("none",), {}, "")) for i in range(10)]
     sent = _sent(Prepared(planned, Policy.RESTORE, Stopped(), keyring))
     assert len(sent) == 10 and all(isinstance(ds, Refused) and "CancelledError" in ds for ds in sent)
+
+
+def test_what_is_prepared_ahead_of_sending_is_bounded_by_its_bytes(keyring: Keyring,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preparing runs ahead of a receiver that is slow to accept (up to ``AHEAD`` batches),
+    but stops while what is prepared and not yet sent holds ``AHEAD_BYTES``, whatever the
+    objects' size; sending takes them in plan order, each batch in turn."""
+    data = encode(synthetic.ct_series(1, size=16)[0])
+    monkeypatch.setattr(sending, "AHEAD_BYTES", 3 * 8 * len(data))  # three batches of 8 such objects
+    submitted: list[int] = []
+
+    class Instant:
+        def submit(self, batch: list[Planned], policy: Policy, keyring: Keyring) -> Future[list[Ready | Refused]]:
+            submitted.append(int(batch[0].orthanc_id))
+            future: Future[list[Ready | Refused]] = Future()
+            future.set_result([Ready(data, ExplicitVRLittleEndian, CTImageStorage, split(data))] * len(batch))
+            return future
+
+    planned = [Planned(str(i), Entry("2.25.1", "2.25.2", f"2.25.3.{i}", "P", str(i), CTImageStorage,
+                                     ExplicitVRLittleEndian, ("none",), {}, "")) for i in range(80)]
+    prepared = Prepared(planned, Policy.RESTORE, Instant(), keyring)
+    assert submitted == [0, 8, 16]  # nothing sent yet: three batches held
+    objects = prepared.datasets({CTImageStorage: frozenset({ExplicitVRLittleEndian})})
+    for _ in range(8):
+        next(objects)
+    assert submitted == [0, 8, 16, 24]  # the first batch was handed over: room for one more
+    assert len(list(objects)) == 72 and submitted == list(range(0, 80, 8))
