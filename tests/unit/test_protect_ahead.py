@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from gateway import envelope
+from gateway import envelope, protect_ahead
 from gateway.audit import AuditLog
 from gateway.config import Config
 from gateway.index import Index
@@ -31,6 +31,12 @@ from tests.conftest import encode
 from tests.unit.test_publish_batch import FakeOrthanc
 
 ROUTE = RouteSpec()
+
+
+@pytest.fixture(autouse=True)
+def _no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step here comes right after the objects it protects arrived."""
+    monkeypatch.setattr(protect_ahead, "PAUSE_SECONDS", 0)
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +201,12 @@ def test_the_worker_sends_on_what_was_protected_ahead(tmp_path: Path, ring: Keyr
         assert [r.data for r in restore_series(outputs, ring)] == [encode(ds) for ds in series]
     finally:
         worker.protect_pool.close()
+
+
+def test_a_series_still_coming_in_is_left_to_intake(tmp_path: Path, ring: Keyring, pool: ProtectPool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protect_ahead, "PAUSE_SECONDS", 3600)
+    spool = Spool(tmp_path / "spool")
+    _send(spool, synthetic.ct_series(2, size=64))
+    _ahead(spool, ring, pool).step()
+    assert _waiting(spool) == 0
