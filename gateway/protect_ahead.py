@@ -135,15 +135,30 @@ class Ahead:
             return
         done = set(series.rows)
         fresh = [i for i in items if i.id not in done]
-        if not fresh:
-            return
         try:
-            self._protect(series, [fresh[n] for n in by_size([i.path for i in fresh])[0]])  # a batch at most
+            if fresh:
+                portion = by_size([i.path for i in fresh])[0]  # a batch at most
+                self._protect(series, [fresh[n] for n in portion])
+                fresh = fresh[len(portion):]
+            if not fresh and len(series.parts) > 1 and not self._consolidated(series):
+                self._skip.add(token)
+                self._drop(token)
         except Exception as exc:  # noqa: BLE001 - left to the ordinary path, which reports it
             log.info("series %s: not protected ahead (%s); it is protected once it settles", token,
                      type(exc).__name__)
             self._skip.add(token)
             self._drop(token)
+
+    def _consolidated(self, series: _Series) -> bool:
+        """All that arrived is protected: the gate's second look now, before the series
+        settles, so that at the settle only what comes after is left. Every copy has then
+        passed the gate under the survey of the whole series so far: one part. False where
+        ``regate`` says the series must be protected the ordinary way; raises Quarantine."""
+        if not regate(series.parts, self.pool):
+            return False
+        last = series.parts[-1]
+        series.parts = [Arrived([p for part in series.parts for p in part.protected], last.survey, last.job)]
+        return True
 
     def _protect(self, series: _Series, items: list[Incoming]) -> None:
         before = series.parts[-1] if series.parts else None

@@ -109,11 +109,23 @@ def test_a_value_only_a_later_object_shows_is_gated_in_the_copies_made_before(tm
     _send(spool, series[:3])
     ahead.step()
     assert _waiting(spool) == 3
-    _send(spool, series[3:])
-    ahead.step()
+    _send(spool, series[3:])  # arrives after the last step: the gate's second look comes with the settle
     with pytest.raises(Quarantine, match="PHI gate: .*ManufacturerModelName: DeviceSerialNumber"):
         ahead.complete("s1", _settled(spool), "default", ROUTE)
     assert _waiting(spool) == 0
+    # arrived before a step: its second look comes then, the copies are dropped, and the
+    # settled series takes the ordinary path, whose gate stops it
+    spool = Spool(tmp_path / "stepped")
+    ahead = _ahead(spool, ring, pool)
+    _send(spool, series[:3])
+    ahead.step()
+    _send(spool, series[3:])
+    ahead.step()
+    assert _waiting(spool) == 0
+    items = _settled(spool)
+    assert ahead.complete("s1", items, "default", ROUTE) is None
+    with pytest.raises(Quarantine, match="PHI gate: .*ManufacturerModelName: DeviceSerialNumber"):
+        list(protect_batches([i.path for i in items], ROUTE, ring, MemoryDataKeys(), pool))
 
 
 def test_a_name_only_a_later_object_shows_is_gated_in_free_text_before(tmp_path: Path, ring: Keyring,
