@@ -54,6 +54,7 @@ from gateway.integrity import Damaged, verify
 from gateway.metrics import Metrics
 from gateway.netutil import no_delay
 from gateway.pseudonym import Pseudonymizer
+from gateway.ready_files import ReadyFiles
 from gateway.retrieval.handlers import QueryRetrieve
 from gateway.retrieval.vocabulary import Policy
 from gateway.sop_classes import is_image
@@ -129,6 +130,7 @@ class Listener:
         multiprocessing.util.get_temp_dir()
         netconfig.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(spool.receiving)
+        self._files = ReadyFiles(spool.receiving)  # created before the objects come
         # C-STOREs whose request named a SOP class no storage service knows, by (association,
         # message ID): the SOP class they named (see _on_dimse_recv).
         self._foreign_class: dict[tuple[int, int], str] = {}
@@ -155,12 +157,14 @@ class Listener:
         assert server is not None  # block=False returns the server
         server.contexts = _Contexts(server.contexts)
         self._server = server
+        self._files.install()
         log.info("listening as %s on %s:%d%s", listen.ae_title, listen.host, listen.port,
                  " (DICOM TLS)" if ssl_context else "")
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+        self._files.stop()
 
     def _is_sender(self, calling: str, address: str, subject: str | None) -> bool:
         return any(s.matches(calling, address, subject) for s in self.config.senders)

@@ -67,25 +67,28 @@ class Ahead:
         self.settle_seconds = settle_seconds
         self._series: dict[str, _Series] = {}
         self._skip: set[str] = set()  # series left to the ordinary path
+        self._seen: dict[str, tuple[int, int]] = {}  # the rows of each series all protected: count, newest id
         self._lock = threading.Lock()  # a step and a completion never work on the same series at once
 
     def step(self, stop: threading.Event | None = None) -> None:
         """Protect what arrived since the last step, series by series, one batch each, of
         the series that paused for ``PAUSE_SECONDS`` (and have not settled yet)."""
-        arriving = self.spool.arriving()
         now = time.time()
-        cutoff = now - self.settle_seconds()
+        receiving = self.spool.receiving_tokens()
         with self._lock:
-            for token in [t for t in self._series if t not in arriving]:  # protected elsewhere, or quarantined
+            for token in [t for t in self._series if t not in receiving]:  # protected elsewhere, or quarantined
                 self._drop(token)
-            self._skip &= set(arriving)
-        for token, (items, last) in arriving.items():
+            self._skip &= receiving
+            self._seen = {t: seen for t, seen in self._seen.items() if t in receiving}
+        # not those settled (the worker completes them), nor those still coming in: intake first
+        for token, seen in self.spool.paused_series(now - self.settle_seconds(), now - PAUSE_SECONDS).items():
             if stop is not None and stop.is_set():
                 return
-            if last <= cutoff or last > now - PAUSE_SECONDS or token in self._skip:
-                continue  # settled (the worker completes it), or still coming in: intake first
+            if token in self._skip or self._seen.get(token) == seen:
+                continue  # nothing new since the last step
             with self._lock:
-                self._advance(token, items)
+                if self._advance(token, self.spool.arriving(token)):
+                    self._seen[token] = seen
 
     def complete(self, token: str, items: list[Incoming], route: str, spec: RouteSpec) -> list[Protected] | None:
         """The protected copies of the settled series ``items`` (in their order, adopted as
@@ -120,19 +123,20 @@ class Ahead:
                 self._remove(series)
                 return None
 
-    def _advance(self, token: str, items: list[Incoming]) -> None:
+    def _advance(self, token: str, items: list[Incoming]) -> bool:
+        """Protect a batch of what arrived; True once all of it is protected (and gated again)."""
         series = self._series.get(token)
         if series is None:
-            chosen = self.eligible(token, items)
+            chosen = self.eligible(token, items) if items else None
             if chosen is None:
                 self._skip.add(token)
-                return
+                return False
             series = self._series[token] = _Series(*chosen)
         known = {i.id for i in items}
         if not set(series.rows) <= known:  # an object was re-sent: its earlier copy is gone
             self._skip.add(token)
             self._drop(token)
-            return
+            return False
         done = set(series.rows)
         fresh = [i for i in items if i.id not in done]
         try:
@@ -143,11 +147,14 @@ class Ahead:
             if not fresh and len(series.parts) > 1 and not self._consolidated(series):
                 self._skip.add(token)
                 self._drop(token)
+                return False
         except Exception as exc:  # noqa: BLE001 - left to the ordinary path, which reports it
             log.info("series %s: not protected ahead (%s); it is protected once it settles", token,
                      type(exc).__name__)
             self._skip.add(token)
             self._drop(token)
+            return False
+        return not fresh
 
     def _consolidated(self, series: _Series) -> bool:
         """All that arrived is protected: the gate's second look now, before the series

@@ -419,16 +419,29 @@ class Spool:
             self._set_state(superseded, "superseded")
         return list(latest.values())
 
-    def arriving(self) -> dict[str, tuple[list[Incoming], float]]:
-        """Every series still receiving: its objects as ``received`` would give them, and
-        when it last received one; a read only (``received`` marks what a re-send superseded)."""
+    def receiving_tokens(self) -> set[str]:
+        """The series still receiving (not yet protected or quarantined)."""
         with self.state.read() as conn:
-            rows = conn.execute(_RECEIVED.add_columns(instances.c.series_token, series.c.last_received).join(
-                series, series.c.series_token == instances.c.series_token).where(series.c.state == "receiving")).all()
-        by_series: dict[str, list[Any]] = {}
-        for r in rows:
-            by_series.setdefault(r[7], []).append(r)
-        return {token: (list(self._latest(part).values()), float(part[-1][8])) for token, part in by_series.items()}
+            return set(conn.execute(select(series.c.series_token).where(series.c.state == "receiving")).scalars())
+
+    def paused_series(self, after: float, before: float) -> dict[str, tuple[int, int]]:
+        """The series still receiving whose last object came between ``after`` and ``before``
+        (time.time()): the rows they have received and the newest row's id, by token."""
+        with self.state.read() as conn:
+            rows = conn.execute(
+                select(series.c.series_token, func.count(instances.c.id), func.max(instances.c.id))
+                .join(instances, instances.c.series_token == series.c.series_token)
+                .where(series.c.state == "receiving", series.c.last_received > after,
+                       series.c.last_received <= before, instances.c.state == "received")
+                .group_by(series.c.series_token)).all()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    def arriving(self, series_token: str) -> list[Incoming]:
+        """The series' objects as ``received`` gives them, without marking what a re-send
+        superseded (the series is still arriving: a read only)."""
+        with self.state.read() as conn:
+            return list(self._latest(conn.execute(_RECEIVED.where(instances.c.series_token == series_token)).all())
+                        .values())
 
     def _latest(self, rows: Sequence[Any]) -> dict[str, Incoming]:
         """The newest row of each SOP Instance UID, in the order received."""
