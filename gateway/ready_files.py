@@ -56,17 +56,15 @@ class ReadyFiles:
         self._wanted.set()
 
     def take(self, *args: Any, **kwargs: Any) -> Any:
-        """A ready file, or (none left, or not pynetdicom's usual request) a new temporary file."""
-        if kwargs == {"delete": False, "mode": "wb", "suffix": ".dcm"} and not args:
-            try:
-                ready = self._ready.popleft()
-            except IndexError:
-                pass
-            else:
-                self._wanted.set()
-                return ready
+        """A ready file for a received data set (none left: one made now, in the same folder);
+        a request of another kind gets what it asked for."""
+        if args or kwargs != {"delete": False, "mode": "wb", "suffix": ".dcm"}:
+            return tempfile.NamedTemporaryFile(*args, **kwargs)
         self._wanted.set()
-        return tempfile.NamedTemporaryFile(*args, **kwargs)
+        try:
+            return self._ready.popleft()
+        except IndexError:
+            return tempfile.NamedTemporaryFile(dir=self.folder, **kwargs)
 
     def stop(self) -> None:
         """Stop making files and remove those not taken."""
