@@ -308,6 +308,10 @@ class Spool:
             added += 1
         return added
 
+    def took_in(self, path: Path) -> bool:
+        """Whether this node received the object at ``path`` (always, on one node)."""
+        return self._mine(path.name)
+
     def _mine(self, name: str) -> bool:
         """Whether this node recovers the file: on SQLite (one node, perhaps renamed) every
         file; on a cluster the files whose name carries this node's id."""

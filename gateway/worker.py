@@ -125,7 +125,7 @@ class Worker:
             self._stop.wait(wait)
 
     def _ahead_loop(self) -> None:
-        """``ahead.step`` every ``AHEAD_SECONDS``: series still arriving are protected as they come."""
+        """``ahead.step`` every ``AHEAD_SECONDS``: series that paused are protected before they settle."""
         step = self._guard(lambda: self.ahead.step(self._stop))
         while not self._stop.wait(AHEAD_SECONDS):
             step()
@@ -230,7 +230,10 @@ class Worker:
 
     def _ahead_route(self, token: str, items: list[Incoming]) -> tuple[str, RouteSpec] | None:
         """The route a series still arriving is protected ahead for (``protect_ahead``): one
-        that sends it to Orthanc, takes all its objects, and protects object by object."""
+        that sends it to Orthanc, takes all its objects, and protects object by object. On a
+        cluster, the node that took in the series' first object protects it ahead."""
+        if not self.spool.took_in(items[0].path):
+            return None
         chosen = self._choose(token, items)
         if isinstance(chosen, str) or any(i.damage for i in items) or not self._takes_all(items):
             return None
