@@ -13,8 +13,9 @@ each passed by the gate under every identifying value of the series, and nothing
 series leaves before all of it has passed.
 
 A series that cannot be completed so is protected again from its originals by the
-ordinary path (``protect.protect_batches``): an object re-sent on the way, its route or
-the route's settings changed, the character sets or the identity handed to the route's
+ordinary path (``protect.protect_batches``): more than half of it arrived after the last
+step (the ordinary path then costs less), an object re-sent on the way, its route or the
+route's settings changed, the character sets or the identity handed to the route's
 stages changed between objects, or any fault while protecting ahead (the ordinary path
 then meets it and says what it is). A route whose transform needs the whole series at once
 (coverless) is not protected ahead.
@@ -98,8 +99,9 @@ class Ahead:
             series = self._series.pop(token, None)
             skipped = token in self._skip
             self._skip.discard(token)
+            # more left than was protected ahead: the ordinary path is cheaper (no second look)
             if series is None or skipped or (series.route, series.spec) != (route, spec) \
-                    or not set(series.rows) <= {i.id for i in items}:
+                    or not set(series.rows) <= {i.id for i in items} or len(items) > 2 * len(series.rows):
                 if series is not None:
                     self._remove(series)
                 return None

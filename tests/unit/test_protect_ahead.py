@@ -162,6 +162,13 @@ def test_what_cannot_be_completed_goes_the_ordinary_way(tmp_path: Path, ring: Ke
     assert _waiting(spool) == 4
     assert ahead.complete("s1", _settled(spool), "default", RouteSpec(options=frozenset({"retain_device_identity"}))) is None
     assert _waiting(spool) == 0 and not any(spool.outbox.glob("*.dcm"))
+    # most of the series came after the last step: the ordinary path costs less
+    spool = Spool(tmp_path / "late")
+    ahead = _ahead(spool, ring, pool)
+    _send(spool, series[:1])
+    ahead.step()
+    _send(spool, series[1:])
+    assert ahead.complete("s1", _settled(spool), "default", ROUTE) is None and _waiting(spool) == 0
 
 
 def test_only_series_still_arriving_on_a_route_that_allows_it_are_protected_ahead(tmp_path: Path, ring: Keyring,
