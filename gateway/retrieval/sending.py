@@ -102,6 +102,8 @@ class Prepared:
         """Each object as the dataset to send in a syntax the receiver accepted, or a Refused."""
         for number, batch in enumerate(self._batches):
             with self._lock:
+                if self._cancelled:
+                    return
                 if number == self._next:  # held back while a finished batch's callback had not run yet
                     self._start_next()
                 future = self._futures.pop(number)
