@@ -143,16 +143,16 @@ def _pooled_batches(paths: list[Path], route: RouteSpec, keyring: Keyring, keys:
                              for f in part])
     job: _Job | None = None
     for group in groups:
-        out, _, job = _pooled_group([(i, paths[i]) for i in group], route, keyring, keys, pool,
-                                    [outputs[i] for i in group] if outputs is not None else None,
-                                    lambda founds: survey.checked(founds) if survey is not None else _Survey.of(founds),
-                                    job, "settled")
+        out, job = _pooled_group([(i, paths[i]) for i in group], route, keyring, keys, pool,
+                                 [outputs[i] for i in group] if outputs is not None else None,
+                                 lambda founds: survey.checked(founds) if survey is not None else _Survey.of(founds),
+                                 job, "settled")
         yield out
 
 
 def _pooled_group(items: list[tuple[int, Path]], route: RouteSpec, keyring: Keyring, keys: DataKeys,
                   pool: ProtectPool, outputs: list[Path] | None, survey_of: Callable[[list[_Found]], _Survey],
-                  job: _Job | None, owner: str) -> tuple[list[Protected], list[_Found], _Job]:
+                  job: _Job | None, owner: str) -> tuple[list[Protected], _Job]:
     """One batch of a series (``items``: its numbered files) over the pool's processes:
     prepared, surveyed (``survey_of`` the batch's findings), finished. ``job`` carries the
     series' study key and context from its first batch; ``owner`` names the caller, one
@@ -174,7 +174,7 @@ def _pooled_group(items: list[tuple[int, Path]], route: RouteSpec, keyring: Keyr
         targets = [[out_at[i] for i, _ in chunk] if outputs is not None else None for chunk in chunks]
         out = [p for part in pool.run(finish_task, [(job, key, to) for key, to in zip(held, targets, strict=True)],
                                       place) for p in part]
-        return out, founds, job
+        return out, job
     except BaseException:
         with contextlib.suppress(Exception):  # what the processes still hold of the batch
             pool.run(drop_task, [(key,) for key in held], place)
@@ -187,8 +187,11 @@ class Arrived:
     gate ran under: theirs and that of every object of the series protected before them."""
 
     protected: list[Protected]
-    survey: _Survey
-    job: _Job
+    job: _Job  # its survey: what their gate ran under
+
+    @property
+    def survey(self) -> _Survey:
+        return self.job.survey
 
 
 def protect_arriving(items: list[tuple[int, Path]], route: RouteSpec, keyring: Keyring, keys: DataKeys,
@@ -200,9 +203,9 @@ def protect_arriving(items: list[tuple[int, Path]], route: RouteSpec, keyring: K
     def survey_of(founds: list[_Found]) -> _Survey:
         return _Survey.of([before.survey.found, *founds] if before is not None else founds)
 
-    out, _, job = _pooled_group(items, route, keyring, keys, pool, outputs, survey_of,
-                                before.job if before is not None else None, "arriving")
-    return Arrived(out, job.survey, job)
+    out, job = _pooled_group(items, route, keyring, keys, pool, outputs, survey_of,
+                             before.job if before is not None else None, "arriving")
+    return Arrived(out, job)
 
 
 def regate(arrived: list[Arrived], pool: ProtectPool) -> bool:

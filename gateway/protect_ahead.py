@@ -75,7 +75,7 @@ class Ahead:
         """Protect what arrived since the last step, series by series, one batch each, of
         the series that paused for ``PAUSE_SECONDS`` (and have not settled yet)."""
         now = time.time()
-        receiving = self.spool.receiving_tokens()
+        receiving = {token for token, _, _ in self.spool.receiving_series()}
         with self._lock:
             for token in [t for t in self._series if t not in receiving]:  # protected elsewhere, or quarantined
                 self._drop(token)
@@ -100,14 +100,13 @@ class Ahead:
             skipped = token in self._skip
             self._skip.discard(token)
             # more left than was protected ahead: the ordinary path is cheaper (no second look)
-            if series is None or skipped or (series.route, series.spec) != (route, spec) \
-                    or not set(series.rows) <= {i.id for i in items} or len(items) > 2 * len(series.rows):
+            fresh = _fresh(series, items) if series is not None else None
+            if series is None or fresh is None or skipped or (series.route, series.spec) != (route, spec) \
+                    or len(items) > 2 * len(series.rows):
                 if series is not None:
                     self._remove(series)
                 return None
             try:
-                done = set(series.rows)
-                fresh = [i for i in items if i.id not in done]
                 for portion in by_size([i.path for i in fresh]):
                     self._protect(series, [fresh[n] for n in portion])
                 if not regate(series.parts, self.pool):
@@ -134,13 +133,11 @@ class Ahead:
                 self._skip.add(token)
                 return False
             series = self._series[token] = _Series(*chosen)
-        known = {i.id for i in items}
-        if not set(series.rows) <= known:  # an object was re-sent: its earlier copy is gone
+        fresh = _fresh(series, items)
+        if fresh is None:
             self._skip.add(token)
             self._drop(token)
             return False
-        done = set(series.rows)
-        fresh = [i for i in items if i.id not in done]
         try:
             if fresh:
                 portion = by_size([i.path for i in fresh])[0]  # a batch at most
@@ -166,7 +163,7 @@ class Ahead:
         if not regate(series.parts, self.pool):
             return False
         last = series.parts[-1]
-        series.parts = [Arrived([p for part in series.parts for p in part.protected], last.survey, last.job)]
+        series.parts = [Arrived([p for part in series.parts for p in part.protected], last.job)]
         return True
 
     def _protect(self, series: _Series, items: list[Incoming]) -> None:
@@ -188,3 +185,12 @@ class Ahead:
     def _remove(self, series: _Series) -> None:
         for row in series.rows:
             self.spool.ahead_path(row).unlink(missing_ok=True)
+
+
+def _fresh(series: _Series, items: list[Incoming]) -> list[Incoming] | None:
+    """The objects of ``items`` not protected ahead yet; None where an object protected ahead
+    is no longer among them (re-sent: its earlier copy is gone)."""
+    done = set(series.rows)
+    if not done <= {i.id for i in items}:
+        return None
+    return [i for i in items if i.id not in done]

@@ -423,11 +423,6 @@ class Spool:
             self._set_state(superseded, "superseded")
         return list(latest.values())
 
-    def receiving_tokens(self) -> set[str]:
-        """The series still receiving (not yet protected or quarantined)."""
-        with self.state.read() as conn:
-            return set(conn.execute(select(series.c.series_token).where(series.c.state == "receiving")).scalars())
-
     def paused_series(self, after: float, before: float) -> dict[str, tuple[int, int]]:
         """The series still receiving whose last object came between ``after`` and ``before``
         (time.time()): the rows they have received and the newest row's id, by token."""
