@@ -6,7 +6,6 @@ object that showed the value had arrived. What cannot be completed so goes the o
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -37,18 +36,6 @@ ROUTE = RouteSpec()
 def _no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each step here comes right after the objects it protects arrived."""
     monkeypatch.setattr(protect_ahead, "PAUSE_SECONDS", 0)
-
-
-@pytest.fixture(scope="module")
-def ring(tmp_path_factory: pytest.TempPathFactory) -> Keyring:
-    return Keyring.create(tmp_path_factory.mktemp("ahead") / "keyring.json")
-
-
-@pytest.fixture(scope="module")
-def pool(ring: Keyring) -> Iterator[ProtectPool]:
-    started = ProtectPool(ring, processes=2)
-    yield started
-    started.close()
 
 
 def _ahead(spool: Spool, ring: Keyring, pool: ProtectPool, settle: float = 3600.0,
@@ -97,20 +84,25 @@ def test_a_series_protected_as_it_arrives_is_the_series_protected_at_once(tmp_pa
     assert [r.data for r in restore_series(outputs, ring)] == [i.path.read_bytes() for i in items]
 
 
-def test_a_value_only_a_later_object_shows_is_gated_in_the_copies_made_before(tmp_path: Path, ring: Keyring,
-                                                                              pool: ProtectPool) -> None:
+@pytest.mark.parametrize(("kept", "later", "value"), [
+    ("XQ-778899", "DeviceSerialNumber", "XQ-778899"),  # an identifier, found in the raw bytes too
+    ("Wolkenstein Oswald 7", "OtherPatientNames", "WOLKENSTEIN^OSWALD"),  # a name in another spelling: decoded text
+])
+def test_a_value_only_a_later_object_shows_is_gated_in_the_copies_made_before(
+        tmp_path: Path, ring: Keyring, pool: ProtectPool, kept: str, later: str, value: str) -> None:
     # in a kept attribute of the first object; taken out of the last, which arrives after
     # the first was protected (and passed the gate as far as the series was known then)
+    series = synthetic.ct_series(6, size=64)
+    series[0].ManufacturerModelName = kept
+    setattr(series[-1], later, value)
+    stopped = f"PHI gate: .*ManufacturerModelName: {later}"
     spool = Spool(tmp_path / "spool")
     ahead = _ahead(spool, ring, pool)
-    series = synthetic.ct_series(6, size=64)
-    series[0].ManufacturerModelName = "XQ-778899"
-    series[-1].DeviceSerialNumber = "XQ-778899"
     _send(spool, series[:3])
     ahead.step()
     assert _waiting(spool) == 3
     _send(spool, series[3:])  # arrives after the last step: the gate's second look comes with the settle
-    with pytest.raises(Quarantine, match="PHI gate: .*ManufacturerModelName: DeviceSerialNumber"):
+    with pytest.raises(Quarantine, match=stopped):
         ahead.complete("s1", _settled(spool), "default", ROUTE)
     assert _waiting(spool) == 0
     # arrived before a step: its second look comes then, the copies are dropped, and the
@@ -124,23 +116,8 @@ def test_a_value_only_a_later_object_shows_is_gated_in_the_copies_made_before(tm
     assert _waiting(spool) == 0
     items = _settled(spool)
     assert ahead.complete("s1", items, "default", ROUTE) is None
-    with pytest.raises(Quarantine, match="PHI gate: .*ManufacturerModelName: DeviceSerialNumber"):
+    with pytest.raises(Quarantine, match=stopped):
         list(protect_batches([i.path for i in items], ROUTE, ring, MemoryDataKeys(), pool))
-
-
-def test_a_name_only_a_later_object_shows_is_gated_in_free_text_before(tmp_path: Path, ring: Keyring,
-                                                                       pool: ProtectPool) -> None:
-    # a name (here in another spelling than the raw bytes could show) is looked for in decoded text
-    spool = Spool(tmp_path / "spool")
-    ahead = _ahead(spool, ring, pool)
-    series = synthetic.ct_series(4, size=64)
-    series[0].ManufacturerModelName = "Wolkenstein Oswald 7"
-    series[-1].OtherPatientNames = "WOLKENSTEIN^OSWALD"
-    _send(spool, series[:2])
-    ahead.step()
-    _send(spool, series[2:])
-    with pytest.raises(Quarantine, match="PHI gate: .*ManufacturerModelName: OtherPatientNames"):
-        ahead.complete("s1", _settled(spool), "default", ROUTE)
 
 
 def test_what_cannot_be_completed_goes_the_ordinary_way(tmp_path: Path, ring: Keyring, pool: ProtectPool) -> None:

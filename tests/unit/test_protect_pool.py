@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -24,18 +23,6 @@ from gateway.study_keys import MemoryDataKeys
 from testkit import synthetic
 from tests.conftest import encode
 from tests.unit.test_roundtrip import FILES
-
-
-@pytest.fixture(scope="module")
-def ring(tmp_path_factory: pytest.TempPathFactory) -> Keyring:
-    return Keyring.create(tmp_path_factory.mktemp("pool") / "keyring.json")
-
-
-@pytest.fixture(scope="module")
-def pool(ring: Keyring) -> Iterator[ProtectPool]:
-    started = ProtectPool(ring, processes=2)
-    yield started
-    started.close()
 
 
 def _content(data: bytes) -> list[tuple[int, object]]:
