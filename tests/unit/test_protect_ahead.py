@@ -206,3 +206,32 @@ def test_a_series_still_coming_in_is_left_to_intake(tmp_path: Path, ring: Keyrin
     _send(spool, synthetic.ct_series(2, size=64))
     _ahead(spool, ring, pool).step()
     assert _waiting(spool) == 0
+
+
+def test_a_later_character_set_or_a_damaged_object_sends_the_series_the_ordinary_way(
+        tmp_path: Path, ring: Keyring, pool: ProtectPool) -> None:
+    # a later object in UTF-8 with a Greek name: the copies made before were gated without
+    # that encoding's raw needles, so none of them is used
+    series = synthetic.ct_series(4, size=64)
+    series[-1].SpecificCharacterSet = "ISO_IR 192"
+    series[-1].OtherPatientNames = "Διονυσίου^Ελένη"
+    spool = Spool(tmp_path / "charset")
+    ahead = _ahead(spool, ring, pool)
+    _send(spool, series[:2])
+    ahead.step()
+    assert _waiting(spool) == 2
+    _send(spool, series[2:])
+    ahead.step()
+    assert _waiting(spool) == 0 and ahead.complete("s1", _settled(spool), "default", ROUTE) is None
+    # a truncated object: nothing is protected ahead, the ordinary path says what is wrong
+    spool = Spool(tmp_path / "truncated")
+    ahead = _ahead(spool, ring, pool)
+    good = synthetic.ct_series(3, size=64)
+    _send(spool, good[:2])
+    spool.accept(encode(good[2])[:300], "CT1", "s1", str(good[2].SOPInstanceUID), "CT", str(good[2].SOPClassUID))
+    ahead.step()
+    assert _waiting(spool) == 0
+    items = _settled(spool)
+    assert ahead.complete("s1", items, "default", ROUTE) is None
+    with pytest.raises(Quarantine, match="object 2 of the series cannot be parsed"):
+        list(protect_batches([i.path for i in items], ROUTE, ring, MemoryDataKeys(), pool))
