@@ -144,7 +144,7 @@ def test_offline_protect_and_restore_round_trip(tmp_path: Path) -> None:
     run_cli("protect", str(tmp_path / "study"), str(tmp_path / "protected"), "--keyring", str(ring),
             "--option", "retain_longitudinal_modified_dates")
     protected = list((tmp_path / "protected").iterdir())
-    assert len(protected) == 5 and all(b"DOE" not in p.read_bytes() for p in protected)
+    assert len(protected) == 5 and all(b"DOE^JANE" not in p.read_bytes() for p in protected)
     run_cli("restore", str(tmp_path / "protected"), str(tmp_path / "restored"), "--keyring", str(ring))
     assert sorted(p.read_bytes() for p in (tmp_path / "restored").iterdir()) == sorted(p.read_bytes() for p in files)
     ds = pydicom.dcmread(io.BytesIO(protected[0].read_bytes()))

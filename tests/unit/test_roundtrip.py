@@ -62,7 +62,7 @@ def test_a_multi_series_study_keeps_its_structure(tmp_path: Path, keyring: Keyri
     assert len({o.study_uid for o in first + second}) == 1
     assert len({o.series_uid for o in first}) == 1 and first[0].series_uid != second[0].series_uid
     for o, p in zip(first + second, paths, strict=True):
-        assert b"DOE" not in o.data and b"PID-4711" not in o.data and b"Saint Example" not in o.data
+        assert b"DOE^JANE" not in o.data and b"PID-4711" not in o.data and b"Saint Example" not in o.data
         assert restore_series([o.data], keyring)[0].data == p.read_bytes()
 
 

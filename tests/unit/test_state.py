@@ -168,7 +168,7 @@ def test_the_index_replaces_in_order_and_keeps_the_originals_sealed(tmp_path: Pa
     assert index.count() == 2 and [e.sop_uid for e in index.entries(ring)] == ["1.9.1.1", "1.9.1.2"]
     with state.read() as conn:
         raw = b"".join(bytes(r[0]) for r in conn.execute(text("SELECT sealed FROM retrieval_index")))
-    assert b"DOE" not in raw
+    assert b"DOE^JANE" not in raw
     assert index.get("1.9.1.1", Keyring.create(tmp_path / "other.json")) is None  # another keyring opens nothing
 
 
