@@ -16,6 +16,7 @@ import warnings
 from functools import lru_cache
 
 from pydicom.datadict import DicomDictionary
+from pynetdicom import _config as netconfig
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LIBRARIES = ("pydicom", "pynetdicom", "apscheduler", "urllib3")
@@ -66,6 +67,12 @@ def configure() -> None:
     logging.basicConfig(level=logging.INFO, format=FORMAT)
     for noisy in ("apscheduler", "pynetdicom"):  # one line per object and per job run otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pynetdicom formats every PDU, DIMSE message and query identifier for INFO and DEBUG
+    # lines that the level above drops (its standard handlers: about a tenth of its CPU per
+    # received object, issue 16); lowered, the identifiers would write the patients' names a
+    # C-FIND asks for or answers into the log. Neither is done.
+    netconfig.LOG_HANDLER_LEVEL = "none"
+    netconfig.LOG_REQUEST_IDENTIFIERS = netconfig.LOG_RESPONSE_IDENTIFIERS = False
     # A protect job still running when its next tick comes is expected (coalesce, one at a
     # time); apscheduler warns about each skipped tick. Job failures are logged by its executor.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)

@@ -17,6 +17,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 
@@ -119,9 +120,11 @@ class QueryRetrieve:
         policy = Policy.least(ws.policy, self.config.retrieval.destination_policy(destination))
         planned, refusal = self._plan(event, ws, policy)
         sub_association: list[Any] = []  # the association pynetdicom opens to the destination
-        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, no_delay),
-                                                    (evt.EVT_ACCEPTED, lambda e: sub_association.append(e.assoc))],
-                                   "tls_args": destination_tls_args(destination)}
+        handlers: list[tuple[Any, Callable[[Event], None]]] = [
+            (evt.EVT_CONN_OPEN, no_delay), (evt.EVT_ACCEPTED, lambda e: sub_association.append(e.assoc))]
+        if refusal is None and planned:
+            handlers.append((evt.EVT_CONN_OPEN, _announcer(event, len(planned))))
+        options: dict[str, Any] = {"evt_handlers": handlers, "tls_args": destination_tls_args(destination)}
         contexts = _contexts(planned, policy)
         if contexts:
             options["contexts"] = contexts
@@ -207,6 +210,31 @@ class QueryRetrieve:
         self.audit.record(ae, address, action, "success" if not failed else "partial", to=to, policy=policy,
                           completed=completed, failed=failed, transcoded=transcoded,
                           studies=sorted({p.entry.study_uid for p in planned}))
+
+
+def _announcer(event: Event, remaining: int) -> Callable[[Event], None]:
+    """An EVT_CONN_OPEN handler for the association to the C-MOVE destination: a Pending
+    response (nothing completed, ``remaining`` to go) on the caller's association as soon as
+    the connection is open. dcmtk's C-MOVE SCU (``movescu``, and workstations built on its
+    ``DIMSE_moveUser``) looks for the incoming association only between one-second waits for
+    a response on its own: without a response to wake it, the destination accepts the
+    sub-association up to a second late. pynetdicom's own Pending responses come only after
+    each sub-operation."""
+    caller, context_id, request = event.assoc, event.context.context_id, event.request
+
+    def announce(_: Event) -> None:
+        if not caller.is_established:
+            return
+        rsp = C_MOVE()
+        rsp.MessageIDBeingRespondedTo = request.MessageID
+        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+        rsp.Status = dimse.PENDING
+        rsp.NumberOfRemainingSuboperations = remaining
+        rsp.NumberOfCompletedSuboperations = rsp.NumberOfFailedSuboperations = 0
+        rsp.NumberOfWarningSuboperations = 0
+        caller.dimse.send_msg(rsp, context_id)  # queued for the caller's own DUL thread
+
+    return announce
 
 
 def _contexts(planned: list[Planned], policy: Policy) -> list[PresentationContext]:

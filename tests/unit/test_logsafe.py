@@ -7,9 +7,12 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 
+from gateway import logsafe
 from gateway.keyring import Keyring
 from gateway.logsafe import WithholdValues
 from testkit import synthetic
@@ -70,3 +73,38 @@ def test_the_transport_s_tls_diagnosis_is_kept(caplog: pytest.LogCaptureFixture)
             "TCP Initialisation Error: the destination's certificate names 'ct-scanner', not 'reading-room'")
     assert caplog.messages == ["TCP Initialisation Error: the destination's certificate names 'ct-scanner', "
                                "not 'reading-room'"]
+
+
+def test_pynetdicom_logs_no_query_keys_even_at_debug(caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A C-FIND over a real association, both sides in this process, pynetdicom at DEBUG:
+    the association is logged, the patient's name it asked for and was answered is not."""
+    from pynetdicom import AE, evt
+    from pynetdicom import _config as netconfig
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+    for name in ("LOG_HANDLER_LEVEL", "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS"):
+        monkeypatch.setattr(netconfig, name, getattr(netconfig, name))  # restored afterwards
+    logsafe.configure()
+    query = Dataset()
+    query.QueryRetrieveLevel, query.PatientName, query.StudyInstanceUID = "STUDY", "DOE^JANE", ""
+
+    def answer(event: Any) -> Any:
+        yield 0xFF00, event.identifier
+
+    scp = AE("SCP")
+    scp.add_supported_context(FIND)
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, answer)])
+    scu = AE("SCU")
+    scu.add_requested_context(FIND)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="pynetdicom"):
+            assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="SCP")
+            assert assoc.is_established
+            answers = [ds for _, ds in assoc.send_c_find(query, FIND) if ds is not None]
+            assoc.release()
+    finally:
+        server.shutdown()
+    assert [str(ds.PatientName) for ds in answers] == ["DOE^JANE"]
+    assert "Association" in caplog.text  # pynetdicom did log, at DEBUG
+    assert "DOE" not in caplog.text
