@@ -32,15 +32,26 @@ POSTGRESQL_INDEX_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLI
 _HANDED_OUT: set[int] = set()
 
 
+def _share() -> tuple[int, int]:
+    """(this process's share, shares): the test suite runs in pytest-xdist workers
+    (``gw0``, ``gw1``...), each taking only the ports its number selects, so that two
+    workers never hand out the same port between finding it free and binding it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return (int(worker[2:]) if worker[2:].isdigit() else 0) % count, count
+
+
 def free_port() -> int:
     """A free loopback port, never one this process handed out before: the kernel may give
     the same free port to two calls in a row, and two peers of one test would then meet on
     it (a TLS test's "wrong certificate" destination answering with the right one)."""
+    share, shares = _share()
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
+        # by the port's upper bits: Linux hands out mostly odd ports for bind(0)
+        if (port >> 1) % shares == share and port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
 
